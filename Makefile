@@ -1,0 +1,26 @@
+# The two commands of the README:
+#   make run    set up (venv, pinned CPU torch, the project) and run the pipeline: dvc repro
+#   make test   set up and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ACTIVATE := . $(VENV)/bin/activate
+
+.PHONY: setup run test test-fast
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: the CPU build. A looser torch requirement resolved alone pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+run: setup
+	$(ACTIVATE) && dvc repro
+
+test: setup
+	$(ACTIVATE) && python -m pytest
+
+test-fast: setup
+	$(ACTIVATE) && python -m pytest -m "not slow"

@@ -1,0 +1,1 @@
+"""pico pipeline: pretrain Pico decoder models through DVC stages and Prefect flows."""

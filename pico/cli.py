@@ -1,0 +1,91 @@
+"""`pico <stage>`: the entry points `dvc.yaml` calls (and the Prefect flows, through DVC).
+
+Every stage loads params through the one validated model first, so a bad key or value fails
+before any work. Expected failures (bad params, bad input files, a diverged run) print one clear
+message and exit non-zero instead of a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pico.config import ConfigError, Params, load_params
+from pico.errors import BadDocumentError, TrainingDiverged
+
+
+def _embedded(params: Params) -> None:
+    from pico.data import embedded
+
+    embedded.build(params.embedded)
+
+
+def _tokenizer(params: Params) -> None:
+    from pico.data import tokenizer
+
+    tokenizer.run(params)
+
+
+def _tokenize(params: Params) -> None:
+    from pico import pretokenize
+
+    pretokenize.run(params)
+
+
+def _train(params: Params) -> None:
+    from pico import train
+
+    summary = train.run(params)
+    print(f"train: {summary['status']} at step {summary['step']}, final loss {summary['final_loss']:.4f}")
+
+
+def _evaluate(params: Params) -> None:
+    from pico import evaluate
+
+    evaluate.run(params)
+
+
+def _report(params: Params) -> None:
+    from pico import report
+
+    report.run(params)
+
+
+def _check(params: Params) -> None:
+    print("params OK")
+
+
+STAGES: dict[str, tuple[Callable[[Params], None], str]] = {
+    "build-embedded": (_embedded, "build the offline default corpus (Dolma + Paloma format) from CPython's own docs"),
+    "tokenizer": (_tokenizer, "train or fetch the tokenizer"),
+    "tokenize": (_tokenize, "pack training documents into rows and evaluation documents into windows"),
+    "train": (_train, "train (resumes from the newest checkpoint of the same run)"),
+    "evaluate": (_evaluate, "Paloma-style metrics of the final checkpoint"),
+    "report": (_report, "Markdown report with plots"),
+    "check-params": (_check, "validate params.yaml and exit"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pico", description="pico pipeline stages")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_, help_text) in STAGES.items():
+        sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+
+    try:
+        params = load_params(args.params)
+        STAGES[args.stage][0](params)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (BadDocumentError, FileNotFoundError, TrainingDiverged, ValueError) as err:
+        print(f"error in stage '{args.stage}': {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

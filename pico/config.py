@@ -1,0 +1,232 @@
+"""The params model: every knob in `params.yaml`, validated once, used by every stage.
+
+Unknown keys, wrong types and out-of-range values fail here, before any work, with a message
+that names the key (``optim.lr``) and the bad value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key and the value."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class EmbeddedConfig(_Strict):
+    """The offline default corpus, built from text that ships with every CPython."""
+
+    out_dir: str = "data/embedded"
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    train_shards: int = Field(4, ge=1)
+    min_chars: int = Field(200, ge=1)
+    split_seed: int = 0
+
+
+class DataConfig(_Strict):
+    # Dolma documents: local paths/globs, s3://bucket/prefix/*.json.gz, or hf://datasets/ID[@split]
+    train_paths: list[str] = Field(min_length=1)
+    # Paloma-format evaluation documents (text, source, subdomain)
+    eval_paths: list[str] = Field(min_length=1)
+    seq_len: int = Field(128, ge=8, le=32768)
+    tokens_dir: str = "data/tokens"
+    strict: bool = False  # fail on the first bad line instead of skipping it
+    max_documents: int | None = Field(None, ge=1)
+    encode_batch_size: int = Field(512, ge=1)
+
+
+class TokenizerConfig(_Strict):
+    # "train" (byte-level BPE trained on the training documents), a tokenizer.json path, or a
+    # Hugging Face hub id such as allenai/OLMo-7B-0724-hf
+    source: str = "train"
+    vocab_size: int = Field(4096, ge=260, le=1 << 20)
+    min_frequency: int = Field(2, ge=1)
+    eos_token: str = "<|endoftext|>"
+    pad_token: str = "<|padding|>"
+    train_max_documents: int | None = Field(None, ge=1)
+    out_dir: str = "data/tokenizer"
+
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 96, "hidden_dim": 384},
+    "small": {"d_model": 384, "hidden_dim": 1536},
+    "medium": {"d_model": 768, "hidden_dim": 3072},
+    "large": {"d_model": 1536, "hidden_dim": 6144},
+}
+
+
+class ModelConfig(_Strict):
+    preset: Literal["tiny", "small", "medium", "large"] = "tiny"
+    # Overrides of the preset (null = the preset's value)
+    d_model: int | None = Field(None, ge=8)
+    hidden_dim: int | None = Field(None, ge=8)
+    n_layers: int = Field(12, ge=1)
+    n_heads: int = Field(12, ge=1)
+    n_kv_heads: int = Field(4, ge=1)
+    max_seq_len: int = Field(2048, ge=8)
+    # null = the tokenizer's vocabulary rounded up to a multiple of vocab_multiple (50,280 -> 50,304)
+    vocab_size: int | None = Field(None, ge=2)
+    vocab_multiple: int = Field(64, ge=1)
+    norm_eps: float = Field(1.0e-6, gt=0.0)
+    rope_theta: float = Field(10000.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_std: float = Field(0.02, gt=0.0)
+
+    @property
+    def dim(self) -> int:
+        return self.d_model or PRESETS[self.preset]["d_model"]
+
+    @property
+    def hidden(self) -> int:
+        return self.hidden_dim or PRESETS[self.preset]["hidden_dim"]
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.dim % self.n_heads:
+            raise ValueError(f"model.d_model={self.dim} is not divisible by model.n_heads={self.n_heads}")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.dim // self.n_heads} must be even for RoPE")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"model.n_heads={self.n_heads} is not divisible by model.n_kv_heads={self.n_kv_heads}")
+        return self
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(3.0e-4, gt=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1.0e-8, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)  # null = no clipping (norm still logged)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        for b in v:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class TrainingConfig(_Strict):
+    max_steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    # Optional check: micro_batch_size x grad_accum_steps x world size must equal it
+    global_batch_size: int | None = Field(None, ge=1)
+    seed: int = 42
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_at_start: bool = True
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_dir: str = "checkpoints"
+    metrics_dir: str = "metrics"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default
+
+    @model_validator(mode="after")
+    def _batch_adds_up(self) -> "TrainingConfig":
+        if self.global_batch_size is not None:
+            per_step = self.micro_batch_size * self.grad_accum_steps
+            if self.global_batch_size % per_step:
+                raise ValueError(
+                    f"training.global_batch_size={self.global_batch_size} is not a multiple of "
+                    f"training.micro_batch_size x training.grad_accum_steps = {per_step}"
+                )
+        return self
+
+
+class EvaluationConfig(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_windows_per_source: int | None = Field(None, ge=1)  # cap for in-training evaluation
+    out: str = "metrics/eval.json"
+
+
+class ReportConfig(_Strict):
+    out_dir: str = "reports"
+    run_name: str = "pico-decoder"
+
+
+class Params(_Strict):
+    embedded: EmbeddedConfig = EmbeddedConfig()
+    data: DataConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
+            )
+        if self.optim.warmup_steps > self.training.max_steps:
+            raise ValueError(
+                f"optim.warmup_steps={self.optim.warmup_steps} exceeds training.max_steps={self.training.max_steps}"
+            )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named sections (all when none), stable across runs and machines."""
+        dump = self.model_dump(mode="json")
+        picked = {k: dump[k] for k in (sections or dump.keys())}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt? not a param this project reads)"
+        if e["loc"]:
+            value: Any = raw
+            for p in e["loc"]:
+                value = value.get(p) if isinstance(value, dict) else (
+                    value[p] if isinstance(value, (list, tuple)) and isinstance(p, int) and p < len(value) else None
+                )
+            shown = f" (got {value!r})" if e["type"] != "missing" else ""
+        else:
+            shown = ""
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of param groups, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, raw, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,1 @@
+"""Data: Dolma reading, tokenizer, packing, Paloma windows, row loading, the embedded corpus."""

@@ -1,0 +1,138 @@
+"""The evaluate stage: Paloma-style metrics that tell the truth.
+
+Per source and per subdomain, from the summed negative log-likelihood (nats) of every window:
+
+- ``token_perplexity`` = exp(Σ NLL / Σ predicted tokens)  -- the honest, token-weighted figure;
+- ``bits_per_byte``   = Σ NLL / (ln 2 · Σ UTF-8 bytes)      -- comparable across tokenizers;
+- ``pico_mean_seq_perplexity`` = mean over windows of exp(mean NLL of the window) -- what
+  pico-train reports as Paloma perplexity (HF ``evaluate``'s ``mean_perplexity``). By Jensen's
+  inequality it is >= the token-level figure, and a few bad windows blow it up; it is shown
+  beside the honest figure (with their ratio), never instead of it.
+
+``macro`` averages each figure over sources (Paloma's convention); ``overall`` pools all tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pico import checkpoint
+from pico.config import Params
+from pico.data.paloma import EvalWindows
+from pico.fsutil import atomic_write_json
+from pico.model import ModelDims, PicoDecoder
+
+LN2 = math.log(2.0)
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+@torch.no_grad()
+def window_nll(model: torch.nn.Module, windows: EvalWindows, indices: np.ndarray, batch_size: int,
+               device: torch.device | str = "cpu") -> np.ndarray:
+    """Summed NLL (nats, float64) of each selected window's predicted tokens."""
+    was_training = model.training
+    model.eval()
+    lengths = windows.table["length"][indices]
+    order = indices[np.argsort(-lengths, kind="stable")]  # similar lengths together: less padding
+    out = np.zeros(len(windows.table), dtype=np.float64)
+    for b in range(0, len(order), batch_size):
+        chunk = order[b:b + batch_size]
+        seqs = [windows.window(int(i)) for i in chunk]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        labels = torch.full((len(seqs), width - 1), -100, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, :len(s)] = torch.from_numpy(s)
+            labels[r, :len(s) - 1] = torch.from_numpy(s[1:])
+        logits = model(ids[:, :-1].to(device))
+        nll = F.cross_entropy(logits.transpose(1, 2), labels.to(device), ignore_index=-100, reduction="none")
+        out[chunk] = nll.double().sum(dim=1).cpu().numpy()
+    model.train(was_training)
+    return out[indices]
+
+
+def summarize(nll: np.ndarray, n_tokens: np.ndarray, n_bytes: np.ndarray) -> dict[str, Any]:
+    """Metrics of one group of windows (see the module docstring)."""
+    total_nll, tokens, nbytes = float(nll.sum()), int(n_tokens.sum()), int(n_bytes.sum())
+    loss = total_nll / tokens
+    per_window_loss = nll / n_tokens
+    token_ppl = _exp(loss)
+    seq_ppls = [_exp(float(x)) for x in per_window_loss]
+    seq_mean = math.fsum(seq_ppls) / len(seq_ppls)
+    return {
+        "loss": loss,
+        "token_perplexity": token_ppl,
+        "bits_per_byte": total_nll / (LN2 * nbytes) if nbytes else math.nan,
+        "pico_mean_seq_perplexity": seq_mean,
+        "seq_mean_over_token_ratio": seq_mean / token_ppl if math.isfinite(seq_mean) else math.inf,
+        "max_window_loss": float(per_window_loss.max()),
+        "windows": int(len(nll)),
+        "tokens": tokens,
+        "bytes": nbytes,
+    }
+
+
+def aggregate(nll: np.ndarray, table: np.ndarray, sources: list[str], subdomains: list[str]) -> dict[str, Any]:
+    """Per-source, per-subdomain, macro and overall metrics from per-window NLL sums."""
+    n_tokens = table["length"].astype(np.int64) - 1
+    n_bytes = table["n_bytes"].astype(np.int64)
+    per_source = {}
+    for s, name in enumerate(sources):
+        m = table["source"] == s
+        if m.any():
+            per_source[name] = summarize(nll[m], n_tokens[m], n_bytes[m])
+    per_sub = {}
+    for s, name in enumerate(subdomains):
+        m = table["subdomain"] == s
+        if m.any():
+            per_sub[name] = summarize(nll[m], n_tokens[m], n_bytes[m])
+    keys = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
+    macro = {k: math.fsum(v[k] for v in per_source.values()) / len(per_source) for k in keys}
+    macro["seq_mean_over_token_ratio"] = macro["pico_mean_seq_perplexity"] / macro["token_perplexity"]
+    return {"macro": macro, "overall": summarize(nll, n_tokens, n_bytes),
+            "sources": per_source, "subdomains": per_sub}
+
+
+def evaluate_model(model: torch.nn.Module, windows: EvalWindows, batch_size: int,
+                   max_per_source: int | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    indices = windows.select(max_per_source)
+    nll = window_nll(model, windows, indices, batch_size, device)
+    return aggregate(nll, windows.table[indices], windows.sources, windows.subdomains)
+
+
+def json_safe(obj: Any) -> Any:
+    """Infinite or NaN values as strings: strict JSON readers (and DVC) reject bare Infinity."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def run(params: Params) -> dict[str, Any]:
+    ckpt = checkpoint.latest_checkpoint(params.training.checkpoint_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {params.training.checkpoint_dir}; run the train stage first")
+    state = checkpoint.read_state(ckpt)
+    model = PicoDecoder(ModelDims(**state["model_dims"]))  # the checkpoint says what it holds
+    checkpoint.load_weights(ckpt, model)
+    windows = EvalWindows(params.data.tokens_dir)
+    print(f"evaluate: {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
+    metrics = evaluate_model(model, windows, params.evaluation.batch_size)
+    result = {"step": state["step"], "checkpoint": str(ckpt), "fingerprint": state["fingerprint"], **metrics}
+    atomic_write_json(Path(params.evaluation.out), json_safe(result))
+    for name, m in metrics["sources"].items():
+        print(f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "
+              f"pico per-seq mean ppl {m['pico_mean_seq_perplexity']:.4g} ({m['seq_mean_over_token_ratio']:.3g}x)")
+    mac = metrics["macro"]
+    print(f"  macro: token ppl {mac['token_perplexity']:.3f}, bits/byte {mac['bits_per_byte']:.4f}")
+    return result

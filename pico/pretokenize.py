@@ -1,0 +1,39 @@
+"""The tokenize stage: Dolma documents -> packed training rows; Paloma documents -> eval windows.
+
+Outputs in ``data.tokens_dir``: ``train.bin`` + ``train_manifest.json`` and ``eval.bin`` +
+``eval_windows.npy`` + ``eval_manifest.json``. Same inputs and tokenizer => identical bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pico.config import Params
+from pico.data import tokenizer as tokenizer_stage
+from pico.data.documents import ReadStats, iter_documents
+from pico.data.packing import write_train_tokens
+from pico.data.paloma import write_eval_windows
+
+
+def run(params: Params, progress: bool | None = None) -> dict:
+    progress = sys.stderr.isatty() if progress is None else progress
+    tok, info = tokenizer_stage.load(params.tokenizer.out_dir)
+    out = Path(params.data.tokens_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    d = params.data
+
+    stats = ReadStats()
+    docs = iter_documents(d.train_paths, stats, strict=d.strict, max_documents=d.max_documents)
+    train = write_train_tokens(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
+                               d.encode_batch_size, progress)
+    print(f"train: {train['documents']} documents from {len(train['files'])} files -> {train['tokens']:,} tokens, "
+          f"{train['rows']} rows of {train['row_len']}, skipped {train['skipped']}")
+
+    stats = ReadStats()
+    docs = iter_documents(d.eval_paths, stats, strict=d.strict)
+    ev = write_eval_windows(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
+                            d.encode_batch_size, progress)
+    print(f"eval: {ev['documents']} documents, {len(ev['sources'])} sources -> {ev['windows']} windows, "
+          f"{ev['predicted_tokens']:,} predicted tokens, {ev['bytes']:,} bytes, skipped {ev['skipped']}")
+    return {"train": train, "eval": ev}

@@ -1,0 +1,281 @@
+"""The train stage: AdamW, warmup + decay, gradient accumulation, real clipping, resumable.
+
+Read top to bottom: build the model and optimizer from params, resume from the newest checkpoint
+of the *same* run (same fingerprint) or start fresh, then loop over optimizer steps. Every
+``log_every`` steps the loss, lr and pre-clip gradient norm go to ``metrics/train.csv``; every
+``eval_every`` steps the Paloma-format set is evaluated with the evaluate stage's code into
+``metrics/eval_history.csv``; every ``checkpoint_every`` steps (and at the end) a checkpoint is
+written atomically. On CPU a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pico import checkpoint
+from pico.config import Params
+from pico.data import tokenizer as tokenizer_stage
+from pico.data.loader import RowLoader
+from pico.data.packing import open_rows
+from pico.data.paloma import EvalWindows
+from pico.errors import TrainingDiverged
+from pico.evaluate import evaluate_model
+from pico.fsutil import atomic_write_json, atomic_write_text
+from pico.model import ModelDims, PicoDecoder
+
+# Params that change what is trained; logging/checkpoint cadence does not.
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum_steps", "seed")
+TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
+PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s")
+
+
+def code_version() -> str:
+    """Hash of the package's source, so a checkpoint says which code made it."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.relative_to(Path(__file__).parent).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_dims(params: Params) -> ModelDims:
+    info = json.loads((Path(params.tokenizer.out_dir) / tokenizer_stage.META_FILE).read_text())
+    return ModelDims.from_config(params.model, info["vocab_size"])
+
+
+def build_model(params: Params) -> PicoDecoder:
+    return PicoDecoder(model_dims(params))
+
+
+def lr_lambda(params: Params):
+    """Multiplier of optim.lr after ``step`` optimizer steps; step 0 is already > 0."""
+    o, total = params.optim, params.training.max_steps
+    warmup, floor = o.warmup_steps, o.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # pico uses step/warmup, whose first step runs at lr 0
+        if o.schedule == "constant" or total == warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        if o.schedule == "cosine":
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * (1.0 - progress)
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.AdamW:
+    # decay matrices and embeddings, not RMSNorm gains (pico decays everything; gains should stay ~1)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    o = params.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=o.betas, eps=o.eps, foreach=False,
+    )
+
+
+def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict) -> str:
+    t = params.training.model_dump()
+    defining = {
+        "model": params.model.model_dump(mode="json"),
+        "optim": params.optim.model_dump(mode="json"),
+        "training": {k: t[k] for k in RUN_DEFINING_TRAINING_KEYS},
+        "train_data": data_manifest["sha256"],
+        "eval_data": eval_manifest["sha256"],
+        "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
+        "tokenizer": data_manifest["tokenizer_sha256"],
+    }
+    return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def eval_row(step: int, metrics: dict) -> dict:
+    row = {"step": step}
+    for key in ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity"):
+        row[key] = metrics["macro"][key]
+    for name, m in metrics["sources"].items():
+        row[f"token_perplexity/{name}"] = m["token_perplexity"]
+        row[f"bits_per_byte/{name}"] = m["bits_per_byte"]
+    return row
+
+
+class MetricsWriter:
+    """Rewrites the DVC metric/plot files from the run's history (cheap at these sizes, and atomic)."""
+
+    def __init__(self, metrics_dir: str):
+        self.dir = Path(metrics_dir)
+
+    def write(self, history: dict[str, list[dict]], summary: dict | None = None) -> None:
+        atomic_write_text(self.dir / "train.csv", _csv(history["train"], TRAIN_COLUMNS))
+        eval_cols: tuple[str, ...] = tuple(history["eval"][0]) if history["eval"] else ("step",)
+        atomic_write_text(self.dir / "eval_history.csv", _csv(history["eval"], eval_cols))
+        atomic_write_text(self.dir / "perf.csv", _csv(history["perf"], PERF_COLUMNS))
+        if summary is not None:
+            atomic_write_json(self.dir / "train_summary.json", summary)
+
+
+def pick_device(params: Params) -> torch.device:
+    want = params.training.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
+    t = params.training
+    progress = os.isatty(2) if progress is None else progress
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(params)
+
+    rows, data_manifest = open_rows(params.data.tokens_dir, "train")
+    if data_manifest["row_len"] != params.data.seq_len + 1:
+        raise ValueError(f"{params.data.tokens_dir} holds rows of {data_manifest['row_len']} tokens but "
+                         f"data.seq_len={params.data.seq_len}; rerun the tokenize stage")
+    windows = EvalWindows(params.data.tokens_dir)
+    fingerprint = run_fingerprint(params, data_manifest, windows.manifest)
+
+    torch.manual_seed(t.seed)
+    dims = model_dims(params)
+    model = PicoDecoder(dims).to(device)
+    optimizer = make_optimizer(model, params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
+    loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps)
+    effective_batch = loader.rows_per_step
+    if t.global_batch_size is not None and t.global_batch_size != effective_batch:
+        raise ValueError(f"training.global_batch_size={t.global_batch_size} but micro_batch_size x grad_accum_steps "
+                         f"x world size = {effective_batch}")
+    tokens_per_step = effective_batch * params.data.seq_len
+
+    ckpt_root = Path(t.checkpoint_dir)
+    for name in checkpoint.remove_partial(ckpt_root):
+        print(f"removed an incomplete checkpoint left by a crash: {ckpt_root / name}")
+    step, position = 0, 0
+    history: dict[str, list[dict]] = {"train": [], "eval": [], "perf": []}
+    latest = checkpoint.latest_checkpoint(ckpt_root)
+    if latest is not None:
+        found = checkpoint.read_state(latest)
+        if found.get("fingerprint") == fingerprint:
+            state = checkpoint.load(latest, model, optimizer, scheduler)
+            step, position, history = state["step"], state["position"], state["history"]
+            print(f"resuming from {latest} (step {step}, {position} rows consumed)")
+        else:
+            print(f"{latest} belongs to another run (fingerprint {found.get('fingerprint')} != {fingerprint}); "
+                  f"starting fresh (the earlier run's outputs live on in DVC's cache)")
+            shutil.rmtree(ckpt_root)
+
+    n_params = model.num_parameters()
+    print(f"model: {params.model.preset} d_model={dims.d_model} vocab={dims.vocab_size} -> {n_params:,} parameters; "
+          f"effective batch {effective_batch} rows x {params.data.seq_len} tokens = {tokens_per_step:,} tokens/step; "
+          f"{len(rows)} rows of data; device {device}")
+    writer = MetricsWriter(t.metrics_dir)
+
+    def evaluate_now() -> None:
+        metrics = evaluate_model(model, windows, params.evaluation.batch_size,
+                                 params.evaluation.max_windows_per_source, device)
+        history["eval"].append(eval_row(step, metrics))
+        mac = metrics["macro"]
+        tqdm.write(f"step {step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, "
+                   f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
+
+    code = code_version()
+
+    def save_checkpoint() -> None:
+        state = {"fingerprint": fingerprint, "position": position, "history": history,
+                 "model_dims": dims.to_dict(), "config": params.model_dump(mode="json"),
+                 "code_version": code, "tokenizer_sha256": data_manifest["tokenizer_sha256"],
+                 "train_data_sha256": data_manifest["sha256"]}
+        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, t.keep_checkpoints)
+
+    if step == 0 and t.eval_at_start:
+        evaluate_now()
+
+    model.train()
+    bar = tqdm(total=t.max_steps, initial=step, desc="train", unit="step", disable=not progress, mininterval=2)
+    interval_losses: list[float] = []
+    interval_norms: list[float] = []
+    clip = params.optim.max_grad_norm if params.optim.max_grad_norm is not None else math.inf
+    clock = time.perf_counter()
+    started = clock
+    steps_timed = 0
+    while step < t.max_steps:
+        lr_now = scheduler.get_last_lr()[0]
+        step_loss = 0.0
+        for batch in loader.step_batches(position):
+            batch = batch.to(device, non_blocking=True)
+            logits = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            (loss / t.grad_accum_steps).backward()
+            step_loss += loss.item() / t.grad_accum_steps
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        if not math.isfinite(step_loss):
+            raise TrainingDiverged(f"training loss is {step_loss} at step {step + 1} (lr {lr_now:.3g}); "
+                                   f"last checkpoint: {checkpoint.latest_checkpoint(ckpt_root)}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        position += effective_batch
+        steps_timed += 1
+        interval_losses.append(step_loss)
+        interval_norms.append(grad_norm)
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr_now:.2e}", refresh=False)
+
+        if step % t.log_every == 0 or step == t.max_steps:
+            now = time.perf_counter()
+            history["train"].append({
+                "step": step, "loss": step_loss, "loss_mean": math.fsum(interval_losses) / len(interval_losses),
+                "lr": lr_now, "grad_norm": grad_norm, "grad_norm_max": max(interval_norms),
+                "tokens": step * tokens_per_step,
+            })
+            history["perf"].append({"step": step, "tokens_per_s": round(steps_timed * tokens_per_step / (now - clock), 1),
+                                    "elapsed_s": round(now - started, 2)})
+            interval_losses, interval_norms, clock, steps_timed = [], [], now, 0
+        if step % t.eval_every == 0 or step == t.max_steps:
+            evaluate_now()
+        if step % t.log_every == 0 or step == t.max_steps:
+            writer.write(history)
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            save_checkpoint()
+    bar.close()
+
+    final_train = history["train"][-1] if history["train"] else {}
+    summary = {
+        "status": "completed",
+        "step": step,
+        "final_loss": final_train.get("loss"),
+        "final_loss_mean": final_train.get("loss_mean"),
+        "min_loss_mean": min((r["loss_mean"] for r in history["train"]), default=None),
+        "tokens": step * tokens_per_step,
+        "epochs": position / len(rows),
+        "effective_batch_rows": effective_batch,
+        "effective_batch_tokens": tokens_per_step,
+        "parameters": n_params,
+        "fingerprint": fingerprint,
+    }
+    writer.write(history, summary)
+    return summary
