@@ -74,7 +74,9 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
         shutil.rmtree(tmp)
     tmp.mkdir()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS), metadata={"step": str(step), "fingerprint": state["fingerprint"]})
+    # one metadata key: safetensors stores metadata in a hash map, so several keys come out in any order
+    meta = json.dumps({"step": step, "fingerprint": state["fingerprint"]}, sort_keys=True)
+    save_file(weights, str(tmp / WEIGHTS), metadata={"pico": meta})
     trainer = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -6,8 +6,9 @@ Per source and per subdomain, from the summed negative log-likelihood (nats) of 
 - ``bits_per_byte``   = Σ NLL / (ln 2 · Σ UTF-8 bytes)      -- comparable across tokenizers;
 - ``pico_mean_seq_perplexity`` = mean over windows of exp(mean NLL of the window) -- what
   pico-train reports as Paloma perplexity (HF ``evaluate``'s ``mean_perplexity``). By Jensen's
-  inequality it is >= the token-level figure, and a few bad windows blow it up; it is shown
-  beside the honest figure (with their ratio), never instead of it.
+  inequality it is >= exp(mean window loss), so >= the token-level figure when windows are
+  equally long (pico's 2048-token chunks); an exponential averaged over windows lets a few bad
+  ones blow it up. It is shown beside the honest figure (with their ratio), never instead of it.
 
 ``macro`` averages each figure over sources (Paloma's convention); ``overall`` pools all tokens.
 """

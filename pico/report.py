@@ -143,8 +143,9 @@ def render(params: Params, summary: dict, final_eval: dict, train: list[dict], e
             "",
             "Token perplexity is exp(Σ NLL / Σ tokens), the honest figure; bits per byte divides the same NLL by "
             "ln 2 × the UTF-8 bytes of the text and compares across tokenizers. The pico per-sequence mean is "
-            "pico-train's 'Paloma perplexity' (mean over windows of exp(window loss)): always ≥ token perplexity, "
-            "and a few bad windows can inflate it by orders of magnitude — read it beside, never instead.",
+            "pico-train's 'Paloma perplexity' (mean over windows of exp(window loss)): for equally long windows it "
+            "is ≥ token perplexity (Jensen), and a few bad windows can inflate it by orders of magnitude — read it "
+            "beside, never instead.",
         ]
     if plots:
         lines += ["", "## Plots", ""]

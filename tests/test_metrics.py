@@ -1,0 +1,79 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pico.data.paloma import WINDOW_DTYPE
+from pico.evaluate import aggregate, evaluate_model, json_safe, summarize
+
+
+def table(lengths, sources, bytes_, subdomains=None):
+    t = np.zeros(len(lengths), dtype=WINDOW_DTYPE)
+    t["length"], t["source"], t["n_bytes"] = lengths, sources, bytes_
+    t["subdomain"] = subdomains if subdomains is not None else sources
+    return t
+
+
+def test_hand_computed_values():
+    # two windows: 3 predicted tokens with NLL sum 3.0, 1 predicted token with NLL 3.0
+    nll, n_tok, n_bytes = np.array([3.0, 3.0]), np.array([3, 1]), np.array([10, 2])
+    m = summarize(nll, n_tok, n_bytes)
+    assert m["loss"] == pytest.approx(6.0 / 4)
+    assert m["token_perplexity"] == pytest.approx(math.exp(1.5))
+    assert m["bits_per_byte"] == pytest.approx(6.0 / (math.log(2) * 12))
+    assert m["pico_mean_seq_perplexity"] == pytest.approx((math.exp(1.0) + math.exp(3.0)) / 2)
+    assert m["seq_mean_over_token_ratio"] == pytest.approx(((math.exp(1.0) + math.exp(3.0)) / 2) / math.exp(1.5))
+    assert (m["tokens"], m["bytes"], m["windows"]) == (4, 12, 2)
+
+
+def test_per_sequence_mean_explodes_while_token_perplexity_stays_sane():
+    # 999 ordinary windows of 2048 tokens at loss 3.0, one short garbage window at mean NLL 44 nats
+    n = 1000
+    n_tok = np.full(n, 2048)
+    n_tok[-1] = 16
+    nll = 3.0 * n_tok.astype(float)
+    nll[-1] = 44.0 * 16
+    m = summarize(nll, n_tok, n_tok * 4)
+    assert m["token_perplexity"] == pytest.approx(math.exp((3.0 * 2048 * 999 + 44 * 16) / (2048 * 999 + 16)))
+    assert m["token_perplexity"] < 21  # ~ e^3: the model is fine
+    assert m["pico_mean_seq_perplexity"] > 1e16  # exp(44)/1000 ~ 1.3e16: the log's "explosion"
+    assert m["seq_mean_over_token_ratio"] > 1e14
+    assert m["max_window_loss"] == pytest.approx(44.0)
+
+
+def test_aggregate_per_source_subdomain_and_macro():
+    t = table([3, 5, 3], [0, 0, 1], [4, 8, 2], subdomains=[0, 1, 2])
+    nll = np.array([2.0, 4.0, 1.0])
+    out = aggregate(nll, t, ["a", "b"], ["a/x", "a/y", "b/z"])
+    assert out["sources"]["a"]["loss"] == pytest.approx(6.0 / 6)
+    assert out["sources"]["b"]["loss"] == pytest.approx(1.0 / 2)
+    assert out["subdomains"]["a/y"]["tokens"] == 4
+    assert out["macro"]["token_perplexity"] == pytest.approx((math.exp(1.0) + math.exp(0.5)) / 2)
+    assert out["overall"]["loss"] == pytest.approx(7.0 / 8)
+
+
+def test_overflow_is_reported_not_crashed():
+    m = summarize(np.array([800.0]), np.array([1]), np.array([1]))
+    assert m["pico_mean_seq_perplexity"] == math.inf
+    assert json_safe({"a": math.inf, "b": {"c": math.nan}}) == {"a": "inf", "b": {"c": "nan"}}
+
+
+def test_model_nll_matches_direct_cross_entropy(prepared):
+    from pico.data.paloma import EvalWindows
+    from pico.train import build_model
+
+    torch.manual_seed(0)
+    model = build_model(prepared)
+    ev = EvalWindows(prepared.data.tokens_dir)
+    metrics = evaluate_model(model, ev, batch_size=7)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(len(ev)):
+            w = torch.from_numpy(ev.window(i)).unsqueeze(0)
+            logits = model(w[:, :-1])
+            total += torch.nn.functional.cross_entropy(logits[0], w[0, 1:], reduction="sum").item()
+            count += w.shape[1] - 1
+    assert metrics["overall"]["loss"] == pytest.approx(total / count, rel=1e-6)
+    assert metrics["overall"]["tokens"] == count

@@ -1,0 +1,172 @@
+import copy
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pico import checkpoint, evaluate, report, train
+from pico.config import parse_params
+from pico.train import lr_lambda
+from tests.conftest import REPO, write_params
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_lr_schedule_first_step_not_zero(prepared):
+    f = lr_lambda(prepared)
+    assert f(0) == pytest.approx(1 / 3)  # warmup 3: steps run at 1/3, 2/3, 1
+    assert f(2) == pytest.approx(1.0)
+    assert f(prepared.training.max_steps) == pytest.approx(prepared.optim.min_lr_ratio)
+    linear = parse_params({**prepared.model_dump(mode="json"), "optim": {**prepared.optim.model_dump(mode="json"), "schedule": "linear"}})
+    assert lr_lambda(linear)(linear.training.max_steps) == pytest.approx(0.0)
+
+
+def test_train_evaluate_report_end_to_end(prepared, tmp_path):
+    summary = train.run(prepared, progress=False)
+    assert summary["status"] == "completed" and summary["step"] == 12
+    assert summary["effective_batch_rows"] == 8
+    rows = read_csv(tmp_path / "metrics/train.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert float(rows[0]["lr"]) > 0
+    assert float(rows[-1]["loss_mean"]) < float(rows[0]["loss_mean"])
+    evals = read_csv(tmp_path / "metrics/eval_history.csv")
+    assert [int(r["step"]) for r in evals] == [0, 6, 12]
+    assert "token_perplexity/alpha" in evals[0]
+    ckpts = checkpoint.list_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000008", "step_00000012"]  # keep_checkpoints 2
+    state = checkpoint.read_state(ckpts[-1])
+    assert state["position"] == 12 * 8 and state["config"]["optim"]["lr"] == prepared.optim.lr
+
+    result = evaluate.run(prepared)
+    assert result["step"] == 12
+    assert set(result["sources"]) == {"alpha", "beta"}
+    final_eval_loss = float(evals[-1]["loss"])
+    assert result["macro"]["loss"] == pytest.approx(final_eval_loss, rel=1e-9)  # same code, same numbers
+    for m in result["sources"].values():
+        assert m["seq_mean_over_token_ratio"] == pytest.approx(m["pico_mean_seq_perplexity"] / m["token_perplexity"])
+
+    md = report.run(prepared).read_text()
+    assert "# Training report: test run" in md
+    assert "token perplexity" in md and "| alpha |" in md
+    for plot in ("loss", "lr", "grad_norm", "eval_perplexity"):
+        assert (tmp_path / "reports/plots" / f"{plot}.png").stat().st_size > 1000
+        assert f"plots/{plot}.png" in md
+
+
+def test_gradient_clipping_is_real(params_dict, prepared, tmp_path):
+    train.run(prepared, progress=False)
+    unclipped = (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes()
+    raw = copy.deepcopy(params_dict)
+    raw["optim"]["max_grad_norm"] = 1.0e-3
+    raw["training"]["checkpoint_dir"] = str(tmp_path / "ck2")
+    raw["training"]["metrics_dir"] = str(tmp_path / "m2")
+    train.run(parse_params(raw), progress=False)
+    assert (tmp_path / "ck2/step_00000012/model.safetensors").read_bytes() != unclipped
+    logged = [float(r["grad_norm"]) for r in read_csv(tmp_path / "m2/train.csv")]
+    assert min(logged) > 1.0e-3  # the pre-clip norm is what is logged
+
+
+def test_same_params_same_bytes(params_dict, prepared, tmp_path):
+    train.run(prepared, progress=False)
+    raw = copy.deepcopy(params_dict)
+    raw["training"]["checkpoint_dir"] = str(tmp_path / "again")
+    raw["training"]["metrics_dir"] = str(tmp_path / "again-metrics")
+    train.run(parse_params(raw), progress=False)
+    for name in ("model.safetensors", "trainer.pt"):
+        assert (tmp_path / "checkpoints/step_00000012" / name).read_bytes() == (tmp_path / "again/step_00000012" / name).read_bytes()
+    for name in ("train.csv", "eval_history.csv", "train_summary.json"):
+        assert (tmp_path / "metrics" / name).read_bytes() == (tmp_path / "again-metrics" / name).read_bytes()
+
+
+def test_other_run_is_never_resumed(params_dict, prepared, tmp_path, capsys):
+    train.run(prepared, progress=False)
+    raw = copy.deepcopy(params_dict)
+    raw["optim"]["lr"] = 1.0e-3
+    summary = train.run(parse_params(raw), progress=False)
+    assert "belongs to another run" in capsys.readouterr().out
+    assert summary["step"] == 12
+    state = checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))
+    assert state["config"]["optim"]["lr"] == 1.0e-3
+    assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_finished_run_is_a_no_op_and_partial_checkpoints_are_removed(prepared, tmp_path, capsys):
+    train.run(prepared, progress=False)
+    before = (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes()
+    partial = tmp_path / "checkpoints/.tmp-step_00000016-999"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "metrics/train.csv").unlink()  # DVC deletes non-persistent outputs before a rerun
+    train.run(prepared, progress=False)
+    out = capsys.readouterr().out
+    assert "removed an incomplete checkpoint" in out and "resuming from" in out
+    assert not partial.exists()
+    assert (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes() == before
+    assert len(read_csv(tmp_path / "metrics/train.csv")) == 6  # rebuilt from the checkpoint's history
+
+
+def test_checkpoint_loads_without_pickle(prepared, tmp_path):
+    train.run(prepared, progress=False)
+    path = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
+    blob = torch.load(path / "trainer.pt", weights_only=True)
+    assert set(blob) >= {"optimizer", "scheduler", "torch_rng"}
+
+
+def _run_cli(project: Path, *args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
+                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp_path):
+    """Kill the training process with SIGKILL mid-run, rerun: same weights, optimizer and logs as a clean run."""
+    raw = copy.deepcopy(params_dict)
+    raw["model"].update(d_model=48, hidden_dim=192, n_layers=4)
+    raw["training"].update(max_steps=120, checkpoint_every=10, log_every=5, eval_every=40, keep_checkpoints=3)
+
+    def project(name):
+        p = copy.deepcopy(raw)
+        p["training"]["checkpoint_dir"] = str(tmp_path / name / "checkpoints")
+        p["training"]["metrics_dir"] = str(tmp_path / name / "metrics")
+        (tmp_path / name).mkdir()
+        write_params(tmp_path / name / "params.yaml", p)
+        return tmp_path / name
+
+    clean, killed = project("clean"), project("killed")
+    proc = _run_cli(clean, "train")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    proc = _run_cli(killed, "train")
+    target = killed / "checkpoints" / "step_00000030"
+    deadline = time.time() + 300
+    while not target.exists():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = checkpoint.read_state(checkpoint.latest_checkpoint(killed / "checkpoints"))["step"]
+    assert interrupted_at < 120
+    proc = _run_cli(killed, "train")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert f"resuming from" in out
+
+    a, b = clean / "checkpoints/step_00000120", killed / "checkpoints/step_00000120"
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    oa, ob = torch.load(a / "trainer.pt", weights_only=True), torch.load(b / "trainer.pt", weights_only=True)
+    for sa, sb in zip(oa["optimizer"]["state"].values(), ob["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    for name in ("train.csv", "eval_history.csv", "train_summary.json"):
+        assert (clean / "metrics" / name).read_text() == (killed / "metrics" / name).read_text()
