@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (BadDocumentError, FileNotFoundError, TrainingDiverged, ValueError) as err:
+    except (BadDocumentError, OSError, TrainingDiverged, ValueError) as err:
         print(f"error in stage '{args.stage}': {err}", file=sys.stderr)
         return 1
     return 0

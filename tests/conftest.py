@@ -110,3 +110,12 @@ def _offline(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()

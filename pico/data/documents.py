@@ -68,6 +68,14 @@ def storage_options(url: str) -> dict[str, Any]:
     return {}
 
 
+def _is_file(fs, path: str) -> bool:
+    # not fs.isfile(): it answers False on a refused request, hiding bad credentials as "no match"
+    try:
+        return fs.info(path)["type"] == "file"
+    except FileNotFoundError:
+        return False
+
+
 def expand_paths(patterns: list[str]) -> list[str]:
     """Expand globs on any fsspec filesystem; sorted per pattern, patterns in the given order."""
     out: list[str] = []
@@ -75,8 +83,12 @@ def expand_paths(patterns: list[str]) -> list[str]:
         if pattern.startswith(HF_PREFIX):
             out.append(pattern)
             continue
-        fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options(pattern))
-        paths = sorted(p for p in paths if fs.isfile(p))
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options(pattern))
+            paths = sorted(p for p in paths if _is_file(fs, p))
+        except PermissionError as err:
+            raise PermissionError(f"access denied listing {pattern}: {err} (check AWS_ACCESS_KEY_ID / "
+                                  f"AWS_SECRET_ACCESS_KEY and the endpoint in AWS_ENDPOINT_URL)") from None
         if not paths:
             raise FileNotFoundError(f"no documents match {pattern!r}")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]

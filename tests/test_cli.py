@@ -1,0 +1,53 @@
+import copy
+
+import yaml
+
+from pico.cli import main
+from pico.config import Params, load_params
+from tests.conftest import REPO, write_jsonl_gz, write_params
+
+
+def test_params_yaml_spells_out_every_key():
+    # DVC needs every param a stage lists to exist in params.yaml; defaults hidden in code would break that
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    full = load_params(REPO / "params.yaml").model_dump(mode="json")
+
+    def keys(d, prefix=""):
+        return {f"{prefix}{k}" for k in d} | {x for k, v in d.items() if isinstance(v, dict) for x in keys(v, f"{prefix}{k}.")}
+
+    assert keys(raw) == keys(full)
+
+
+def test_bad_params_exit_2_naming_the_key(tmp_path, params_dict, capsys):
+    raw = copy.deepcopy(params_dict)
+    raw["optim"]["lr"] = -1
+    path = write_params(tmp_path / "p.yaml", raw)
+    assert main(["--params", str(path), "train"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "-1" in err and "Traceback" not in err
+
+
+def test_strict_mode_fails_naming_file_and_line(tmp_path, params_dict, capsys):
+    write_jsonl_gz(tmp_path / "corpus/dolma/part-0009.json.gz", [{"text": "fine"}], [b"{broken\n"])
+    raw = copy.deepcopy(params_dict)
+    raw["data"]["strict"] = True
+    path = write_params(tmp_path / "p.yaml", raw)
+    assert main(["--params", str(path), "tokenizer"]) == 1
+    err = capsys.readouterr().err
+    assert "part-0009.json.gz:2: bad json" in err
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path, params_dict, capsys):
+    path = write_params(tmp_path / "p.yaml", params_dict)
+    assert main(["--params", str(path), "evaluate"]) == 1
+    assert "no checkpoint in" in capsys.readouterr().err
+    raw = copy.deepcopy(params_dict)
+    raw["data"]["train_paths"] = [str(tmp_path / "nowhere/*.json.gz")]
+    path = write_params(tmp_path / "p2.yaml", raw)
+    assert main(["--params", str(path), "tokenizer"]) == 1
+    assert "no documents match" in capsys.readouterr().err
+
+
+def test_check_params(capsys):
+    assert main(["--params", str(REPO / "params.yaml"), "check-params"]) == 0
+    assert isinstance(load_params(REPO / "params.yaml"), Params)
