@@ -42,12 +42,16 @@ TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max"
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s")
 
 
+# The code that decides what a run computes (the train stage's code deps in dvc.yaml): a change
+# here is a different run, so it is part of the fingerprint; editing the report is not.
+TRAINING_CODE = ("model.py", "train.py", "checkpoint.py", "evaluate.py", "data/loader.py")
+
+
 def code_version() -> str:
-    """Hash of the package's source, so a checkpoint says which code made it."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(path.relative_to(Path(__file__).parent).as_posix().encode())
-        h.update(path.read_bytes())
+    for name in TRAINING_CODE:
+        h.update(name.encode())
+        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -99,6 +103,7 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict) ->
         "eval_data": eval_manifest["sha256"],
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
         "tokenizer": data_manifest["tokenizer_sha256"],
+        "code": code_version(),
     }
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -202,6 +207,7 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
                    f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
 
     code = code_version()
+    print(f"run fingerprint {fingerprint} (params, data, tokenizer, training code {code})")
 
     def save_checkpoint() -> None:
         state = {"fingerprint": fingerprint, "position": position, "history": history,
