@@ -7,10 +7,15 @@ import gzip
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from pico.config import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +124,34 @@ def s3_server(tmp_path_factory):
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop()
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_dvc_repo(repo: Path) -> Path:
+    """A git + DVC repo holding this project's dvc.yaml and code, with a tiny config on the embedded corpus."""
+    shutil.copytree(REPO / "pico", repo / "pico", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    params = tiny_params(Path("."), {"train": "data/embedded/dolma/*.json.gz",
+                                     "eval": "data/embedded/paloma/*/val.jsonl.gz"})
+    params["embedded"] = {"out_dir": "data/embedded", "min_chars": 400}
+    params["training"]["max_steps"] = 8
+    params["evaluation"]["max_windows_per_source"] = 20
+    # every key written out: DVC insists that each param a stage lists exists in params.yaml
+    full = parse_params(params).model_dump(mode="json")
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    (repo / ".gitignore").write_text("__pycache__/\n")
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "init")
+    return repo
