@@ -29,6 +29,7 @@ from pico.fsutil import fsync_path, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 WEIGHTS, TRAINER, STATE = "model.safetensors", "trainer.pt", "state.json"
+BEST = "best"  # the best-evaluating checkpoint of a run with early stopping; never pruned
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -66,10 +67,12 @@ def read_state(path: str | Path) -> dict[str, Any]:
 
 
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, state: dict[str, Any], keep: int) -> Path:
+         scheduler: Any, state: dict[str, Any], keep: int, name: str | None = None) -> Path:
+    """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+    final = root / name if name else step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -89,7 +92,6 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     for f in (WEIGHTS, TRAINER, STATE):
         fsync_path(tmp / f)
     fsync_path(tmp)
-    final = step_dir(root, step)
     replace_dir(tmp, final)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old)

@@ -139,6 +139,9 @@ class TrainingConfig(_Strict):
     metrics_dir: str = "metrics"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default
+    # Continue from this checkpoint folder with the current params (e.g. a lower lr after a
+    # divergence): weights, optimizer, data position and history come from it. null = off.
+    restart_from: str | None = None
 
     @model_validator(mode="after")
     def _batch_adds_up(self) -> "TrainingConfig":
@@ -152,9 +155,31 @@ class TrainingConfig(_Strict):
         return self
 
 
+class EarlyStopConfig(_Strict):
+    """When to stop early (status early_stopped) or call a run diverged (status diverged)."""
+
+    enabled: bool = False
+    patience: int = Field(3, ge=1)  # evaluations without an improvement of at least min_delta
+    min_delta: float = Field(0.0, ge=0.0)  # in token-level eval loss (nats/token)
+    explosion_factor: float | None = Field(1.5, gt=1.0)  # eval loss above best x factor: stop now
+    loss_spike_factor: float | None = Field(None, gt=1.0)  # train loss above factor x its running mean: diverged
+    spike_warmup_steps: int = Field(20, ge=0)  # no spike test before this step
+
+
+class RecoveryConfig(_Strict):
+    """What the Prefect flow does with a diverged run: restart from the last good checkpoint
+    with the learning rate scaled by lr_factor, at most max_attempts times."""
+
+    enabled: bool = False
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    max_attempts: int = Field(2, ge=1)
+
+
 class EvaluationConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     max_windows_per_source: int | None = Field(None, ge=1)  # cap for in-training evaluation
+    # auto: the best checkpoint when training stopped early, else the newest
+    checkpoint: Literal["auto", "latest", "best"] = "auto"
     out: str = "metrics/eval.json"
 
 
@@ -170,6 +195,8 @@ class Params(_Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     training: TrainingConfig = TrainingConfig()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     report: ReportConfig = ReportConfig()
 

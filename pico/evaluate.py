@@ -15,6 +15,7 @@ Per source and per subdomain, from the summed negative log-likelihood (nats) of 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -119,17 +120,35 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
+    """The checkpoint to evaluate: the best one when training stopped early (evaluation.checkpoint
+    auto), else the newest. Returns (path, "best" | "latest", the trainer's status)."""
+    root = Path(params.training.checkpoint_dir)
+    summary_path = Path(params.training.metrics_dir) / "train_summary.json"
+    status = json.loads(summary_path.read_text()).get("status") if summary_path.exists() else None
+    kind = params.evaluation.checkpoint
+    if kind == "auto":
+        kind = "best" if status == "early_stopped" else "latest"
+    if kind == "best":
+        if not (root / checkpoint.BEST / checkpoint.STATE).is_file():
+            raise FileNotFoundError(f"no best checkpoint in {root} (it is kept when early_stop.enabled is true)")
+        return root / checkpoint.BEST, kind, status
+    latest = checkpoint.latest_checkpoint(root)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {root}; run the train stage first")
+    return latest, kind, status
+
+
 def run(params: Params) -> dict[str, Any]:
-    ckpt = checkpoint.latest_checkpoint(params.training.checkpoint_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {params.training.checkpoint_dir}; run the train stage first")
+    ckpt, kind, train_status = pick_checkpoint(params)
     state = checkpoint.read_state(ckpt)
     model = PicoDecoder(ModelDims(**state["model_dims"]))  # the checkpoint says what it holds
     checkpoint.load_weights(ckpt, model)
     windows = EvalWindows(params.data.tokens_dir)
-    print(f"evaluate: {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
+    print(f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
-    result = {"step": state["step"], "checkpoint": str(ckpt), "fingerprint": state["fingerprint"], **metrics}
+    result = {"step": state["step"], "checkpoint": str(ckpt), "checkpoint_kind": kind, "train_status": train_status,
+              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"), **metrics}
     atomic_write_json(Path(params.evaluation.out), json_safe(result))
     for name, m in metrics["sources"].items():
         print(f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "

@@ -97,7 +97,8 @@ def render(params: Params, summary: dict, final_eval: dict, train: list[dict], e
     lines = [
         f"# Training report: {params.report.run_name}",
         "",
-        f"- **Status**: {summary.get('status', 'unknown')} at step {summary.get('step')} of {t.max_steps}",
+        f"- **Status**: {summary.get('status', 'unknown')} at step {summary.get('step')} of {t.max_steps}"
+        + (f" — {summary['reason']}" if summary.get("reason") else ""),
         f"- **Run fingerprint**: `{summary.get('fingerprint')}` (params that define the run + data + tokenizer)",
         f"- **Model**: pico-decoder-{m.preset} (d_model {m.dim}, hidden {m.hidden}, {m.n_layers} layers, "
         f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(summary.get('parameters'))} parameters",
@@ -126,10 +127,15 @@ def render(params: Params, summary: dict, final_eval: dict, train: list[dict], e
     for key, label in (("loss", "eval loss"), ("token_perplexity", "token perplexity"),
                        ("bits_per_byte", "bits per byte"), ("pico_mean_seq_perplexity", "pico per-sequence mean perplexity")):
         lines.append(f"- {label}: {first_last(evals, key)}")
+    if final_eval.get("checkpoint_kind") == "best":
+        lines += ["", f"Training stopped early, so the evaluation below is of the **best** checkpoint (step "
+                      f"{final_eval.get('step')}, eval loss {fmt(summary.get('best_eval_loss'))}), not the last."]
+    for event in summary.get("events", []):
+        lines.append(f"- step {event['step']}: {event['event']}")
     if final_eval:
         lines += [
             "",
-            f"## Final evaluation (checkpoint step {final_eval.get('step')})",
+            f"## Final evaluation ({final_eval.get('checkpoint_kind', 'latest')} checkpoint, step {final_eval.get('step')})",
             "",
             "| source | token perplexity | bits per byte | pico per-seq mean ppl | ratio | windows | tokens | bytes |",
             "|---|---|---|---|---|---|---|---|",

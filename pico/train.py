@@ -35,6 +35,7 @@ from pico.errors import TrainingDiverged
 from pico.evaluate import evaluate_model
 from pico.fsutil import atomic_write_json, atomic_write_text
 from pico.model import ModelDims, PicoDecoder
+from pico.monitor import LossWatch, eval_verdict
 
 # Params that change what is trained; logging/checkpoint cadence does not.
 RUN_DEFINING_TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum_steps", "seed")
@@ -104,6 +105,8 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict) ->
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
         "tokenizer": data_manifest["tokenizer_sha256"],
         "code": code_version(),
+        "early_stop": params.early_stop.model_dump(mode="json"),
+        "restart_from": params.training.restart_from,
     }
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -148,8 +151,45 @@ def pick_device(params: Params) -> torch.device:
     return torch.device("cpu")
 
 
-def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
+def _restore(params: Params, fingerprint: str, model, optimizer, scheduler) -> dict[str, Any] | None:
+    """Resume the same run from its newest checkpoint, or restart from ``training.restart_from``.
+
+    Returns the checkpoint state to continue from, or None to start at step 0. Checkpoints of
+    another run are never resumed; they are removed (their copies live in DVC's cache).
+    """
     t = params.training
+    root = Path(t.checkpoint_dir)
+    for name in checkpoint.remove_partial(root):
+        print(f"removed an incomplete checkpoint left by a crash: {root / name}")
+    latest = checkpoint.latest_checkpoint(root)
+    if latest is not None and checkpoint.read_state(latest).get("fingerprint") == fingerprint:
+        state = checkpoint.load(latest, model, optimizer, scheduler)
+        print(f"resuming from {latest} (step {state['step']}, {state['position']} rows consumed)")
+        return state
+    state = None
+    if t.restart_from:
+        source = Path(t.restart_from)
+        if not (source / checkpoint.STATE).is_file():
+            raise FileNotFoundError(f"training.restart_from: no checkpoint at {source}")
+        state = checkpoint.load(source, model, optimizer, scheduler)
+        # the restored scheduler remembers the old lr: rebase it on optim.lr
+        factor = lr_lambda(params)(scheduler.last_epoch)
+        scheduler.base_lrs = [params.optim.lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = params.optim.lr, params.optim.lr * factor
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        state["history"].setdefault("events", []).append(
+            {"step": state["step"], "event": f"restarted from {source} with lr {params.optim.lr:g}"})
+        print(f"restarting from {source} (step {state['step']}) with lr {params.optim.lr:g}")
+    if latest is not None:
+        print(f"{latest} belongs to another run (fingerprint {checkpoint.read_state(latest).get('fingerprint')} "
+              f"!= {fingerprint}); starting fresh (the earlier run's outputs live on in DVC's cache)")
+        shutil.rmtree(root)
+    return state
+
+
+def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
+    t, es = params.training, params.early_stop
     progress = os.isatty(2) if progress is None else progress
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -162,6 +202,7 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
                          f"data.seq_len={params.data.seq_len}; rerun the tokenize stage")
     windows = EvalWindows(params.data.tokens_dir)
     fingerprint = run_fingerprint(params, data_manifest, windows.manifest)
+    code = code_version()
 
     torch.manual_seed(t.seed)
     dims = model_dims(params)
@@ -175,47 +216,63 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
                          f"x world size = {effective_batch}")
     tokens_per_step = effective_batch * params.data.seq_len
 
-    ckpt_root = Path(t.checkpoint_dir)
-    for name in checkpoint.remove_partial(ckpt_root):
-        print(f"removed an incomplete checkpoint left by a crash: {ckpt_root / name}")
-    step, position = 0, 0
-    history: dict[str, list[dict]] = {"train": [], "eval": [], "perf": []}
-    latest = checkpoint.latest_checkpoint(ckpt_root)
-    if latest is not None:
-        found = checkpoint.read_state(latest)
-        if found.get("fingerprint") == fingerprint:
-            state = checkpoint.load(latest, model, optimizer, scheduler)
-            step, position, history = state["step"], state["position"], state["history"]
-            print(f"resuming from {latest} (step {step}, {position} rows consumed)")
-        else:
-            print(f"{latest} belongs to another run (fingerprint {found.get('fingerprint')} != {fingerprint}); "
-                  f"starting fresh (the earlier run's outputs live on in DVC's cache)")
-            shutil.rmtree(ckpt_root)
+    state = _restore(params, fingerprint, model, optimizer, scheduler)
+    step, position = (state["step"], state["position"]) if state else (0, 0)
+    history: dict[str, list[dict]] = state["history"] if state else {"train": [], "eval": [], "perf": [], "events": []}
+    status, reason = (state.get("status", "running"), state.get("reason")) if state else ("running", None)
+    watch = LossWatch(es)
+    watch.mean = state.get("loss_running_mean") if state else None
 
     n_params = model.num_parameters()
     print(f"model: {params.model.preset} d_model={dims.d_model} vocab={dims.vocab_size} -> {n_params:,} parameters; "
           f"effective batch {effective_batch} rows x {params.data.seq_len} tokens = {tokens_per_step:,} tokens/step; "
           f"{len(rows)} rows of data; device {device}")
+    print(f"run fingerprint {fingerprint} (params, data, tokenizer, training code {code})")
+    ckpt_root = Path(t.checkpoint_dir)
     writer = MetricsWriter(t.metrics_dir)
 
-    def evaluate_now() -> None:
+    def save_checkpoint(name: str | None = None) -> None:
+        snapshot = {"fingerprint": fingerprint, "position": position, "history": history, "status": status,
+                    "reason": reason, "loss_running_mean": watch.mean, "model_dims": dims.to_dict(),
+                    "config": params.model_dump(mode="json"), "code_version": code,
+                    "tokenizer_sha256": data_manifest["tokenizer_sha256"], "train_data_sha256": data_manifest["sha256"]}
+        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot, t.keep_checkpoints, name=name)
+
+    def evaluate_now() -> str | None:
+        """Evaluate, keep the best checkpoint, and return a reason to stop early (or None)."""
         metrics = evaluate_model(model, windows, params.evaluation.batch_size,
                                  params.evaluation.max_windows_per_source, device)
         history["eval"].append(eval_row(step, metrics))
         mac = metrics["macro"]
         tqdm.write(f"step {step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, "
                    f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
+        verdict = eval_verdict(history["eval"], es)
+        if es.enabled and verdict.is_best:
+            save_checkpoint(checkpoint.BEST)
+        return verdict.stop_reason
 
-    code = code_version()
-    print(f"run fingerprint {fingerprint} (params, data, tokenizer, training code {code})")
+    def finish(final_status: str, why: str | None) -> dict[str, Any]:
+        verdict = eval_verdict(history["eval"], es) if history["eval"] else None
+        final_train = history["train"][-1] if history["train"] else {}
+        summary = {
+            "status": final_status, "reason": why, "step": step, "max_steps": t.max_steps,
+            "final_loss": final_train.get("loss"), "final_loss_mean": final_train.get("loss_mean"),
+            "min_loss_mean": min((r["loss_mean"] for r in history["train"]), default=None),
+            "best_eval_loss": verdict.best_loss if verdict else None,
+            "best_eval_step": verdict.best_step if verdict else None,
+            # a folder name inside training.checkpoint_dir, so equal runs write equal summaries
+            "last_good_checkpoint": getattr(checkpoint.latest_checkpoint(ckpt_root), "name", None),
+            "tokens": step * tokens_per_step, "epochs": position / len(rows),
+            "effective_batch_rows": effective_batch, "effective_batch_tokens": tokens_per_step,
+            "parameters": n_params, "fingerprint": fingerprint, "code_version": code,
+            "events": history.get("events", []),
+        }
+        writer.write(history, summary)
+        return summary
 
-    def save_checkpoint() -> None:
-        state = {"fingerprint": fingerprint, "position": position, "history": history,
-                 "model_dims": dims.to_dict(), "config": params.model_dump(mode="json"),
-                 "code_version": code, "tokenizer_sha256": data_manifest["tokenizer_sha256"],
-                 "train_data_sha256": data_manifest["sha256"]}
-        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, t.keep_checkpoints)
-
+    if status in ("completed", "early_stopped"):
+        print(f"this run already ended ({status}{': ' + reason if reason else ''}); nothing to train")
+        return finish(status, reason)
     if step == 0 and t.eval_at_start:
         evaluate_now()
 
@@ -224,8 +281,8 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
     interval_losses: list[float] = []
     interval_norms: list[float] = []
     clip = params.optim.max_grad_norm if params.optim.max_grad_norm is not None else math.inf
-    clock = time.perf_counter()
-    started = clock
+    fault_step = int(os.environ.get("PICO_FAULT_NAN_AT_STEP", "0"))  # test hook: inject a NaN loss
+    clock = started = time.perf_counter()
     steps_timed = 0
     while step < t.max_steps:
         lr_now = scheduler.get_last_lr()[0]
@@ -236,10 +293,16 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
             (loss / t.grad_accum_steps).backward()
             step_loss += loss.item() / t.grad_accum_steps
+        if step + 1 == fault_step:
+            step_loss = math.nan
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        if not math.isfinite(step_loss):
-            raise TrainingDiverged(f"training loss is {step_loss} at step {step + 1} (lr {lr_now:.3g}); "
-                                   f"last checkpoint: {checkpoint.latest_checkpoint(ckpt_root)}")
+        diverged = watch.check(step + 1, step_loss)
+        if diverged:  # the weights are still the last good ones: this step's update is not applied
+            bar.close()
+            status = "diverged"
+            summary = finish(status, f"{diverged} (lr {lr_now:.3g})")
+            raise TrainingDiverged(f"{summary['reason']}; last good checkpoint: "
+                                   f"{ckpt_root / (summary['last_good_checkpoint'] or 'none')}")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -251,7 +314,8 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr_now:.2e}", refresh=False)
 
-        if step % t.log_every == 0 or step == t.max_steps:
+        last = step == t.max_steps
+        if step % t.log_every == 0 or last:
             now = time.perf_counter()
             history["train"].append({
                 "step": step, "loss": step_loss, "loss_mean": math.fsum(interval_losses) / len(interval_losses),
@@ -261,27 +325,17 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
             history["perf"].append({"step": step, "tokens_per_s": round(steps_timed * tokens_per_step / (now - clock), 1),
                                     "elapsed_s": round(now - started, 2)})
             interval_losses, interval_norms, clock, steps_timed = [], [], now, 0
-        if step % t.eval_every == 0 or step == t.max_steps:
-            evaluate_now()
-        if step % t.log_every == 0 or step == t.max_steps:
+        stop_reason = evaluate_now() if (step % t.eval_every == 0 or last) else None
+        if stop_reason:
+            status, reason = "early_stopped", stop_reason
+            tqdm.write(f"early stop at step {step}: {stop_reason}")
+        elif last:
+            status = "completed"
+        if step % t.log_every == 0 or last or stop_reason:
             writer.write(history)
-        if step % t.checkpoint_every == 0 or step == t.max_steps:
+        if step % t.checkpoint_every == 0 or last or stop_reason:
             save_checkpoint()
+        if stop_reason:
+            break
     bar.close()
-
-    final_train = history["train"][-1] if history["train"] else {}
-    summary = {
-        "status": "completed",
-        "step": step,
-        "final_loss": final_train.get("loss"),
-        "final_loss_mean": final_train.get("loss_mean"),
-        "min_loss_mean": min((r["loss_mean"] for r in history["train"]), default=None),
-        "tokens": step * tokens_per_step,
-        "epochs": position / len(rows),
-        "effective_batch_rows": effective_batch,
-        "effective_batch_tokens": tokens_per_step,
-        "parameters": n_params,
-        "fingerprint": fingerprint,
-    }
-    writer.write(history, summary)
-    return summary
+    return finish(status, reason)
