@@ -2,45 +2,104 @@
 
 The flow never implements a stage: each task runs ``dvc repro --single-item <stage>``, so
 ``dvc.lock``, DVC's cache and ``dvc exp show`` stay the one record of what ran and DVC alone
-decides what is up to date (Prefect's own result caching is off for these tasks). Stages run one
-at a time in ``dvc.yaml`` order because DVC holds a repository lock. A failed stage is retried with
-backoff; a retried train stage resumes from its newest checkpoint (``checkpoints/`` persists).
+decides what is up to date (Prefect's result caching is off for these tasks). Stages run one at a
+time in ``dvc.yaml`` order because DVC holds a repository lock.
 
-    python -m flows.pipeline [--retries 2] [--retry-delay 10]
+- **Retries**: a failed stage is retried with exponential backoff. A killed train stage resumes
+  from its newest checkpoint (``checkpoints/`` is a persistent DVC output).
+- **Branches** on the trainer's status (``metrics/train_summary.json``): *early_stopped* goes on
+  to evaluate the best checkpoint; *diverged* fails the run with the reason, or, when
+  ``recovery.enabled``, restarts from the last good checkpoint with the learning rate scaled by
+  ``recovery.lr_factor`` (at most ``recovery.max_attempts`` times), saved as its own experiment.
+- **Experiments**: a run with param overrides or an experiment name is saved with
+  ``dvc exp save``, so it shows in ``dvc exp show`` beside ``dvc exp run -S`` runs.
+
+    python -m flows.pipeline [--set optim.lr=1.0e-4 ...] [--exp NAME] [--fresh] [--retries 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pico.config import Params, load_params, parse_params
+
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_STAGE = "train"
 
 
-def dvc_stages(repo: Path = REPO) -> list[str]:
-    """Stage names in the order dvc.yaml lists them (which is their dependency order)."""
+class PipelineFailed(RuntimeError):
+    """The pipeline cannot go on (a diverged run without recovery, recovery exhausted)."""
+
+
+def dvc_stages(repo: Path) -> list[str]:
+    """Stage names in the order dvc.yaml lists them (their dependency order)."""
     return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
 
 
-def _dvc_env() -> dict[str, str]:
-    # the stages call `pico`, which lives beside this interpreter
-    bindir = str(Path(sys.executable).parent)
+def _env() -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)  # the stages call `pico`, installed beside this Python
     return {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1.0e-4)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def apply_overrides(repo: Path, overrides: dict[str, Any]) -> Params:
+    """Edit params.yaml like `dvc exp run -S` does, after validating the result; returns the params."""
+    path = repo / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for key, value in overrides.items():
+        node, parts = raw, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"override {key}: no such param in {path}")
+            node = node[part]
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ValueError(f"override {key}: no such param in {path}")
+        node[parts[-1]] = value
+    params = parse_params(raw, f"{path} with overrides {overrides}")
+    typed = params.model_dump(mode="json")  # write validated, typed values (1e-4 as a float)
+    for key in overrides:
+        node, src = raw, typed
+        for part in key.split(".")[:-1]:
+            node, src = node[part], src[part]
+        node[key.split(".")[-1]] = src[key.split(".")[-1]]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return params
+
+
+def train_summary(repo: Path, params: Params) -> dict[str, Any]:
+    path = repo / params.training.metrics_dir / "train_summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, task_run_name="{stage}")
 def run_stage(stage: str, repo: str) -> str:
     logger = get_run_logger()
-    proc = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=repo, env=_dvc_env(),
-                          capture_output=True, text=True)
+    proc = dvc(Path(repo), "repro", "--single-item", stage)
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.strip():
             logger.info(line)
@@ -49,25 +108,120 @@ def run_stage(stage: str, repo: str) -> str:
     return "skipped" if "didn't change, skipping" in proc.stdout else "ran"
 
 
-@flow(name="pico-pipeline")
-def pipeline(repo: str = str(REPO), retries: int = 2, retry_delay_seconds: float = 10.0) -> dict[str, str]:
-    """Run every DVC stage in order; retries back off exponentially from ``retry_delay_seconds``."""
-    delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
-    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=delays)
-    outcome = {stage: stage_task(stage, repo) for stage in dvc_stages(Path(repo))}
-    report = Path(repo) / "reports" / "report.md"
+def _retry_unless_diverged(repo: Path):
+    # retrying a diverged run would diverge again at the same step: let the flow branch instead
+    def condition(task, task_run, state) -> bool:
+        try:
+            summary = train_summary(repo, load_params(repo / "params.yaml"))
+        except Exception:
+            return True
+        return summary.get("status") != "diverged"
+    return condition
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str | None) -> None:
+    root = Path(repo)
+    report = root / params.report.out_dir / "report.md"
     if report.exists():
-        create_markdown_artifact(report.read_text(), key="pico-report", description="training report")
+        create_markdown_artifact(report.read_text(), key="pico-report",
+                                 description=f"training report{f' of {experiment}' if experiment else ''}")
+    eval_path = root / params.evaluation.out
+    if eval_path.exists():
+        ev = json.loads(eval_path.read_text())
+        table = [{"source": name, "token_perplexity": m["token_perplexity"], "bits_per_byte": m["bits_per_byte"],
+                  "pico_mean_seq_perplexity": m["pico_mean_seq_perplexity"], "tokens": m.get("tokens")}
+                 for name, m in [*ev["sources"].items(), ("macro", ev["macro"])]]
+        create_table_artifact(table, key="pico-metrics",
+                              description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); "
+                                          f"stages: {outcome}")
+
+
+class _Diverged(Exception):
+    def __init__(self, summary: dict[str, Any]):
+        super().__init__(summary.get("reason"))
+        self.summary = summary
+
+
+def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float], outcome: dict[str, str]) -> None:
+    for stage in stages:
+        options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": delays}
+        if stage == TRAIN_STAGE:
+            options["retry_condition_fn"] = _retry_unless_diverged(root)
+        state = run_stage.with_options(**options)(stage, str(root), return_state=True)
+        if state.is_failed():
+            params = load_params(root / "params.yaml")
+            summary = train_summary(root, params)
+            if stage == TRAIN_STAGE and summary.get("status") == "diverged":
+                outcome[stage] = "diverged"
+                raise _Diverged(summary)
+            state.result()  # re-raise the stage's error
+        outcome[stage] = state.result()
+
+
+@flow(name="pico-pipeline")
+def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, experiment: str | None = None,
+             fresh: bool = False, retries: int = 2, retry_delay_seconds: float = 10.0) -> dict[str, str]:
+    """Run the DVC pipeline stage by stage; see the module docstring for retries and branches."""
+    logger = get_run_logger()
+    root = Path(repo)
+    params = apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
+    if fresh and (root / params.training.checkpoint_dir).exists():
+        logger.info("fresh start requested: removing %s", params.training.checkpoint_dir)
+        shutil.rmtree(root / params.training.checkpoint_dir)
+    delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
+    stages = dvc_stages(root)
+    outcome: dict[str, str] = {}
+    attempt = 0
+    pending = stages
+    while True:
+        try:
+            _run_stages(root, pending, retries, delays, outcome)
+            break
+        except _Diverged as div:
+            rec = params.recovery
+            if not rec.enabled or attempt >= rec.max_attempts:
+                why = "recovery is off" if not rec.enabled else f"{attempt} recovery attempts used"
+                raise PipelineFailed(f"training diverged: {div.summary.get('reason')} ({why})") from None
+            if not div.summary.get("last_good_checkpoint"):
+                raise PipelineFailed(f"training diverged before its first checkpoint: {div.summary.get('reason')}") from None
+            attempt += 1
+            new_lr = params.optim.lr * rec.lr_factor
+            restart = str(Path(params.training.checkpoint_dir) / div.summary["last_good_checkpoint"])
+            logger.warning("training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
+                           div.summary.get("reason"), attempt, rec.max_attempts, restart, new_lr)
+            params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
+            experiment = f"{experiment or 'run'}-recovery-{attempt}"
+            pending = stages[stages.index(TRAIN_STAGE):]
+    summary = train_summary(root, params)
+    if summary.get("status") == "early_stopped":
+        logger.info("training stopped early at step %s (%s); evaluated the best checkpoint (step %s)",
+                    summary.get("step"), summary.get("reason"), summary.get("best_eval_step"))
+    if experiment or overrides:
+        args = ["exp", "save", "--force"] + (["-n", experiment] if experiment else [])
+        saved = dvc(root, *args)
+        if saved.returncode != 0:
+            raise PipelineFailed(f"dvc exp save failed: {saved.stderr.strip() or saved.stdout.strip()}")
+        logger.info("saved as DVC experiment %s", experiment or saved.stdout.strip())
+        outcome["experiment"] = experiment or saved.stdout.strip()
+    outcome["status"] = summary.get("status", "unknown")
+    publish(str(root), params, outcome, experiment)
     return outcome
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Run the pico DVC pipeline as a Prefect flow.")
     ap.add_argument("--repo", default=str(REPO))
+    ap.add_argument("--set", "-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="param override, as with `dvc exp run -S` (repeatable)")
+    ap.add_argument("--exp", dest="experiment", help="save the run as this DVC experiment")
+    ap.add_argument("--fresh", action="store_true", help="discard existing checkpoints instead of resuming")
     ap.add_argument("--retries", type=int, default=2)
-    ap.add_argument("--retry-delay", type=float, default=10.0)
+    ap.add_argument("--retry-delay", type=float, default=10.0, help="first retry delay in seconds (doubles)")
     args = ap.parse_args(argv)
-    print(pipeline(repo=args.repo, retries=args.retries, retry_delay_seconds=args.retry_delay))
+    result = pipeline(repo=args.repo, overrides=parse_overrides(args.overrides) or None, experiment=args.experiment,
+                      fresh=args.fresh, retries=args.retries, retry_delay_seconds=args.retry_delay)
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

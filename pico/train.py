@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,10 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
     interval_losses: list[float] = []
     interval_norms: list[float] = []
     clip = params.optim.max_grad_norm if params.optim.max_grad_norm is not None else math.inf
-    fault_step = int(os.environ.get("PICO_FAULT_NAN_AT_STEP", "0"))  # test hook: inject a NaN loss
+    # test hooks, for runs that start at step 0 only: a NaN loss at one step; a SIGKILL right
+    # after one step's checkpoint
+    fault_step = int(os.environ.get("PICO_FAULT_NAN_AT_STEP", "0")) if state is None else 0
+    kill_step = int(os.environ.get("PICO_FAULT_KILL_AT_STEP", "0")) if state is None else 0
     clock = started = time.perf_counter()
     steps_timed = 0
     while step < t.max_steps:
@@ -335,6 +339,8 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
             writer.write(history)
         if step % t.checkpoint_every == 0 or last or stop_reason:
             save_checkpoint()
+        if step == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
         if stop_reason:
             break
     bar.close()

@@ -107,6 +107,12 @@ def prepared(params_dict: dict):
     return params
 
 
+# Prefect: no telemetry, and a generous start-up time for any temporary server on 2 cores
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     # nothing in the tests may reach a hub
@@ -136,7 +142,7 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def make_dvc_repo(repo: Path) -> Path:
+def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:
     """A git + DVC repo holding this project's dvc.yaml and code, with a tiny config on the embedded corpus."""
     shutil.copytree(REPO / "pico", repo / "pico", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
@@ -145,6 +151,8 @@ def make_dvc_repo(repo: Path) -> Path:
     params["embedded"] = {"out_dir": "data/embedded", "min_chars": 400}
     params["training"]["max_steps"] = 8
     params["evaluation"]["max_windows_per_source"] = 20
+    for section, values in (overrides or {}).items():
+        params.setdefault(section, {}).update(values)
     # every key written out: DVC insists that each param a stage lists exists in params.yaml
     full = parse_params(params).model_dump(mode="json")
     (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))

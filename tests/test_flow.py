@@ -1,25 +1,52 @@
-"""The Prefect flow against a real Prefect server: stages run through DVC, retries, no-op reruns."""
+"""The Prefect flow against a real Prefect server (started once per test session): stages run
+through DVC, retries, kill-and-resume, early-stop and divergence branches, experiments, schedules."""
 
+import json
+import os
+import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 import yaml
 
-from tests.conftest import make_dvc_repo, sh
+from tests.conftest import REPO, make_dvc_repo, sh
 
 pytestmark = pytest.mark.slow
 
+STAGES = ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")
+
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """One real server for the session (start-up takes ~20 s on 2 cores); flows in this process use it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    from tests.prefect_server import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect")).start()
+    os.environ["PREFECT_API_URL"] = server.api_url  # for the subprocesses too
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
 
 
-def test_flow_runs_dvc_stages_with_retries(prefect_server, tmp_path):
+def latest_flow_task_runs():
+    """Task runs of the most recent flow run, by name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        return {r.name: r for r in runs}
+
+
+def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.pipeline import pipeline
@@ -36,17 +63,109 @@ def test_flow_runs_dvc_stages_with_retries(prefect_server, tmp_path):
     sh(repo, "git", "commit", "-qm", "flaky stage")
 
     outcome = pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
-    assert outcome == {s: "ran" for s in ("flaky", "embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")}
-    assert (repo / "metrics/eval.json").exists() and (repo / "dvc.lock").exists()
-
+    assert outcome == {"flaky": "ran", **{s: "ran" for s in STAGES}, "status": "completed"}
+    runs = latest_flow_task_runs()
+    assert runs["flaky"].run_count == 2  # failed once, retried, completed
+    assert runs["train"].run_count == 1
     with get_client(sync_client=True) as client:
-        runs = {r.name: r for r in client.read_task_runs()}
-        assert runs["flaky"].run_count == 2  # failed once, retried, completed
-        assert runs["train"].run_count == 1
-        artifacts = client.read_artifacts()
-        assert any(a.key == "pico-report" and "Training report" in (a.data or "") for a in artifacts)
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"pico-report", "pico-metrics"} <= keys
 
-    # DVC, not Prefect, decides what is up to date: a second run skips every stage it tracks
+    # DVC, not Prefect, decides what is up to date: a second run skips every stage DVC tracks
     again = pipeline(repo=str(repo), retries=0, retry_delay_seconds=0.0)
-    assert {s: v for s, v in again.items() if s != "flaky"} == {
-        s: "skipped" for s in ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")}
+    assert {s: again[s] for s in STAGES} == {s: "skipped" for s in STAGES}
+
+    # overrides land as a DVC experiment, beside `dvc exp run -S` runs
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline")
+    exp = pipeline(repo=str(repo), overrides={"optim.lr": 1.0e-3}, experiment="flow-lr", retries=0)
+    assert exp["tokenize"] == "skipped" and exp["train"] == "ran" and exp["experiment"] == "flow-lr"
+    shown = sh(repo, "dvc", "exp", "show", "--json").stdout
+    assert "flow-lr" in shown and "0.001" in shown
+
+
+def test_killed_training_is_retried_and_resumes(prefect_server, tmp_path, monkeypatch):
+    from flows.pipeline import pipeline
+
+    settings = {"training": {"max_steps": 12, "checkpoint_every": 4}}
+    clean = make_dvc_repo(tmp_path / "clean", settings)
+    sh(clean, "dvc", "repro")
+    killed = make_dvc_repo(tmp_path / "killed", settings)
+    monkeypatch.setenv("PICO_FAULT_KILL_AT_STEP", "4")  # the trainer SIGKILLs itself after step 4's checkpoint
+    outcome = pipeline(repo=str(killed), retries=1, retry_delay_seconds=0.0)
+    assert outcome["train"] == "ran" and outcome["status"] == "completed"
+    assert latest_flow_task_runs()["train"].run_count == 2
+    for name in ("metrics/eval.json", "metrics/train.csv", "metrics/eval_history.csv", "metrics/train_summary.json"):
+        assert (killed / name).read_text() == (clean / name).read_text(), name
+    assert (killed / "checkpoints/step_00000012/model.safetensors").read_bytes() == \
+        (clean / "checkpoints/step_00000012/model.safetensors").read_bytes()
+
+
+def test_early_stop_branch_evaluates_best_checkpoint(prefect_server, tmp_path):
+    from flows.pipeline import pipeline
+
+    repo = make_dvc_repo(tmp_path / "repo", {
+        "training": {"max_steps": 30, "eval_every": 2},
+        "early_stop": {"enabled": True, "patience": 1, "min_delta": 10.0, "explosion_factor": None},
+    })
+    outcome = pipeline(repo=str(repo), retries=0)
+    assert outcome["status"] == "early_stopped"
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["checkpoint_kind"] == "best" and ev["train_status"] == "early_stopped"
+    report = (repo / "reports/report.md").read_text()
+    assert "early_stopped" in report and "**best** checkpoint" in report
+
+
+def test_diverged_run_fails_with_reason(prefect_server, tmp_path, monkeypatch):
+    from flows.pipeline import PipelineFailed, pipeline
+
+    repo = make_dvc_repo(tmp_path / "repo")
+    monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
+    with pytest.raises(PipelineFailed, match=r"training loss is nan at step 6.*recovery is off"):
+        pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
+    assert latest_flow_task_runs()["train"].run_count == 1  # a diverged run is not retried blindly
+
+
+def test_diverged_run_recovers_with_lower_lr(prefect_server, tmp_path, monkeypatch):
+    from flows.pipeline import pipeline
+
+    repo = make_dvc_repo(tmp_path / "repo", {"recovery": {"enabled": True, "lr_factor": 0.5, "max_attempts": 1}})
+    monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
+    outcome = pipeline(repo=str(repo), experiment="nan", retries=0)
+    assert outcome["status"] == "completed" and outcome["experiment"] == "nan-recovery-1"
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["optim"]["lr"] == pytest.approx(1.5e-3)
+    assert params["training"]["restart_from"] == "checkpoints/step_00000004"
+    summary = json.loads((repo / "metrics/train_summary.json").read_text())
+    assert summary["events"][0]["step"] == 4 and "restarted from" in summary["events"][0]["event"]
+    assert "nan-recovery-1" in sh(repo, "dvc", "exp", "show", "--json").stdout
+
+
+def test_scheduled_deployment_fires(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    repo = make_dvc_repo(tmp_path / "repo")
+    sh(repo, "dvc", "repro")  # up to date: each scheduled run is a quick no-op
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([sys.executable, "-m", "flows.serve", "--name", "every-5s", "--interval", "5",
+                               "--repo", str(repo), "--retries", "0"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        completed = []
+        while time.time() < deadline and not completed:
+            time.sleep(2)
+            assert server.poll() is None, server.stdout.read()
+            with get_client(sync_client=True) as client:
+                try:
+                    dep = client.read_deployment_by_name("pico-pipeline/every-5s")
+                except Exception:
+                    continue
+                runs = client.read_flow_runs()
+                completed = [r for r in runs if r.deployment_id == dep.id and r.state and r.state.is_completed()]
+        assert completed, "no scheduled run completed within 180 s"
+        assert dep.schedules and dep.schedules[0].schedule.interval.total_seconds() == 5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
