@@ -73,7 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (_, help_text) in STAGES.items():
         sub.add_parser(name, help=help_text)
+    exp = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face LlamaForCausalLM folder")
+    exp.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/step_00000200")
+    exp.add_argument("out_dir")
+    exp.add_argument("--tokenizer-dir", help="default: the tokenizer folder recorded in the checkpoint")
     args = parser.parse_args(argv)
+
+    if args.stage == "export-hf":
+        from pico.export_hf import export
+
+        try:
+            out = export(args.checkpoint, args.out_dir, args.tokenizer_dir)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"error in export-hf: {err}", file=sys.stderr)
+            return 1
+        print(f"exported {args.checkpoint} -> {out} (LlamaForCausalLM)")
+        return 0
 
     try:
         params = load_params(args.params)
