@@ -77,8 +77,21 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("checkpoint", help="a checkpoint folder, e.g. checkpoints/step_00000200")
     exp.add_argument("out_dir")
     exp.add_argument("--tokenizer-dir", help="default: the tokenizer folder recorded in the checkpoint")
+    cmp_ = sub.add_parser("compare", help="the training log of two runs (git revisions or DVC experiments) side by side")
+    cmp_.add_argument("run_a")
+    cmp_.add_argument("run_b")
+    cmp_.add_argument("--out", default="reports/compare.md")
     args = parser.parse_args(argv)
 
+    if args.stage == "compare":
+        from pico.report import compare
+
+        try:
+            print(f"wrote {compare(args.run_a, args.run_b, args.out)}")
+        except (OSError, ValueError, ConfigError) as err:
+            print(f"error in compare: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.stage == "export-hf":
         from pico.export_hf import export
 

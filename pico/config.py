@@ -183,9 +183,26 @@ class EvaluationConfig(_Strict):
     out: str = "metrics/eval.json"
 
 
+class DiagnosisConfig(_Strict):
+    """Thresholds of the report's diagnosis (pico/diagnose.py)."""
+
+    overfit_min_evals: int = Field(2, ge=1)  # evaluations after the best one, eval loss rising
+    overfit_min_rise: float = Field(0.01, ge=0.0)  # last eval loss above best by this fraction
+    divergence_factor: float = Field(1.5, gt=1.0)  # final train loss above its minimum x this
+    plateau_fraction: float = Field(0.25, gt=0.0, le=1.0)  # the tail of training that is judged
+    plateau_min_improvement: float = Field(0.01, ge=0.0)  # relative loss drop over that tail
+    spike_factor: float = Field(1.5, gt=1.0)  # a logged loss above this x the recent median
+    grad_explosion_factor: float = Field(10.0, gt=1.0)  # interval max grad norm above this x the median
+    pathology_ratio: float = Field(10.0, gt=1.0)  # pico per-seq mean / token perplexity above this
+
+
 class ReportConfig(_Strict):
     out_dir: str = "reports"
     run_name: str = "pico-decoder"
+    # what "What we did" compares with: a params file, a git revision or a DVC experiment name;
+    # null = the committed params.yaml (HEAD)
+    baseline: str | None = None
+    diagnosis: DiagnosisConfig = DiagnosisConfig()
 
 
 class Params(_Strict):

@@ -98,10 +98,35 @@ def aggregate(nll: np.ndarray, table: np.ndarray, sources: list[str], subdomains
         if m.any():
             per_sub[name] = summarize(nll[m], n_tokens[m], n_bytes[m])
     keys = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
+    dominant = dominant_windows(nll, n_tokens, table, sources, subdomains)
     macro = {k: math.fsum(v[k] for v in per_source.values()) / len(per_source) for k in keys}
     macro["seq_mean_over_token_ratio"] = macro["pico_mean_seq_perplexity"] / macro["token_perplexity"]
     return {"macro": macro, "overall": summarize(nll, n_tokens, n_bytes),
-            "sources": per_source, "subdomains": per_sub}
+            "sources": per_source, "subdomains": per_sub, "per_sequence_dominance": dominant}
+
+
+def dominant_windows(nll: np.ndarray, n_tokens: np.ndarray, table: np.ndarray, sources: list[str],
+                     subdomains: list[str], top: int = 5) -> dict[str, Any]:
+    """Which windows (and sources) make up the per-sequence mean: each window's share of
+    Σ exp(window loss). A share near 1 for a handful of windows is the metric pathology."""
+    losses = nll / n_tokens
+    ppl = np.array([_exp(float(x)) for x in losses])
+    finite = np.isfinite(ppl)
+    total = math.fsum(ppl[finite]) if finite.all() else math.inf
+    order = np.argsort(-losses, kind="stable")[:top]
+    windows = [{
+        "window": int(i), "doc": int(table["doc"][i]), "source": sources[int(table["source"][i])],
+        "subdomain": subdomains[int(table["subdomain"][i])], "loss": float(losses[i]),
+        "tokens": int(n_tokens[i]), "perplexity": float(ppl[i]),
+        "share": float(ppl[i] / total) if math.isfinite(total) else (1.0 if not finite[i] else 0.0),
+    } for i in order]
+    by_source = {}
+    for s, name in enumerate(sources):
+        m = table["source"] == s
+        if m.any():
+            part = math.fsum(ppl[m & finite]) if (finite | ~m).all() else math.inf
+            by_source[name] = part / total if math.isfinite(total) and total > 0 else float(not math.isfinite(part))
+    return {"top_windows": windows, "top_share": math.fsum(w["share"] for w in windows), "source_share": by_source}
 
 
 def evaluate_model(model: torch.nn.Module, windows: EvalWindows, batch_size: int,

@@ -1,32 +1,25 @@
-"""The report stage: a Markdown training report with static PNG plots, written from metric files.
+"""The report stage: the training log, written from metric files, never by hand.
 
-Nothing in it is typed by hand: every number comes from ``metrics/`` (train log, evaluation
-history, final evaluation, summary) and ``params.yaml``. Plots are PNGs so the report renders
-offline (``dvc plots show`` HTML loads its JavaScript from a CDN).
+Shape of the log: a header (run, date, status, fingerprint), *What we did* (params that differ
+from a baseline, each as a sentence), *The result* (training loss, token-level Paloma perplexity
+and bits per byte first → best → last per source, pico's per-sequence mean beside them, spikes,
+throughput), *What happened* (a diagnosis with its evidence, pico/diagnose.py), *What we do next*
+(recommendations tied to numbers), the config in brief and PNG plots. ``pico report --compare A B``
+writes the same log for two runs (git revisions or DVC experiments) side by side.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import datetime as dt
 import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pico.config import Params  # noqa: E402
-from pico.fsutil import atomic_open, atomic_write_text  # noqa: E402
-
-
-def read_csv(path: Path) -> list[dict[str, float]]:
-    if not path.exists():
-        return []
-    with path.open() as fh:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+from pico.config import Params
+from pico.diagnose import Diagnosis, diagnose
+from pico.fsutil import atomic_write_text
+from pico.plots import make_plots
+from pico.runs import RunRecord, describe_changes, load_params_at, load_run
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -34,140 +27,164 @@ def fmt(x: Any, digits: int = 4) -> str:
         return "n/a"
     if isinstance(x, str):
         return x
-    if isinstance(x, float) and not math.isfinite(x):
+    if isinstance(x, bool):
         return str(x)
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3e}" if abs(x) >= 1e5 or (x != 0 and abs(x) < 1e-3) else f"{x:.{digits}g}"
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100, metadata={"Software": None})  # no version stamp: stable bytes
-    plt.close(fig)
-
-
-def make_plots(train: list[dict], evals: list[dict], out_dir: Path) -> list[str]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    made = []
-    if train:
-        steps = [r["step"] for r in train]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(steps, [r["loss_mean"] for r in train], label="train loss (mean over log interval)")
-        if evals:
-            ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss (token-level, macro)")
-        ax.set_xlabel("step"), ax.set_ylabel("cross-entropy (nats/token)"), ax.legend(), ax.grid(alpha=0.3)
-        _save(fig, out_dir / "loss.png")
-        made.append("loss.png")
-        for key, label, log in (("lr", "learning rate", False), ("grad_norm", "gradient norm (pre-clip)", True)):
-            fig, ax = plt.subplots(figsize=(7, 3))
-            ax.plot(steps, [r[key] for r in train])
-            if key == "grad_norm":
-                ax.plot(steps, [r["grad_norm_max"] for r in train], alpha=0.5, label="max over interval")
-                ax.legend()
-            ax.set_xlabel("step"), ax.set_ylabel(label), ax.grid(alpha=0.3)
-            if log:
-                ax.set_yscale("log")
-            _save(fig, out_dir / f"{key}.png")
-            made.append(f"{key}.png")
-    if evals:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        steps = [r["step"] for r in evals]
-        for key in sorted(k for k in evals[0] if k.startswith("token_perplexity/")):
-            ax.plot(steps, [r[key] for r in evals], "o-", label=key.split("/", 1)[1])
-        ax.plot(steps, [r["token_perplexity"] for r in evals], "k--", label="macro")
-        ax.set_xlabel("step"), ax.set_ylabel("token-level perplexity"), ax.set_yscale("log")
-        ax.legend(), ax.grid(alpha=0.3)
-        _save(fig, out_dir / "eval_perplexity.png")
-        made.append("eval_perplexity.png")
-    return made
-
-
-def first_last(rows: list[dict], key: str, extreme: str = "best") -> str:
-    vals = [r[key] for r in rows if key in r]
+def first_best_last(rows: list[dict], key: str, best=min) -> str:
+    vals = [(r["step"], r[key]) for r in rows if key in r]
     if not vals:
         return "n/a"
-    pick = max if extreme == "max" else min
-    return f"{fmt(vals[0])} → {fmt(vals[-1])} ({extreme} {fmt(pick(vals))})"
+    b = best(vals, key=lambda v: v[1])
+    return f"{fmt(vals[0][1])} → {fmt(b[1])} (step {int(b[0])}) → {fmt(vals[-1][1])}"
 
 
-def render(params: Params, summary: dict, final_eval: dict, train: list[dict], evals: list[dict],
-           perf: list[dict], plots: list[str], plots_rel: str) -> str:
-    m, o, t, d = params.model, params.optim, params.training, params.data
+def status_line(summary: dict, max_steps: int) -> str:
+    status = summary.get("status", "unknown")
+    text = {"completed": "completed", "early_stopped": "early-stopped", "diverged": "diverged"}.get(status, status)
+    line = f"{text} at step {summary.get('step')} of {max_steps}"
+    return line + (f" because {summary['reason']}" if summary.get("reason") else "")
+
+
+def result_section(run: RunRecord) -> list[str]:
+    train, evals, s, fe = run.train, run.evals, run.summary, run.final_eval
+    lines = ["## The result", ""]
+    if train:
+        lines.append(f"- training loss (interval mean): {fmt(train[0]['loss_mean'])} → {fmt(train[-1]['loss_mean'])} "
+                     f"(min {fmt(min(r['loss_mean'] for r in train))})")
+    if evals:
+        lines.append(f"- token-level eval loss (macro): {first_best_last(evals, 'loss')}")
+    sources = list(fe.get("sources", {}))
+    if sources and evals:
+        lines += ["", "| source | token perplexity first → best (step) → last | bits per byte first → best → last "
+                      "| pico per-seq mean (final) | ratio |", "|---|---|---|---|---|"]
+        for name in sources:
+            m = fe["sources"][name]
+            lines.append(f"| {name} | {first_best_last(evals, f'token_perplexity/{name}')} | "
+                         f"{first_best_last(evals, f'bits_per_byte/{name}')} | {fmt(m.get('pico_mean_seq_perplexity'))} | "
+                         f"{fmt(m.get('seq_mean_over_token_ratio'), 3)}× |")
+        mac = fe.get("macro", {})
+        lines.append(f"| **macro** | {first_best_last(evals, 'token_perplexity')} | {first_best_last(evals, 'bits_per_byte')} "
+                     f"| {fmt(mac.get('pico_mean_seq_perplexity'))} | {fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+        lines += ["", f"Final figures are of the {fe.get('checkpoint_kind', 'latest')} checkpoint (step {fe.get('step')})."
+                  + (" Training stopped early, so that is the **best** checkpoint, not the last."
+                     if fe.get("checkpoint_kind") == "best" else "")]
+    if run.perf:
+        rates = sorted(r["tokens_per_s"] for r in run.perf)
+        lines.append(f"- throughput {fmt(rates[len(rates) // 2], 5)} tokens/s (median of log intervals); "
+                     f"wall time of the last invocation {fmt(run.perf[-1]['elapsed_s'], 4)} s")
+    if s.get("tokens") is not None:
+        lines.append(f"- {fmt(s.get('tokens'))} tokens seen, {fmt(s.get('epochs'), 3)} epochs over the packed rows")
+    return lines
+
+
+def diagnosis_sections(d: Diagnosis) -> list[str]:
+    lines = ["## What happened", "", f"**{d.verdict}**", ""]
+    lines += [f"- {e}" for e in d.evidence]
+    lines += ["", "**metric pathology**: " + ("yes" if d.pathology else "no")]
+    if d.pathology:
+        lines += [""] + [f"- {e}" for e in d.pathology]
+    lines += ["", "## What we do next", ""]
+    lines += [f"- {r}" for r in d.recommendations] or ["- nothing: the run did what it should"]
+    return lines
+
+
+def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, date: str,
+           plots: list[str], plots_rel: str = "plots") -> str:
+    p, s = run.params, run.summary
+    m, o, t = p.model, p.optim, p.training
+    d = diagnose(run.train, run.evals, s, run.final_eval, p)
     lines = [
-        f"# Training report: {params.report.run_name}",
+        f"# Training log: {run.name}",
         "",
-        f"- **Status**: {summary.get('status', 'unknown')} at step {summary.get('step')} of {t.max_steps}"
-        + (f" — {summary['reason']}" if summary.get("reason") else ""),
-        f"- **Run fingerprint**: `{summary.get('fingerprint')}` (params that define the run + data + tokenizer)",
+        f"- **Date**: {date}",
+        f"- **Status**: {status_line(s, t.max_steps)}",
+        f"- **Fingerprint**: `{s.get('fingerprint')}` (params + data + tokenizer + training code "
+        f"`{s.get('code_version')}`)",
         f"- **Model**: pico-decoder-{m.preset} (d_model {m.dim}, hidden {m.hidden}, {m.n_layers} layers, "
-        f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(summary.get('parameters'))} parameters",
-        f"- **Data**: {fmt(summary.get('tokens'))} training tokens seen, {fmt(summary.get('epochs'), 3)} epochs "
-        f"over the packed rows; rows of {d.seq_len + 1} tokens",
+        f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(s.get('parameters'))} parameters",
+        "",
+        "## What we did",
+        "",
+    ]
+    if changes is None:
+        lines.append("- no baseline to compare with")
+    elif not changes:
+        lines.append(f"- the same params as the baseline ({baseline_name})")
+    else:
+        lines.append(f"Compared with {baseline_name}:")
+        lines += [f"- {c}" for c in changes]
+    for event in s.get("events", []):
+        lines.append(f"- at step {event['step']}: {event['event']}")
+    lines += [""] + result_section(run) + [""] + diagnosis_sections(d) + [
         "",
         "## Config in brief",
         "",
-        f"- optimizer: AdamW lr {fmt(o.lr)}, betas {tuple(o.betas)}, weight decay {fmt(o.weight_decay)}, "
-        f"grad clip {fmt(o.max_grad_norm) if o.max_grad_norm else 'off'}",
-        f"- schedule: {o.schedule}, warmup {o.warmup_steps} steps, min lr ratio {fmt(o.min_lr_ratio)}",
+        f"- AdamW lr {fmt(o.lr)}, betas {tuple(o.betas)}, weight decay {fmt(o.weight_decay)}, "
+        f"grad clip {fmt(o.max_grad_norm) if o.max_grad_norm else 'off'}; {o.schedule} schedule, warmup {o.warmup_steps}",
         f"- batch: micro {t.micro_batch_size} × accumulation {t.grad_accum_steps} = "
-        f"{summary.get('effective_batch_rows')} rows = {fmt(summary.get('effective_batch_tokens'))} tokens per step",
+        f"{t.micro_batch_size * t.grad_accum_steps} rows × {p.data.seq_len} tokens per step",
         f"- dropout {fmt(m.dropout)}, attention dropout {fmt(m.attention_dropout)}, seed {t.seed}",
         "",
-        "## Training",
-        "",
-        f"- training loss (mean over each log interval): {first_last(train, 'loss_mean')}",
-        f"- gradient norm before clipping: {first_last(train, 'grad_norm_max', 'max')} (max per log interval)",
+        "Token perplexity is exp(Σ NLL / Σ tokens); bits per byte divides the same NLL by ln 2 × the UTF-8 "
+        "bytes of the text. The pico per-sequence mean is pico-train's 'Paloma perplexity' (mean over windows of "
+        "exp(window loss)); a few bad windows can inflate it by orders of magnitude — read it beside, never instead.",
     ]
-    if perf:
-        rates = [r["tokens_per_s"] for r in perf]
-        lines.append(f"- throughput: {fmt(sorted(rates)[len(rates) // 2], 5)} tokens/s (median over log intervals); "
-                     f"wall time {fmt(perf[-1]['elapsed_s'], 4)} s for this invocation's steps")
-    lines += ["", "## Evaluation over training (token-level, macro over sources)", ""]
-    for key, label in (("loss", "eval loss"), ("token_perplexity", "token perplexity"),
-                       ("bits_per_byte", "bits per byte"), ("pico_mean_seq_perplexity", "pico per-sequence mean perplexity")):
-        lines.append(f"- {label}: {first_last(evals, key)}")
-    if final_eval.get("checkpoint_kind") == "best":
-        lines += ["", f"Training stopped early, so the evaluation below is of the **best** checkpoint (step "
-                      f"{final_eval.get('step')}, eval loss {fmt(summary.get('best_eval_loss'))}), not the last."]
-    for event in summary.get("events", []):
-        lines.append(f"- step {event['step']}: {event['event']}")
-    if final_eval:
-        lines += [
-            "",
-            f"## Final evaluation ({final_eval.get('checkpoint_kind', 'latest')} checkpoint, step {final_eval.get('step')})",
-            "",
-            "| source | token perplexity | bits per byte | pico per-seq mean ppl | ratio | windows | tokens | bytes |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        rows = [*final_eval.get("sources", {}).items(), ("**macro**", final_eval.get("macro", {}))]
-        for name, s in rows:
-            lines.append(f"| {name} | {fmt(s.get('token_perplexity'))} | {fmt(s.get('bits_per_byte'))} | "
-                         f"{fmt(s.get('pico_mean_seq_perplexity'))} | {fmt(s.get('seq_mean_over_token_ratio'), 3)}× | "
-                         f"{fmt(s.get('windows'))} | {fmt(s.get('tokens'))} | {fmt(s.get('bytes'))} |")
-        lines += [
-            "",
-            "Token perplexity is exp(Σ NLL / Σ tokens), the honest figure; bits per byte divides the same NLL by "
-            "ln 2 × the UTF-8 bytes of the text and compares across tokenizers. The pico per-sequence mean is "
-            "pico-train's 'Paloma perplexity' (mean over windows of exp(window loss)): for equally long windows it "
-            "is ≥ token perplexity (Jensen), and a few bad windows can inflate it by orders of magnitude — read it "
-            "beside, never instead.",
-        ]
     if plots:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{p.removesuffix('.png')}]({plots_rel}/{p})" for p in plots]
+        lines += ["", "## Plots", ""] + [f"![{x.removesuffix('.png')}]({plots_rel}/{x})" for x in plots]
     return "\n".join(lines) + "\n"
 
 
-def run(params: Params) -> Path:
-    metrics = Path(params.training.metrics_dir)
+def baseline_changes(params: Params) -> tuple[list[str] | None, str | None]:
+    source = params.report.baseline or "HEAD"
+    try:
+        return describe_changes(params, load_params_at(source)), source
+    except Exception as err:  # no git, no commit yet, an unknown name: the log says so
+        print(f"report: no baseline ({source}): {err}")
+        return None, None
+
+
+def run(params: Params, date: str | None = None) -> Path:
     out = Path(params.report.out_dir)
-    train, evals, perf = (read_csv(metrics / f) for f in ("train.csv", "eval_history.csv", "perf.csv"))
-    summary_path, eval_path = metrics / "train_summary.json", Path(params.evaluation.out)
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    final_eval = json.loads(eval_path.read_text()) if eval_path.exists() else {}
-    plots = make_plots(train, evals, out / "plots")
-    text = render(params, summary, final_eval, train, evals, perf, plots, "plots")
+    record = load_run(params=params, name=params.report.run_name)
+    plots = make_plots(record.train, record.evals, out / "plots")
+    changes, base = baseline_changes(params)
+    text = render(record, changes, base, date or dt.date.today().isoformat(), plots)
     atomic_write_text(out / "report.md", text)
     print(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return out / "report.md"
+
+
+def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Path:
+    """The training log of two runs (git revisions or DVC experiments), side by side."""
+    runs = [load_run(a), load_run(b)]
+    date = date or dt.date.today().isoformat()
+    cols = [render(r, describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
+                   other if r is runs[1] else None, date, []) for r, other in zip(runs, (b, a))]
+    diag = [diagnose(r.train, r.evals, r.summary, r.final_eval, r.params) for r in runs]
+
+    def final(r: RunRecord, key: str) -> str:
+        return fmt(r.final_eval.get("macro", {}).get(key))
+
+    rows = [
+        ("status", *(status_line(r.summary, r.params.training.max_steps) for r in runs)),
+        ("final train loss", *(fmt(r.summary.get("final_loss_mean")) for r in runs)),
+        ("token perplexity (macro)", *(final(r, "token_perplexity") for r in runs)),
+        ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
+        ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),
+        ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
+    ]
+    lines = [f"# Training logs compared: {a} vs {b}", "", f"- **Date**: {date}", "",
+             f"| | {a} | {b} |", "|---|---|---|"] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
+    lines += ["", f"## What changed from {a} to {b}", ""]
+    lines += [f"- {c}" for c in describe_changes(runs[1].params, load_params_at(a))] or ["- nothing"]
+    for name, text in zip((a, b), cols):
+        lines += ["", "---", "", text.replace("# Training log:", f"# {name}:", 1).replace("\n## ", "\n### ")]
+    out_path = Path(out_path)
+    atomic_write_text(out_path, "\n".join(lines) + "\n")
+    return out_path

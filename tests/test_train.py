@@ -56,8 +56,10 @@ def test_train_evaluate_report_end_to_end(prepared, tmp_path):
         assert m["seq_mean_over_token_ratio"] == pytest.approx(m["pico_mean_seq_perplexity"] / m["token_perplexity"])
 
     md = report.run(prepared).read_text()
-    assert "# Training report: test run" in md
+    assert "# Training log: test run" in md
     assert "token perplexity" in md and "| alpha |" in md
+    for section in ("## What we did", "## The result", "## What happened", "## What we do next"):
+        assert section in md
     for plot in ("loss", "lr", "grad_norm", "eval_perplexity"):
         assert (tmp_path / "reports/plots" / f"{plot}.png").stat().st_size > 1000
         assert f"plots/{plot}.png" in md

@@ -1,0 +1,151 @@
+"""A run's records — params, metric history, summary, final evaluation — read from the workspace
+or from a git revision / DVC experiment (whose commits hold the same files), and the sentences
+that say how one run's params differ from another's."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pico.config import Params, parse_params
+
+
+@dataclass
+class RunRecord:
+    name: str
+    params: Params
+    train: list[dict[str, float]]
+    evals: list[dict[str, float]]
+    perf: list[dict[str, float]]
+    summary: dict[str, Any]
+    final_eval: dict[str, Any]
+
+
+def parse_csv(text: str | None) -> list[dict[str, float]]:
+    if not text:
+        return []
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
+
+
+def _git(*args: str) -> str | None:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def resolve_revision(name: str) -> str:
+    """A git revision, or a DVC experiment name (refs/exps/.../<name>)."""
+    if _git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"):
+        return name
+    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps") or ""
+    matches = [r for r in refs.split() if r.rsplit("/", 1)[-1] == name]
+    if not matches:
+        raise ValueError(f"{name!r} is neither a git revision nor a DVC experiment in this repository")
+    return matches[0]
+
+
+def read_file(path: str, revision: str | None) -> str | None:
+    if revision is None:
+        p = Path(path)
+        return p.read_text() if p.exists() else None
+    return _git("show", f"{revision}:{Path(path).as_posix()}")
+
+
+def load_params_at(source: str) -> dict:
+    """Raw params from a params file, a git revision or a DVC experiment."""
+    if Path(source).is_file():
+        return yaml.safe_load(Path(source).read_text())
+    text = read_file("params.yaml", resolve_revision(source))
+    if text is None:
+        raise ValueError(f"no params.yaml at {source}")
+    return yaml.safe_load(text)
+
+
+def load_run(revision: str | None = None, params: Params | None = None, name: str | None = None) -> RunRecord:
+    """A run's records from the workspace (revision None) or from a git revision / experiment."""
+    rev = resolve_revision(revision) if revision else None
+    if params is None:
+        params = parse_params(yaml.safe_load(read_file("params.yaml", rev) or "{}"), f"params.yaml at {revision}")
+    m = params.training.metrics_dir
+    summary = read_file(f"{m}/train_summary.json", rev)
+    final_eval = read_file(params.evaluation.out, rev)
+    return RunRecord(
+        name=name or revision or params.report.run_name,
+        params=params,
+        train=parse_csv(read_file(f"{m}/train.csv", rev)),
+        evals=parse_csv(read_file(f"{m}/eval_history.csv", rev)),
+        perf=parse_csv(read_file(f"{m}/perf.csv", rev)),
+        summary=json.loads(summary) if summary else {},
+        final_eval=json.loads(final_eval) if final_eval else {},
+    )
+
+
+# Human names of the params a training log talks about; anything else is named by its key.
+LABELS = {
+    "optim.lr": "learning rate", "optim.warmup_steps": "warmup steps", "optim.weight_decay": "weight decay",
+    "optim.max_grad_norm": "gradient clipping (max norm)", "optim.betas": "Adam betas", "optim.schedule": "lr schedule",
+    "model.dropout": "dropout", "model.attention_dropout": "attention dropout", "model.preset": "model preset",
+    "training.grad_accum_steps": "gradient accumulation", "training.micro_batch_size": "micro-batch",
+    "training.log_every": "logging interval", "training.eval_every": "evaluation interval",
+    "training.max_steps": "training steps", "data.seq_len": "sequence length", "tokenizer.source": "tokenizer",
+}
+IGNORED = ("report.", "embedded.out_dir", "data.tokens_dir", "tokenizer.out_dir", "training.checkpoint_dir",
+           "training.metrics_dir", "evaluation.out")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+    return str(v)
+
+
+def _change(before: Any, after: Any) -> str:
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and not isinstance(before, bool):
+        if before == 0:
+            return "(from zero)" if after else ""
+        ratio = after / before
+        if ratio >= 2 or (ratio <= 0.5 and ratio > 0 and (1 / ratio).is_integer()):
+            return f"({g_ratio(ratio)})"
+        return f"({(ratio - 1) * 100:+.0f} %)".replace("-", "−")
+    return ""
+
+
+def g_ratio(r: float) -> str:
+    return f"{r:g}×" if r >= 1 else f"÷{1 / r:g}"
+
+
+def describe_changes(current: Params, baseline: dict) -> list[str]:
+    """One sentence per param that differs from the baseline, with before → after and the change."""
+    base = parse_params(baseline, "baseline params")
+    now, then = _flatten(current.model_dump(mode="json")), _flatten(base.model_dump(mode="json"))
+    lines = []
+    for key in sorted(now):
+        if key.startswith(IGNORED) or now[key] == then.get(key):
+            continue
+        b, a = then.get(key), now[key]
+        lines.append(f"{LABELS.get(key, key)} {_fmt(b)} → {_fmt(a)} {_change(b, a)}".rstrip() + f" (`{key}`)")
+    eb = base.training.micro_batch_size * base.training.grad_accum_steps
+    ea = current.training.micro_batch_size * current.training.grad_accum_steps
+    if ea != eb:
+        lines.append(f"effective batch {eb} → {ea} rows per step {_change(eb, ea)}")
+    return lines
