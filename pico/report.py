@@ -184,7 +184,8 @@ def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Pa
     lines += ["", f"## What changed from {a} to {b}", ""]
     lines += [f"- {c}" for c in describe_changes(runs[1].params, load_params_at(a))] or ["- nothing"]
     for name, text in zip((a, b), cols):
-        lines += ["", "---", "", text.replace("# Training log:", f"# {name}:", 1).replace("\n## ", "\n### ")]
+        body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
+        lines += ["", "---", "", f"## {name}", body]
     out_path = Path(out_path)
     atomic_write_text(out_path, "\n".join(lines) + "\n")
     return out_path

@@ -124,14 +124,10 @@ def _change(before: Any, after: Any) -> str:
         if before == 0:
             return "(from zero)" if after else ""
         ratio = after / before
-        if ratio >= 2 or (ratio <= 0.5 and ratio > 0 and (1 / ratio).is_integer()):
-            return f"({g_ratio(ratio)})"
+        if ratio >= 2:  # growth as a factor, everything else as a percentage: "4×", "−67 %"
+            return f"({ratio:g}×)"
         return f"({(ratio - 1) * 100:+.0f} %)".replace("-", "−")
     return ""
-
-
-def g_ratio(r: float) -> str:
-    return f"{r:g}×" if r >= 1 else f"÷{1 / r:g}"
 
 
 def describe_changes(current: Params, baseline: dict) -> list[str]:

@@ -48,6 +48,13 @@ def test_exp_run_changes_only_training_and_after(dvc_repo):
     text = json.dumps(shown)
     assert "lower-lr" in text and "token_perplexity" in text
 
+    # the training log of the two runs side by side, read from git (HEAD) and the experiment's commit
+    sh(dvc_repo, "pico", "compare", "HEAD", "lower-lr", "--out", "compare.md")
+    md = (dvc_repo / "compare.md").read_text()
+    assert "# Training logs compared: HEAD vs lower-lr" in md
+    assert "learning rate 0.003 → 0.001 (−67 %)" in md
+    assert md.count("\n## What happened") == 0 and md.count("\n### What happened") == 2
+
 
 def test_bad_override_fails_before_any_work(dvc_repo):
     proc = sh(dvc_repo, "dvc", "exp", "run", "-S", "model.dropout=1.5", check=False)
