@@ -33,7 +33,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pico.config import Params, load_params, parse_params
+from pico.config import Params, load_params, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGE = "train"
@@ -70,23 +70,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def apply_overrides(repo: Path, overrides: dict[str, Any]) -> Params:
     """Edit params.yaml like `dvc exp run -S` does, after validating the result; returns the params."""
     path = repo / "params.yaml"
-    raw = yaml.safe_load(path.read_text())
-    for key, value in overrides.items():
-        node, parts = raw, key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node:
-                raise ValueError(f"override {key}: no such param in {path}")
-            node = node[part]
-        if not isinstance(node, dict) or parts[-1] not in node:
-            raise ValueError(f"override {key}: no such param in {path}")
-        node[parts[-1]] = value
-    params = parse_params(raw, f"{path} with overrides {overrides}")
-    typed = params.model_dump(mode="json")  # write validated, typed values (1e-4 as a float)
-    for key in overrides:
-        node, src = raw, typed
-        for part in key.split(".")[:-1]:
-            node, src = node[part], src[part]
-        node[key.split(".")[-1]] = src[key.split(".")[-1]]
+    raw, params = with_overrides(yaml.safe_load(path.read_text()), overrides, str(path))
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return params
 

@@ -81,8 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")
     cmp_.add_argument("--out", default="reports/compare.md")
+    pre = sub.add_parser("preset", help="run a named preset (presets/*.yaml) as a DVC experiment")
+    pre.add_argument("name", help="v1, v2, v1-full, v2-full, ...")
+    pre.add_argument("--queue", action="store_true", help="queue the experiment (run later with `dvc queue start`)")
+    pre.add_argument("--dry-run", action="store_true", help="print the dvc command only")
+    pre.add_argument("-n", "--exp-name", help="experiment name (default: the preset's name)")
     args = parser.parse_args(argv)
 
+    if args.stage == "preset":
+        from pathlib import Path
+
+        from pico import presets
+
+        try:
+            return presets.run(args.name, Path(args.params), args.queue, args.dry_run, args.exp_name)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.stage == "compare":
         from pico.report import compare
 

