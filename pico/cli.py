@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from pico.config import ConfigError, Params, load_params
-from pico.errors import BadDocumentError, TrainingDiverged
+from pico.errors import BadDocumentError, TrainingDiverged, TrainingFailed
 
 
 def _embedded(params: Params) -> None:
@@ -33,9 +33,14 @@ def _tokenize(params: Params) -> None:
     pretokenize.run(params)
 
 
-def _train(params: Params) -> None:
-    from pico import train
+def _train(params: Params, params_path: str = "params.yaml") -> None:
+    from pico import distributed, train
 
+    if params.training.nproc > 1 and not distributed.under_torchrun():
+        code = distributed.launch(params_path, params.training.nproc)
+        if code != 0:
+            raise TrainingFailed(f"{params.training.nproc} training processes ended with exit code {code}")
+        return
     summary = train.run(params)
     print(f"train: {summary['status']} at step {summary['step']}, final loss {summary['final_loss']:.4f}")
 
@@ -120,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = load_params(args.params)
-        STAGES[args.stage][0](params)
+        if args.stage == "train":
+            _train(params, args.params)
+        else:
+            STAGES[args.stage][0](params)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (BadDocumentError, OSError, TrainingDiverged, ValueError) as err:
+    except (BadDocumentError, OSError, TrainingDiverged, TrainingFailed, ValueError) as err:
         print(f"error in stage '{args.stage}': {err}", file=sys.stderr)
         return 1
     return 0

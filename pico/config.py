@@ -143,6 +143,10 @@ class TrainingConfig(_Strict):
     # Continue from this checkpoint folder with the current params (e.g. a lower lr after a
     # divergence): weights, optimizer, data position and history come from it. null = off.
     restart_from: str | None = None
+    # processes on this node: `pico train` starts them with torchrun (DDP); multi-node runs call
+    # torchrun themselves. The effective batch is micro_batch_size x grad_accum_steps x world size.
+    nproc: int = Field(1, ge=1)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
 
     @model_validator(mode="after")
     def _batch_adds_up(self) -> "TrainingConfig":

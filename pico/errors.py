@@ -7,3 +7,7 @@ class BadDocumentError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingFailed(RuntimeError):
+    """The training processes (torchrun) did not finish."""

@@ -51,7 +51,7 @@ def status_line(summary: dict, max_steps: int) -> str:
     return line + (f" because {summary['reason']}" if summary.get("reason") else "")
 
 
-def result_section(run: RunRecord) -> list[str]:
+def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
     train, evals, s, fe = run.train, run.evals, run.summary, run.final_eval
     lines = ["## The result", ""]
     if train:
@@ -74,6 +74,11 @@ def result_section(run: RunRecord) -> list[str]:
         lines += ["", f"Final figures are of the {fe.get('checkpoint_kind', 'latest')} checkpoint (step {fe.get('step')})."
                   + (" Training stopped early, so that is the **best** checkpoint, not the last."
                      if fe.get("checkpoint_kind") == "best" else "")]
+    if train:
+        cfg = run.params.report.diagnosis
+        lines.append(f"- loss spikes (> {cfg.spike_factor}× the recent mean): {len(d.spikes)}; gradient-norm explosions "
+                     f"(> {cfg.grad_explosion_factor}× the median): {len(d.grad_explosions)}; max pre-clip gradient norm "
+                     f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}")
     if run.perf:
         rates = sorted(r["tokens_per_s"] for r in run.perf)
         lines.append(f"- throughput {fmt(rates[len(rates) // 2], 5)} tokens/s (median of log intervals); "
@@ -121,7 +126,7 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
         lines += [f"- {c}" for c in changes]
     for event in s.get("events", []):
         lines.append(f"- at step {event['step']}: {event['event']}")
-    lines += [""] + result_section(run) + [""] + diagnosis_sections(d) + [
+    lines += [""] + result_section(run, d) + [""] + diagnosis_sections(d) + [
         "",
         "## Config in brief",
         "",

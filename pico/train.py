@@ -10,6 +10,7 @@ written atomically. On CPU a resumed run ends bit-identical to an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -24,14 +25,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint
+from pico import checkpoint, distributed
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.loader import RowLoader
 from pico.data.packing import open_rows
 from pico.data.paloma import EvalWindows
+from pico.distributed import Dist
 from pico.errors import TrainingDiverged
 from pico.evaluate import evaluate_model
 from pico.fsutil import atomic_write_json, atomic_write_text
@@ -39,7 +42,9 @@ from pico.model import ModelDims, PicoDecoder
 from pico.monitor import LossWatch, eval_verdict
 
 # Params that change what is trained; logging/checkpoint cadence does not.
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "micro_batch_size", "grad_accum_steps", "seed")
+# (micro-batch and accumulation enter only through the effective batch, so a run may resume on
+# another number of processes with the same effective batch)
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed")
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s")
 
@@ -95,12 +100,13 @@ def make_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.AdamW:
     )
 
 
-def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict) -> str:
+def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, world: int = 1) -> str:
     t = params.training.model_dump()
     defining = {
         "model": params.model.model_dump(mode="json"),
         "optim": params.optim.model_dump(mode="json"),
         "training": {k: t[k] for k in RUN_DEFINING_TRAINING_KEYS},
+        "effective_batch_rows": t["micro_batch_size"] * t["grad_accum_steps"] * world,
         "train_data": data_manifest["sha256"],
         "eval_data": eval_manifest["sha256"],
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
@@ -152,7 +158,7 @@ def pick_device(params: Params) -> torch.device:
     return torch.device("cpu")
 
 
-def _restore(params: Params, fingerprint: str, model, optimizer, scheduler) -> dict[str, Any] | None:
+def _restore(params: Params, fingerprint: str, model, optimizer, scheduler, d: Dist) -> dict[str, Any] | None:
     """Resume the same run from its newest checkpoint, or restart from ``training.restart_from``.
 
     Returns the checkpoint state to continue from, or None to start at step 0. Checkpoints of
@@ -160,8 +166,10 @@ def _restore(params: Params, fingerprint: str, model, optimizer, scheduler) -> d
     """
     t = params.training
     root = Path(t.checkpoint_dir)
-    for name in checkpoint.remove_partial(root):
-        print(f"removed an incomplete checkpoint left by a crash: {root / name}")
+    if d.is_main:  # only rank 0 changes the checkpoint folder; the others wait, then read
+        for name in checkpoint.remove_partial(root):
+            print(f"removed an incomplete checkpoint left by a crash: {root / name}")
+    d.barrier()
     latest = checkpoint.latest_checkpoint(root)
     if latest is not None and checkpoint.read_state(latest).get("fingerprint") == fingerprint:
         state = checkpoint.load(latest, model, optimizer, scheduler)
@@ -182,27 +190,41 @@ def _restore(params: Params, fingerprint: str, model, optimizer, scheduler) -> d
         state["history"].setdefault("events", []).append(
             {"step": state["step"], "event": f"restarted from {source} with lr {params.optim.lr:g}"})
         print(f"restarting from {source} (step {state['step']}) with lr {params.optim.lr:g}")
-    if latest is not None:
+    d.barrier()  # every rank has read what it needs before rank 0 clears the folder
+    if latest is not None and d.is_main:
         print(f"{latest} belongs to another run (fingerprint {checkpoint.read_state(latest).get('fingerprint')} "
               f"!= {fingerprint}); starting fresh (the earlier run's outputs live on in DVC's cache)")
         shutil.rmtree(root)
+    d.barrier()
     return state
 
 
 def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
+    """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
+    d = distributed.setup(params.training.backend)
+    try:
+        with distributed.quiet_unless_main(d):
+            return _train(params, d, progress)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     t, es = params.training, params.early_stop
-    progress = os.isatty(2) if progress is None else progress
+    progress = os.isatty(2) and d.is_main if progress is None else progress and d.is_main
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = pick_device(params)
+    if device.type == "cuda" and d.world > 1:
+        device = torch.device("cuda", d.local_rank)
 
     rows, data_manifest = open_rows(params.data.tokens_dir, "train")
     if data_manifest["row_len"] != params.data.seq_len + 1:
         raise ValueError(f"{params.data.tokens_dir} holds rows of {data_manifest['row_len']} tokens but "
                          f"data.seq_len={params.data.seq_len}; rerun the tokenize stage")
     windows = EvalWindows(params.data.tokens_dir)
-    fingerprint = run_fingerprint(params, data_manifest, windows.manifest)
+    fingerprint = run_fingerprint(params, data_manifest, windows.manifest, d.world)
     code = code_version()
 
     torch.manual_seed(t.seed)
@@ -210,14 +232,16 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
     model = PicoDecoder(dims).to(device)
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
-    loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps)
+    loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps, d.rank, d.world)
     effective_batch = loader.rows_per_step
     if t.global_batch_size is not None and t.global_batch_size != effective_batch:
         raise ValueError(f"training.global_batch_size={t.global_batch_size} but micro_batch_size x grad_accum_steps "
                          f"x world size = {effective_batch}")
     tokens_per_step = effective_batch * params.data.seq_len
 
-    state = _restore(params, fingerprint, model, optimizer, scheduler)
+    state = _restore(params, fingerprint, model, optimizer, scheduler, d)
+    ddp = model if d.world == 1 else DistributedDataParallel(
+        model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     step, position = (state["step"], state["position"]) if state else (0, 0)
     history: dict[str, list[dict]] = state["history"] if state else {"train": [], "eval": [], "perf": [], "events": []}
     status, reason = (state.get("status", "running"), state.get("reason")) if state else ("running", None)
@@ -227,20 +251,29 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
     n_params = model.num_parameters()
     print(f"model: {params.model.preset} d_model={dims.d_model} vocab={dims.vocab_size} -> {n_params:,} parameters; "
           f"effective batch {effective_batch} rows x {params.data.seq_len} tokens = {tokens_per_step:,} tokens/step; "
-          f"{len(rows)} rows of data; device {device}")
+          f"{len(rows)} rows of data; device {device}" + (f"; {d.world} processes" if d.world > 1 else ""))
     print(f"run fingerprint {fingerprint} (params, data, tokenizer, training code {code})")
     ckpt_root = Path(t.checkpoint_dir)
     writer = MetricsWriter(t.metrics_dir)
 
-    def save_checkpoint(name: str | None = None) -> None:
-        snapshot = {"fingerprint": fingerprint, "position": position, "history": history, "status": status,
-                    "reason": reason, "loss_running_mean": watch.mean, "model_dims": dims.to_dict(),
-                    "config": params.model_dump(mode="json"), "code_version": code,
-                    "tokenizer_sha256": data_manifest["tokenizer_sha256"], "train_data_sha256": data_manifest["sha256"]}
-        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot, t.keep_checkpoints, name=name)
+    def snapshot() -> dict[str, Any]:
+        return {"fingerprint": fingerprint, "position": position, "history": history, "status": status,
+                "reason": reason, "loss_running_mean": watch.mean, "model_dims": dims.to_dict(),
+                "config": params.model_dump(mode="json"), "code_version": code,
+                "tokenizer_sha256": data_manifest["tokenizer_sha256"], "train_data_sha256": data_manifest["sha256"]}
+
+    def save_checkpoint() -> None:
+        """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal); all wait."""
+        if d.is_main:
+            checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot(), t.keep_checkpoints)
+        d.barrier()
 
     def evaluate_now() -> str | None:
-        """Evaluate, keep the best checkpoint, and return a reason to stop early (or None)."""
+        """Evaluate (on rank 0), keep the best checkpoint, and return every rank a reason to stop early."""
+        reason = _evaluate_main() if d.is_main else None
+        return d.broadcast(reason)
+
+    def _evaluate_main() -> str | None:
         metrics = evaluate_model(model, windows, params.evaluation.batch_size,
                                  params.evaluation.max_windows_per_source, device)
         history["eval"].append(eval_row(step, metrics))
@@ -249,10 +282,15 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
                    f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
         verdict = eval_verdict(history["eval"], es)
         if es.enabled and verdict.is_best:
-            save_checkpoint(checkpoint.BEST)
+            snapshot_best()
         return verdict.stop_reason
 
+    def snapshot_best() -> None:  # rank 0 alone (inside its evaluation), so no barrier here
+        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot(), t.keep_checkpoints,
+                        name=checkpoint.BEST)
+
     def finish(final_status: str, why: str | None) -> dict[str, Any]:
+        identical = d.all_equal(distributed.weights_digest(model))
         verdict = eval_verdict(history["eval"], es) if history["eval"] else None
         final_train = history["train"][-1] if history["train"] else {}
         summary = {
@@ -268,7 +306,11 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
             "parameters": n_params, "fingerprint": fingerprint, "code_version": code,
             "events": history.get("events", []),
         }
-        writer.write(history, summary)
+        if d.world > 1:
+            summary["processes"] = d.world
+            summary["weights_identical_across_ranks"] = identical
+        if d.is_main:
+            writer.write(history, summary)
         return summary
 
     if status in ("completed", "early_stopped"):
@@ -291,12 +333,17 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
     while step < t.max_steps:
         lr_now = scheduler.get_last_lr()[0]
         step_loss = 0.0
-        for batch in loader.step_batches(position):
+        batches = loader.step_batches(position)
+        for i, batch in enumerate(batches):
             batch = batch.to(device, non_blocking=True)
-            logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            (loss / t.grad_accum_steps).backward()
+            # DDP: all-reduce gradients once per step, on the last micro-batch
+            sync = d.world == 1 or i == len(batches) - 1
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                logits = ddp(batch[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+                (loss / t.grad_accum_steps).backward()
             step_loss += loss.item() / t.grad_accum_steps
+        step_loss = d.mean(step_loss)  # every rank sees the global loss, so all stop together
         if step + 1 == fault_step:
             step_loss = math.nan
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
@@ -335,7 +382,7 @@ def run(params: Params, progress: bool | None = None) -> dict[str, Any]:
             tqdm.write(f"early stop at step {step}: {stop_reason}")
         elif last:
             status = "completed"
-        if step % t.log_every == 0 or last or stop_reason:
+        if (step % t.log_every == 0 or last or stop_reason) and d.is_main:
             writer.write(history)
         if step % t.checkpoint_every == 0 or last or stop_reason:
             save_checkpoint()

@@ -10,6 +10,17 @@ import subprocess
 import time
 from pathlib import Path
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    """SIGTERM, wait, then SIGKILL: how the tests' servers are stopped."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 KEY, SECRET = "pico-test-key", "pico-test-secret"
 S3_PORT = 8333
 
@@ -59,11 +70,5 @@ class SeaweedS3:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self.proc = None

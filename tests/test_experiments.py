@@ -149,7 +149,8 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
     subprocess.run(["git", "clone", "-q", str(repo), str(again)], check=True)
     shutil.copy(repo / ".dvc/config.local", again / ".dvc/config.local")
     pull = subprocess.Popen(["dvc", "pull"], cwd=again, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                                 "AWS_MAX_ATTEMPTS": "3"})  # fewer retries: the test waits for the failure
     time.sleep(0.3)
     s3_server.stop()
     try:

@@ -113,7 +113,8 @@ def test_early_stop_branch_evaluates_best_checkpoint(prefect_server, tmp_path):
     ev = json.loads((repo / "metrics/eval.json").read_text())
     assert ev["checkpoint_kind"] == "best" and ev["train_status"] == "early_stopped"
     report = (repo / "reports/report.md").read_text()
-    assert "early_stopped" in report and "**best** checkpoint" in report
+    assert "early-stopped at step 2 of 30 because evaluation loss has not improved" in report
+    assert "that is the **best** checkpoint, not the last" in report
 
 
 def test_diverged_run_fails_with_reason(prefect_server, tmp_path, monkeypatch):

@@ -1,0 +1,75 @@
+"""Training as several processes (torchrun, DDP over gloo on CPU) follows the same batches as one."""
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def train_cli(project: Path, raw: dict, **env) -> subprocess.CompletedProcess:
+    write_params(project / "params.yaml", raw)
+    return subprocess.run([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
+                          cwd=project, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env})
+
+
+def variant(params_dict, tmp_path, name, nproc, micro, accum):
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(nproc=nproc, micro_batch_size=micro, grad_accum_steps=accum,
+                           checkpoint_dir=str(tmp_path / name / "checkpoints"), metrics_dir=str(tmp_path / name / "metrics"))
+    (tmp_path / name).mkdir()
+    return raw
+
+
+def losses(root: Path) -> list[float]:
+    with open(root / "metrics/train.csv") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh)]
+
+
+def weights(root: Path, step: int = 12):
+    return load_file(str(root / f"checkpoints/step_{step:08d}/model.safetensors"))
+
+
+def assert_close_runs(a: Path, b: Path) -> None:
+    assert losses(a) == pytest.approx(losses(b), rel=1e-5)
+    wa, wb = weights(a), weights(b)
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max().item() < 1e-5, k
+
+
+def test_two_processes_match_one(params_dict, prepared, tmp_path):
+    one = variant(params_dict, tmp_path, "one", nproc=1, micro=4, accum=2)
+    two = variant(params_dict, tmp_path, "two", nproc=2, micro=4, accum=1)  # same effective batch: 8 rows
+    assert train_cli(tmp_path / "one", one).returncode == 0
+    proc = train_cli(tmp_path / "two", two)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "launching 2 processes" in proc.stdout
+    summary = json.loads((tmp_path / "two/metrics/train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["weights_identical_across_ranks"] is True
+    assert summary["effective_batch_rows"] == 8
+    assert_close_runs(tmp_path / "one", tmp_path / "two")
+
+
+def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, tmp_path):
+    ref = variant(params_dict, tmp_path, "ref", nproc=1, micro=4, accum=2)
+    assert train_cli(tmp_path / "ref", ref).returncode == 0
+    two = variant(params_dict, tmp_path, "moved", nproc=2, micro=4, accum=1)
+    crashed = train_cli(tmp_path / "moved", two, PICO_FAULT_KILL_AT_STEP="4")  # every rank dies after step 4
+    assert crashed.returncode != 0
+    assert (tmp_path / "moved/checkpoints/step_00000004").is_dir()
+    one = copy.deepcopy(two)
+    one["training"].update(nproc=1, micro_batch_size=4, grad_accum_steps=2)
+    resumed = train_cli(tmp_path / "moved", one)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout and "step 4" in resumed.stdout
+    assert_close_runs(tmp_path / "ref", tmp_path / "moved")
