@@ -46,6 +46,9 @@ class DataConfig(_Strict):
     strict: bool = False  # fail on the first bad line instead of skipping it
     max_documents: int | None = Field(None, ge=1)
     encode_batch_size: int = Field(512, ge=1)
+    # processes that tokenize training shards at once (1 = one stream in this process); the
+    # output is byte-identical for any number
+    tokenize_workers: int = Field(1, ge=1)
 
 
 class TokenizerConfig(_Strict):
@@ -147,6 +150,13 @@ class TrainingConfig(_Strict):
     # torchrun themselves. The effective batch is micro_batch_size x grad_accum_steps x world size.
     nproc: int = Field(1, ge=1)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+    # GPU path (off by default; CI never has a GPU): bf16 autocast, torch.compile of the model.
+    # On CUDA the trainer also uses fused AdamW, TF32 matmuls and pinned-memory batches.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    # peak FLOP/s of one device, for the MFU column of metrics/perf.csv (null = no MFU column),
+    # e.g. 989.0e12 for an H100 SXM in bf16
+    peak_flops: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _batch_adds_up(self) -> "TrainingConfig":

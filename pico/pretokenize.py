@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
-from pico.data.documents import ReadStats, iter_documents
-from pico.data.packing import write_train_tokens
+from pico.data.documents import HF_PREFIX, ReadStats, expand_paths, iter_documents
+from pico.data.packing import token_dtype, write_train_manifest, write_train_tokens
+from pico.data.parallel import pack_shards_parallel
 from pico.data.paloma import write_eval_windows
 
 
@@ -23,10 +24,18 @@ def run(params: Params, progress: bool | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     d = params.data
 
-    stats = ReadStats()
-    docs = iter_documents(d.train_paths, stats, strict=d.strict, max_documents=d.max_documents)
-    train = write_train_tokens(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
-                               d.encode_batch_size, progress)
+    files = expand_paths(d.train_paths)
+    parallel = d.tokenize_workers > 1 and d.max_documents is None and not any(f.startswith(HF_PREFIX) for f in files)
+    if parallel:
+        stats, counts = pack_shards_parallel(
+            files, str(Path(params.tokenizer.out_dir) / tokenizer_stage.TOKENIZER_FILE), info.vocab_size, info.eos_id,
+            d.seq_len + 1, out / "train.bin", min(d.tokenize_workers, len(files)), d.strict, d.encode_batch_size)
+        train = write_train_manifest(out, stats, counts, token_dtype(info.vocab_size), d.seq_len, info.sha256, info.eos_id)
+    else:  # one stream (also for hub datasets and max_documents, which need a single reader)
+        stats = ReadStats()
+        docs = iter_documents(d.train_paths, stats, strict=d.strict, max_documents=d.max_documents)
+        train = write_train_tokens(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
+                                   d.encode_batch_size, progress)
     print(f"train: {train['documents']} documents from {len(train['files'])} files -> {train['tokens']:,} tokens, "
           f"{train['rows']} rows of {train['row_len']}, skipped {train['skipped']}")
 

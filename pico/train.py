@@ -44,9 +44,9 @@ from pico.monitor import LossWatch, eval_verdict
 # Params that change what is trained; logging/checkpoint cadence does not.
 # (micro-batch and accumulation enter only through the effective batch, so a run may resume on
 # another number of processes with the same effective batch)
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed")
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "precision", "compile")
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
-PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s")
+PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
 
 
 # The code that decides what a run computes (the train stage's code deps in dvc.yaml): a change
@@ -89,14 +89,14 @@ def lr_lambda(params: Params):
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, params: Params) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) -> torch.optim.AdamW:
     # decay matrices and embeddings, not RMSNorm gains (pico decays everything; gains should stay ~1)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     o = params.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=o.betas, eps=o.eps, foreach=False,
+        lr=o.lr, betas=o.betas, eps=o.eps, **({"fused": True} if fused else {"foreach": False}),
     )
 
 
@@ -218,6 +218,10 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     device = pick_device(params)
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16"
+                else contextlib.nullcontext())
 
     rows, data_manifest = open_rows(params.data.tokens_dir, "train")
     if data_manifest["row_len"] != params.data.seq_len + 1:
@@ -230,7 +234,7 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     torch.manual_seed(t.seed)
     dims = model_dims(params)
     model = PicoDecoder(dims).to(device)
-    optimizer = make_optimizer(model, params)
+    optimizer = make_optimizer(model, params, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
     loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps, d.rank, d.world)
     effective_batch = loader.rows_per_step
@@ -242,6 +246,9 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     state = _restore(params, fingerprint, model, optimizer, scheduler, d)
     ddp = model if d.world == 1 else DistributedDataParallel(
         model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    if t.compile:
+        ddp = torch.compile(ddp)
+    flops_per_token = model.flops_per_token(params.data.seq_len)
     step, position = (state["step"], state["position"]) if state else (0, 0)
     history: dict[str, list[dict]] = state["history"] if state else {"train": [], "eval": [], "perf": [], "events": []}
     status, reason = (state.get("status", "running"), state.get("reason")) if state else ("running", None)
@@ -335,10 +342,12 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
         step_loss = 0.0
         batches = loader.step_batches(position)
         for i, batch in enumerate(batches):
+            if device.type == "cuda":
+                batch = batch.pin_memory()
             batch = batch.to(device, non_blocking=True)
             # DDP: all-reduce gradients once per step, on the last micro-batch
             sync = d.world == 1 or i == len(batches) - 1
-            with contextlib.nullcontext() if sync else ddp.no_sync():
+            with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:
                 logits = ddp(batch[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
                 (loss / t.grad_accum_steps).backward()
@@ -373,8 +382,10 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
                 "lr": lr_now, "grad_norm": grad_norm, "grad_norm_max": max(interval_norms),
                 "tokens": step * tokens_per_step,
             })
-            history["perf"].append({"step": step, "tokens_per_s": round(steps_timed * tokens_per_step / (now - clock), 1),
-                                    "elapsed_s": round(now - started, 2)})
+            rate = steps_timed * tokens_per_step / (now - clock)
+            history["perf"].append({"step": step, "tokens_per_s": round(rate, 1), "elapsed_s": round(now - started, 2),
+                                    "model_flops_per_s": round(rate * flops_per_token),
+                                    "mfu": round(rate * flops_per_token / (t.peak_flops * d.world), 5) if t.peak_flops else ""})
             interval_losses, interval_norms, clock, steps_timed = [], [], now, 0
         stop_reason = evaluate_now() if (step % t.eval_every == 0 or last) else None
         if stop_reason:

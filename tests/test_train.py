@@ -1,6 +1,7 @@
 import copy
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -172,3 +173,13 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     for name in ("train.csv", "eval_history.csv", "train_summary.json"):
         assert (clean / "metrics" / name).read_text() == (killed / "metrics" / name).read_text()
+
+
+def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(precision="bf16", peak_flops=1.0e11)
+    summary = train.run(parse_params(raw), progress=False)
+    assert summary["status"] == "completed" and math.isfinite(summary["final_loss"])
+    perf = read_csv(tmp_path / "metrics/perf.csv")
+    assert all(0 < float(r["mfu"]) < 1 for r in perf)
+    assert all(float(r["model_flops_per_s"]) > 0 for r in perf)

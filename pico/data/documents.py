@@ -50,6 +50,12 @@ class ReadStats:
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {reason}: {detail}")
 
+    def merge(self, other: "ReadStats") -> None:
+        """Fold in a later shard's counts (shards merged in reading order keep the examples' order)."""
+        self.documents += other.documents
+        self.skipped.update(other.skipped)
+        self.examples.extend(other.examples[: 20 - len(self.examples)])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
@@ -143,7 +149,8 @@ def record_to_document(record: dict, where: str, stats: ReadStats, strict: bool,
     )
 
 
-def _iter_file(path: str, stats: ReadStats, strict: bool) -> Iterator[Document]:
+def iter_file(path: str, stats: ReadStats, strict: bool) -> Iterator[Document]:
+    """The documents of one shard, in line order."""
     default_source = os.path.basename(path).split(".")[0]
     lineno = 0
     try:
@@ -179,7 +186,7 @@ def iter_documents(patterns: list[str], stats: ReadStats | None = None, strict: 
     stats.files = files
     produced = 0
     for path in files:
-        reader = _iter_hf(path, stats, strict) if path.startswith(HF_PREFIX) else _iter_file(path, stats, strict)
+        reader = _iter_hf(path, stats, strict) if path.startswith(HF_PREFIX) else iter_file(path, stats, strict)
         for doc in reader:
             yield doc
             produced += 1

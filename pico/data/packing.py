@@ -37,35 +37,57 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype: np.dtype,
+                   batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """The token stream (each document's tokens + EOS, in order), one encode batch at a time."""
+    for batch in batched(docs, batch_size):
+        encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
+        pieces = []
+        for enc in encodings:
+            pieces.append(np.asarray(enc.ids, dtype=dtype))
+            pieces.append(np.asarray([eos_id], dtype=dtype))
+        yield np.concatenate(pieces), len(batch)
+
+
+class RowPacker:
+    """Cuts a token stream into rows of ``row_len`` and writes the full ones; the tail is dropped."""
+
+    def __init__(self, fh, row_len: int, dtype: np.dtype):
+        self.fh, self.row_len = fh, row_len
+        self.carry = np.empty(0, dtype=dtype)
+        self.tokens = self.rows = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, chunk: np.ndarray) -> None:
+        self.tokens += len(chunk)
+        stream = np.concatenate([self.carry, chunk])
+        n_full = len(stream) // self.row_len
+        if n_full:
+            block = stream[: n_full * self.row_len].tobytes()
+            self.fh.write(block)
+            self.digest.update(block)
+            self.rows += n_full
+        self.carry = stream[n_full * self.row_len:].copy()
+
+    def result(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "rows": self.rows, "tokens_dropped_tail": int(len(self.carry)),
+                "sha256": self.digest.hexdigest()}
+
+
 def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_len: int, out_path: Path,
                    dtype: np.dtype, batch_size: int = 512, progress: bool = True) -> dict[str, Any]:
     """Write full rows to ``out_path`` atomically; return counts and the file's sha256."""
-    digest = hashlib.sha256()
-    carry = np.empty(0, dtype=dtype)
-    tokens = rows = docs_packed = 0
+    docs_packed = 0
     bar = tqdm(desc=f"tokenize {out_path.name}", unit=" docs", disable=not progress, mininterval=2)
     with atomic_open(out_path, "wb") as fh:
-        for batch in batched(docs, batch_size):
-            encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-            pieces = [carry]
-            for enc in encodings:
-                pieces.append(np.asarray(enc.ids, dtype=dtype))
-                pieces.append(np.asarray([eos_id], dtype=dtype))
-                tokens += len(enc.ids) + 1
-            stream = np.concatenate(pieces)
-            n_full = len(stream) // row_len
-            if n_full:
-                block = stream[: n_full * row_len].tobytes()
-                fh.write(block)
-                digest.update(block)
-                rows += n_full
-            carry = stream[n_full * row_len:].copy()
-            docs_packed += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(rows=rows, refresh=False)
+        packer = RowPacker(fh, row_len, dtype)
+        for chunk, n_docs in encoded_chunks(docs, tok, eos_id, dtype, batch_size):
+            packer.add(chunk)
+            docs_packed += n_docs
+            bar.update(n_docs)
+            bar.set_postfix(rows=packer.rows, refresh=False)
     bar.close()
-    return {"documents_packed": docs_packed, "tokens": tokens, "rows": rows,
-            "tokens_dropped_tail": int(len(carry)), "sha256": digest.hexdigest()}
+    return {"documents_packed": docs_packed, **packer.result()}
 
 
 def open_rows(tokens_dir: str | Path, split: str = "train") -> tuple[np.memmap, dict[str, Any]]:
@@ -82,11 +104,8 @@ def open_rows(tokens_dir: str | Path, split: str = "train") -> tuple[np.memmap, 
     return rows, manifest
 
 
-def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, eos_id: int,
-                       tokenizer_sha: str, seq_len: int, out_dir: Path, batch_size: int,
-                       progress: bool = True) -> dict[str, Any]:
-    dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
-    counts = pack_documents(docs, tok, eos_id, seq_len + 1, out_dir / "train.bin", dtype, batch_size, progress)
+def write_train_manifest(out_dir: Path, stats: ReadStats, counts: dict[str, Any], dtype: np.dtype, seq_len: int,
+                         tokenizer_sha: str, eos_id: int) -> dict[str, Any]:
     manifest = {
         "file": "train.bin",
         "dtype": dtype.name,
@@ -99,3 +118,11 @@ def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
     }
     atomic_write_json(out_dir / "train_manifest.json", manifest)
     return manifest
+
+
+def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, eos_id: int,
+                       tokenizer_sha: str, seq_len: int, out_dir: Path, batch_size: int,
+                       progress: bool = True) -> dict[str, Any]:
+    dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
+    counts = pack_documents(docs, tok, eos_id, seq_len + 1, out_dir / "train.bin", dtype, batch_size, progress)
+    return write_train_manifest(out_dir, stats, counts, dtype, seq_len, tokenizer_sha, eos_id)

@@ -1,0 +1,67 @@
+"""Tokenizing many shards at once with identical output.
+
+Each worker process turns one shard into its token stream (documents' tokens + EOS, in line order)
+in a temporary file; the main process feeds the streams, in shard order, to the same RowPacker the
+sequential path uses. Packing only concatenates and cuts, so the rows, the manifest and every byte
+equal a sequential run's, whatever the number of workers. Memory stays flat: a worker holds one
+encode batch, the merge one block.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pico.data.documents import ReadStats, iter_file
+from pico.data.packing import RowPacker, encoded_chunks, token_dtype
+from pico.fsutil import atomic_open
+
+MERGE_BLOCK = 1 << 22  # tokens read per step while merging a shard's stream
+
+
+def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str, out_path: str,
+                   strict: bool, batch_size: int) -> dict[str, Any]:
+    """Worker: one shard -> its token stream file; returns the shard's read stats."""
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core per worker: the pool is the parallelism
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_file)
+    stats = ReadStats()
+    with open(out_path, "wb") as fh:
+        for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size):
+            fh.write(chunk.tobytes())
+    return {"documents": stats.documents, "skipped": dict(stats.skipped), "examples": stats.examples}
+
+
+def pack_shards_parallel(files: list[str], tokenizer_file: str, vocab_size: int, eos_id: int, row_len: int,
+                         out_path: Path, workers: int, strict: bool, batch_size: int) -> tuple[ReadStats, dict]:
+    dtype = token_dtype(vocab_size)
+    stats = ReadStats(files=list(files))
+    scratch = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
+    try:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds tokenizer threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, atomic_open(out_path, "wb") as fh:
+            futures = [pool.submit(tokenize_shard, f, tokenizer_file, eos_id, dtype.name, str(scratch / f"{i:06d}.bin"),
+                                   strict, batch_size) for i, f in enumerate(files)]
+            packer = RowPacker(fh, row_len, dtype)
+            for i, future in enumerate(futures):  # in shard order: the first bad shard's error wins
+                shard = future.result()
+                part = ReadStats(documents=shard["documents"], examples=shard["examples"])
+                part.skipped.update(shard["skipped"])
+                stats.merge(part)
+                stream = np.memmap(scratch / f"{i:06d}.bin", dtype=dtype, mode="r") \
+                    if (scratch / f"{i:06d}.bin").stat().st_size else np.empty(0, dtype=dtype)
+                for start in range(0, len(stream), MERGE_BLOCK):
+                    packer.add(np.asarray(stream[start:start + MERGE_BLOCK]))
+                del stream
+                (scratch / f"{i:06d}.bin").unlink()
+        return stats, {"documents_packed": stats.documents, **packer.result()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
