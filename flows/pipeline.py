@@ -158,6 +158,7 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
     outcome: dict[str, str] = {}
     attempt = 0
     pending = stages
+    base_name = experiment or "run"
     while True:
         try:
             _run_stages(root, pending, retries, delays, outcome)
@@ -175,7 +176,7 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
             logger.warning("training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
                            div.summary.get("reason"), attempt, rec.max_attempts, restart, new_lr)
             params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
-            experiment = f"{experiment or 'run'}-recovery-{attempt}"
+            experiment = f"{base_name}-recovery-{attempt}"
             pending = stages[stages.index(TRAIN_STAGE):]
     summary = train_summary(root, params)
     if summary.get("status") == "early_stopped":
