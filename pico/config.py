@@ -49,6 +49,11 @@ class DataConfig(_Strict):
     # processes that tokenize training shards at once (1 = one stream in this process); the
     # output is byte-identical for any number
     tokenize_workers: int = Field(1, ge=1)
+    # pico's pretokenized data instead of tokenizing documents (hf://datasets/pico-lm/pretokenized-dolma@train,
+    # hf://datasets/pico-lm/pretokenized-paloma-tinsy@val, or local parquet with the same columns)
+    pretokenized_train: str | None = None
+    pretokenized_eval: str | None = None
+    pretokenized_max_rows: int | None = Field(None, ge=1)  # training rows to take from the stream
 
 
 class TokenizerConfig(_Strict):
@@ -134,6 +139,7 @@ class TrainingConfig(_Strict):
     # Optional check: micro_batch_size x grad_accum_steps x world size must equal it
     global_batch_size: int | None = Field(None, ge=1)
     seed: int = 42
+    shuffle: bool = True  # seeded permutation of rows per epoch; false = rows in stored order (pico-train)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)
     eval_at_start: bool = True

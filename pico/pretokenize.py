@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pico.config import Params
+from pico.data import pretokenized
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import HF_PREFIX, ReadStats, expand_paths, iter_documents
 from pico.data.packing import token_dtype, write_train_manifest, write_train_tokens
@@ -24,6 +25,27 @@ def run(params: Params, progress: bool | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     d = params.data
 
+    if d.pretokenized_train:
+        train = pretokenized.write_train_rows(d.pretokenized_train, d.seq_len, info.vocab_size, out,
+                                              d.pretokenized_max_rows, info.sha256, info.eos_id)
+        print(f"train: {train['rows']} pretokenized rows of {train['row_len']} from {d.pretokenized_train}")
+    else:
+        train = _tokenize_train(params, tok, info, out, progress)
+
+    if d.pretokenized_eval:
+        ev = pretokenized.write_eval_rows(d.pretokenized_eval, d.seq_len, info.vocab_size, out, info.sha256, info.eos_id)
+    else:
+        stats = ReadStats()
+        docs = iter_documents(d.eval_paths, stats, strict=d.strict)
+        ev = write_eval_windows(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
+                                d.encode_batch_size, progress)
+    print(f"eval: {ev['documents']} documents, {len(ev['sources'])} sources -> {ev['windows']} windows, "
+          f"{ev['predicted_tokens']:,} predicted tokens, {ev['bytes']:,} bytes, skipped {ev['skipped']}")
+    return {"train": train, "eval": ev}
+
+
+def _tokenize_train(params: Params, tok, info, out: Path, progress: bool) -> dict:
+    d = params.data
     files = expand_paths(d.train_paths)
     parallel = d.tokenize_workers > 1 and d.max_documents is None and not any(f.startswith(HF_PREFIX) for f in files)
     if parallel:
@@ -38,11 +60,4 @@ def run(params: Params, progress: bool | None = None) -> dict:
                                    d.encode_batch_size, progress)
     print(f"train: {train['documents']} documents from {len(train['files'])} files -> {train['tokens']:,} tokens, "
           f"{train['rows']} rows of {train['row_len']}, skipped {train['skipped']}")
-
-    stats = ReadStats()
-    docs = iter_documents(d.eval_paths, stats, strict=d.strict)
-    ev = write_eval_windows(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
-                            d.encode_batch_size, progress)
-    print(f"eval: {ev['documents']} documents, {len(ev['sources'])} sources -> {ev['windows']} windows, "
-          f"{ev['predicted_tokens']:,} predicted tokens, {ev['bytes']:,} bytes, skipped {ev['skipped']}")
-    return {"train": train, "eval": ev}
+    return train

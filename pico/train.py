@@ -44,7 +44,7 @@ from pico.monitor import LossWatch, eval_verdict
 # Params that change what is trained; logging/checkpoint cadence does not.
 # (micro-batch and accumulation enter only through the effective batch, so a run may resume on
 # another number of processes with the same effective batch)
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "precision", "compile")
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile")
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
 
@@ -236,7 +236,7 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     model = PicoDecoder(dims).to(device)
     optimizer = make_optimizer(model, params, fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
-    loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps, d.rank, d.world)
+    loader = RowLoader(rows, t.seed, t.micro_batch_size, t.grad_accum_steps, d.rank, d.world, t.shuffle)
     effective_batch = loader.rows_per_step
     if t.global_batch_size is not None and t.global_batch_size != effective_batch:
         raise ValueError(f"training.global_batch_size={t.global_batch_size} but micro_batch_size x grad_accum_steps "

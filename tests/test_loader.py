@@ -34,3 +34,8 @@ def test_world_size_does_not_change_the_global_batch():
         single = sorted(map(tuple, torch.cat(one.step_batches(position)).tolist()))
         split = sorted(map(tuple, torch.cat([torch.cat(l.step_batches(position)) for l in two]).tolist()))
         assert single == split
+
+
+def test_unshuffled_order_is_the_stored_order():
+    order = GlobalRowOrder(5, seed=7, shuffle=False)
+    assert order.indices(3, 6).tolist() == [3, 4, 0, 1, 2, 3]

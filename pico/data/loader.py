@@ -12,15 +12,16 @@ import torch
 
 
 class GlobalRowOrder:
-    def __init__(self, n_rows: int, seed: int):
+    def __init__(self, n_rows: int, seed: int, shuffle: bool = True):
         if n_rows < 1:
             raise ValueError("no rows to train on")
-        self.n_rows, self.seed = n_rows, seed
+        self.n_rows, self.seed, self.shuffle = n_rows, seed, shuffle
         self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
+            self._perm = (np.random.default_rng([self.seed, epoch]).permutation(self.n_rows) if self.shuffle
+                          else np.arange(self.n_rows))
             self._epoch = epoch
         return self._perm
 
@@ -36,9 +37,9 @@ class RowLoader:
     """Micro-batches for one optimizer step, with this rank's share of the global batch."""
 
     def __init__(self, rows: np.ndarray, seed: int, micro_batch_size: int, grad_accum_steps: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
         self.rows = rows
-        self.order = GlobalRowOrder(len(rows), seed)
+        self.order = GlobalRowOrder(len(rows), seed, shuffle)
         self.micro, self.accum = micro_batch_size, grad_accum_steps
         self.rank, self.world = rank, world_size
 

@@ -1,0 +1,99 @@
+"""pico's published, already tokenized data, read through `datasets` streaming.
+
+- ``pico-lm/pretokenized-dolma``: parquet, ``input_ids`` rows of 2,049 tokens (Dolma v1.7, OLMo
+  tokenizer, documents + EOS concatenated, tail dropped), meant to be consumed in order.
+- ``pico-lm/pretokenized-paloma`` / ``-tinsy``: split ``val``, ``input_ids`` (chunks of up to
+  2,048 tokens), ``text`` and ``source``.
+
+A spec is ``hf://datasets/ORG/NAME@split`` (the hub: needs the network) or a local parquet
+path/glob with the same columns. No tokenization happens: training rows are streamed once into
+the memory-mapped ``train.bin`` the trainer reads (``data.pretokenized_max_rows`` bounds how many),
+and each evaluation row becomes one window (its first token is context, as in pico-train; its
+bytes are those of the row's ``text``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pico.data.documents import HF_PREFIX, ReadStats, expand_paths
+from pico.data.packing import token_dtype
+from pico.data.paloma import WINDOW_DTYPE
+from pico.fsutil import atomic_open, atomic_write_json
+
+
+def stream_rows(spec: str, default_split: str) -> Iterator[dict[str, Any]]:
+    import datasets
+
+    if spec.startswith(HF_PREFIX):
+        name, _, split = spec[len(HF_PREFIX):].partition("@")
+        return iter(datasets.load_dataset(name, split=split or default_split, streaming=True))
+    files = expand_paths([spec])
+    return iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True))
+
+
+def write_train_rows(spec: str, seq_len: int, vocab_size: int, out_dir: Path, max_rows: int | None,
+                     tokenizer_sha: str, eos_id: int) -> dict[str, Any]:
+    dtype = token_dtype(vocab_size)
+    row_len = seq_len + 1
+    digest = hashlib.sha256()
+    rows = 0
+    with atomic_open(out_dir / "train.bin", "wb") as fh:
+        for i, record in enumerate(stream_rows(spec, "train")):
+            if max_rows is not None and rows >= max_rows:
+                break
+            ids = np.asarray(record["input_ids"])
+            if len(ids) != row_len:
+                raise ValueError(f"{spec} row {i} has {len(ids)} tokens; data.seq_len={seq_len} needs rows of {row_len}")
+            if ids.max(initial=0) >= vocab_size:
+                raise ValueError(f"{spec} row {i} holds token id {int(ids.max())}, outside the tokenizer's {vocab_size}")
+            block = ids.astype(dtype).tobytes()
+            fh.write(block)
+            digest.update(block)
+            rows += 1
+    manifest = {
+        "file": "train.bin", "dtype": dtype.name, "seq_len": seq_len, "row_len": row_len,
+        **ReadStats(files=[spec]).to_dict(), "source": "pretokenized",
+        "documents_packed": None, "tokens": rows * row_len, "rows": rows, "tokens_dropped_tail": 0,
+        "sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha, "eos_id": eos_id,
+    }
+    atomic_write_json(out_dir / "train_manifest.json", manifest)
+    return manifest
+
+
+def write_eval_rows(spec: str, seq_len: int, vocab_size: int, out_dir: Path, tokenizer_sha: str,
+                    eos_id: int) -> dict[str, Any]:
+    dtype = token_dtype(vocab_size)
+    sources: dict[str, int] = {}
+    windows = []
+    offset = 0
+    digest = hashlib.sha256()
+    with atomic_open(out_dir / "eval.bin", "wb") as fh:
+        for i, record in enumerate(stream_rows(spec, "val")):
+            ids = np.asarray(record["input_ids"])[: seq_len + 1]
+            if len(ids) < 2:
+                continue
+            src = sources.setdefault(str(record.get("source") or "unknown"), len(sources))
+            block = ids.astype(dtype).tobytes()
+            fh.write(block)
+            digest.update(block)
+            windows.append((offset, len(ids), src, src, i, len(str(record.get("text") or "").encode("utf-8"))))
+            offset += len(ids)
+    table = np.array(windows, dtype=WINDOW_DTYPE)
+    with atomic_open(out_dir / "eval_windows.npy", "wb") as fh:
+        np.save(fh, table, allow_pickle=False)
+    manifest = {
+        "file": "eval.bin", "windows_file": "eval_windows.npy", "dtype": dtype.name, "seq_len": seq_len,
+        **ReadStats(files=[spec]).to_dict(), "source": "pretokenized", "windows": len(table), "tokens": int(offset),
+        "predicted_tokens": int(table["length"].sum() - len(table)) if len(table) else 0,
+        "bytes": int(table["n_bytes"].sum()) if len(table) else 0,
+        "sources": list(sources), "subdomains": [f"{s}/{s}" for s in sources],
+        "sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha, "eos_id": eos_id,
+    }
+    atomic_write_json(out_dir / "eval_manifest.json", manifest)
+    return manifest
