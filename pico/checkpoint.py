@@ -67,8 +67,10 @@ def read_state(path: str | Path) -> dict[str, Any]:
 
 
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, state: dict[str, Any], keep: int, name: str | None = None) -> Path:
-    """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep``."""
+         scheduler: Any, state: dict[str, Any], keep: int, name: str | None = None,
+         weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep``.
+    ``weights`` / ``optimizer_state`` replace the model's and optimizer's own (gathered FSDP state)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name if name else step_dir(root, step)
@@ -76,12 +78,12 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in (weights or model.state_dict()).items()}
     # one metadata key: safetensors stores metadata in a hash map, so several keys come out in any order
     meta = json.dumps({"step": step, "fingerprint": state["fingerprint"]}, sort_keys=True)
     save_file(weights, str(tmp / WEIGHTS), metadata={"pico": meta})
     trainer = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }

@@ -156,6 +156,9 @@ class TrainingConfig(_Strict):
     # torchrun themselves. The effective batch is micro_batch_size x grad_accum_steps x world size.
     nproc: int = Field(1, ge=1)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPUs, gloo on CPUs
+    # how several processes split the work: ddp (replicas), fsdp (fully_shard: parameters, gradients
+    # and optimizer state sharded); auto = fsdp for the medium and large presets, else ddp
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
     # GPU path (off by default; CI never has a GPU): bf16 autocast, torch.compile of the model.
     # On CUDA the trainer also uses fused AdamW, TF32 matmuls and pinned-memory batches.
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -101,3 +101,57 @@ def launch(params_path: str, nproc: int) -> int:
            "-m", "pico.cli", "--params", params_path, "train"]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
     return subprocess.run(cmd).returncode
+
+
+# ---- FSDP (fully_shard): parameters, gradients and optimizer state sharded across ranks ----
+# Checkpoints stay in the single-process format (full weights, index-keyed optimizer state), gathered
+# on rank 0, so they load on any number of processes, sharded or not.
+
+def shard(model: torch.nn.Module) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Gathered weights (a collective: every rank calls it; rank 0 gets them)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options())
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Gathered optimizer state in ``optimizer.state_dict()``'s index-keyed form (collective)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, optimizer, options=_options())
+    if not sd:
+        return sd
+    names = [n for g in sd["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: v for n, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any],
+                              names: list[str]) -> None:
+    """Load an index-keyed full optimizer state into an optimizer over sharded parameters.
+    ``names`` are the parameter names in the optimizer's group order."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
+           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, fqn, options=_options())
+
+
+def total_norm(norm: torch.Tensor) -> float:
+    """clip_grad_norm_'s result as a float (a DTensor under FSDP)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

@@ -45,6 +45,7 @@ from pico.monitor import LossWatch, eval_verdict
 # (micro-batch and accumulation enter only through the effective batch, so a run may resume on
 # another number of processes with the same effective batch)
 RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile")
+FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
 
@@ -243,8 +244,19 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
                          f"x world size = {effective_batch}")
     tokens_per_step = effective_batch * params.data.seq_len
 
+    n_params = model.num_parameters()
     state = _restore(params, fingerprint, model, optimizer, scheduler, d)
-    ddp = model if d.world == 1 else DistributedDataParallel(
+    fsdp = d.world > 1 and (t.parallelism == "fsdp" or (t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
+    if fsdp:  # shard the restored model, then rebuild the optimizer over the shards with the same state
+        opt_state, sched_state = optimizer.state_dict(), scheduler.state_dict()
+        names = [n for n, p in model.named_parameters() if p.ndim >= 2] + [n for n, p in model.named_parameters() if p.ndim < 2]
+        distributed.shard(model)
+        optimizer = make_optimizer(model, params, fused=device.type == "cuda")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))  # adds initial_lr first
+        if opt_state["state"]:
+            distributed.load_full_optimizer_state(model, optimizer, opt_state, names)
+        scheduler.load_state_dict(sched_state)
+    ddp = model if d.world == 1 or fsdp else DistributedDataParallel(
         model, device_ids=[d.local_rank] if device.type == "cuda" else None)
     if t.compile:
         ddp = torch.compile(ddp)
@@ -255,10 +267,10 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     watch = LossWatch(es)
     watch.mean = state.get("loss_running_mean") if state else None
 
-    n_params = model.num_parameters()
     print(f"model: {params.model.preset} d_model={dims.d_model} vocab={dims.vocab_size} -> {n_params:,} parameters; "
           f"effective batch {effective_batch} rows x {params.data.seq_len} tokens = {tokens_per_step:,} tokens/step; "
-          f"{len(rows)} rows of data; device {device}" + (f"; {d.world} processes" if d.world > 1 else ""))
+          f"{len(rows)} rows of data; device {device}"
+          + (f"; {d.world} processes ({'FSDP' if fsdp else 'DDP'})" if d.world > 1 else ""))
     print(f"run fingerprint {fingerprint} (params, data, tokenizer, training code {code})")
     ckpt_root = Path(t.checkpoint_dir)
     writer = MetricsWriter(t.metrics_dir)
@@ -269,35 +281,35 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
                 "config": params.model_dump(mode="json"), "code_version": code,
                 "tokenizer_sha256": data_manifest["tokenizer_sha256"], "train_data_sha256": data_manifest["sha256"]}
 
-    def save_checkpoint() -> None:
-        """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal); all wait."""
+    def save_checkpoint(name: str | None = None) -> None:
+        """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal; FSDP gathers them
+        first, which every rank takes part in); all wait."""
+        gathered = {"weights": distributed.full_weights(model),
+                    "optimizer_state": distributed.full_optimizer_state(model, optimizer)} if fsdp else {}
         if d.is_main:
-            checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot(), t.keep_checkpoints)
+            checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot(), t.keep_checkpoints,
+                            name=name, **gathered)
         d.barrier()
 
     def evaluate_now() -> str | None:
-        """Evaluate (on rank 0), keep the best checkpoint, and return every rank a reason to stop early."""
-        reason = _evaluate_main() if d.is_main else None
-        return d.broadcast(reason)
-
-    def _evaluate_main() -> str | None:
-        metrics = evaluate_model(model, windows, params.evaluation.batch_size,
-                                 params.evaluation.max_windows_per_source, device)
-        history["eval"].append(eval_row(step, metrics))
-        mac = metrics["macro"]
-        tqdm.write(f"step {step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, "
-                   f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
-        verdict = eval_verdict(history["eval"], es)
-        if es.enabled and verdict.is_best:
-            snapshot_best()
-        return verdict.stop_reason
-
-    def snapshot_best() -> None:  # rank 0 alone (inside its evaluation), so no barrier here
-        checkpoint.save(ckpt_root, step, model, optimizer, scheduler, snapshot(), t.keep_checkpoints,
-                        name=checkpoint.BEST)
+        """Evaluate (rank 0 records; under FSDP every rank runs the sharded forward), keep the best
+        checkpoint, and return every rank the same reason to stop early (or None)."""
+        verdict = None
+        if d.is_main or fsdp:
+            metrics = evaluate_model(model, windows, params.evaluation.batch_size,
+                                     params.evaluation.max_windows_per_source, device)
+            history["eval"].append(eval_row(step, metrics))
+            mac = metrics["macro"]
+            tqdm.write(f"step {step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, bits/byte "
+                       f"{mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
+            verdict = eval_verdict(history["eval"], es)
+        is_best, stop = d.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)
+        if es.enabled and is_best:
+            save_checkpoint(checkpoint.BEST)
+        return stop
 
     def finish(final_status: str, why: str | None) -> dict[str, Any]:
-        identical = d.all_equal(distributed.weights_digest(model))
+        identical = None if fsdp else d.all_equal(distributed.weights_digest(model))  # FSDP ranks hold shards
         verdict = eval_verdict(history["eval"], es) if history["eval"] else None
         final_train = history["train"][-1] if history["train"] else {}
         summary = {
@@ -315,7 +327,9 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
         }
         if d.world > 1:
             summary["processes"] = d.world
-            summary["weights_identical_across_ranks"] = identical
+            summary["parallelism"] = "fsdp" if fsdp else "ddp"
+            if identical is not None:
+                summary["weights_identical_across_ranks"] = identical
         if d.is_main:
             writer.write(history, summary)
         return summary
@@ -347,7 +361,9 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
             batch = batch.to(device, non_blocking=True)
             # DDP: all-reduce gradients once per step, on the last micro-batch
             sync = d.world == 1 or i == len(batches) - 1
-            with contextlib.nullcontext() if sync else ddp.no_sync(), autocast:
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            with contextlib.nullcontext() if sync or fsdp else ddp.no_sync(), autocast:
                 logits = ddp(batch[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
                 (loss / t.grad_accum_steps).backward()
@@ -355,7 +371,7 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
         step_loss = d.mean(step_loss)  # every rank sees the global loss, so all stop together
         if step + 1 == fault_step:
             step_loss = math.nan
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        grad_norm = distributed.total_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
         diverged = watch.check(step + 1, step_loss)
         if diverged:  # the weights are still the last good ones: this step's update is not applied
             bar.close()

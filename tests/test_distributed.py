@@ -73,3 +73,25 @@ def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from" in resumed.stdout and "step 4" in resumed.stdout
     assert_close_runs(tmp_path / "ref", tmp_path / "moved")
+
+
+@pytest.mark.parametrize("resume_nproc", [1, 2])
+def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tmp_path, resume_nproc):
+    """fully_shard over 2 processes: same losses and weights as 1 process; its gathered checkpoint
+    resumes on 1 process (plain) or on 2 (sharded again)."""
+    ref = variant(params_dict, tmp_path, "ref", nproc=1, micro=4, accum=2)
+    assert train_cli(tmp_path / "ref", ref).returncode == 0
+    fsdp = variant(params_dict, tmp_path, "fsdp", nproc=2, micro=4, accum=1)
+    fsdp["training"]["parallelism"] = "fsdp"
+    crashed = train_cli(tmp_path / "fsdp", fsdp, PICO_FAULT_KILL_AT_STEP="4")
+    assert crashed.returncode != 0 and (tmp_path / "fsdp/checkpoints/step_00000004").is_dir()
+    again = copy.deepcopy(fsdp)
+    if resume_nproc == 1:
+        again["training"].update(nproc=1, grad_accum_steps=2)
+    done = train_cli(tmp_path / "fsdp", again)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stdout
+    if resume_nproc == 2:
+        summary = json.loads((tmp_path / "fsdp/metrics/train_summary.json").read_text())
+        assert summary["parallelism"] == "fsdp" and summary["processes"] == 2
+    assert_close_runs(tmp_path / "ref", tmp_path / "fsdp")
