@@ -49,6 +49,10 @@ class DataConfig(_Strict):
     # processes that tokenize training shards at once (1 = one stream in this process); the
     # output is byte-identical for any number
     tokenize_workers: int = Field(1, ge=1)
+    # where those shards run: local worker processes, or a Dask cluster through prefect-dask's
+    # DaskTaskRunner (scheduler address from dask_address, else $PICO_DASK_ADDRESS, else a local cluster)
+    tokenize_executor: Literal["process", "dask"] = "process"
+    dask_address: str | None = None
     # pico's pretokenized data instead of tokenizing documents (hf://datasets/pico-lm/pretokenized-dolma@train,
     # hf://datasets/pico-lm/pretokenized-paloma-tinsy@val, or local parquet with the same columns)
     pretokenized_train: str | None = None

@@ -6,6 +6,7 @@ Outputs in ``data.tokens_dir``: ``train.bin`` + ``train_manifest.json`` and ``ev
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -47,11 +48,14 @@ def run(params: Params, progress: bool | None = None) -> dict:
 def _tokenize_train(params: Params, tok, info, out: Path, progress: bool) -> dict:
     d = params.data
     files = expand_paths(d.train_paths)
-    parallel = d.tokenize_workers > 1 and d.max_documents is None and not any(f.startswith(HF_PREFIX) for f in files)
+    use_dask = d.tokenize_executor == "dask"
+    parallel = ((d.tokenize_workers > 1 or use_dask) and d.max_documents is None
+                and not any(f.startswith(HF_PREFIX) for f in files))
     if parallel:
         stats, counts = pack_shards_parallel(
             files, str(Path(params.tokenizer.out_dir) / tokenizer_stage.TOKENIZER_FILE), info.vocab_size, info.eos_id,
-            d.seq_len + 1, out / "train.bin", min(d.tokenize_workers, len(files)), d.strict, d.encode_batch_size)
+            d.seq_len + 1, out / "train.bin", min(d.tokenize_workers, len(files)), d.strict, d.encode_batch_size,
+            dask_address=d.dask_address or os.environ.get("PICO_DASK_ADDRESS"), use_dask=use_dask)
         train = write_train_manifest(out, stats, counts, token_dtype(info.vocab_size), d.seq_len, info.sha256, info.eos_id)
     else:  # one stream (also for hub datasets and max_documents, which need a single reader)
         stats = ReadStats()

@@ -124,6 +124,23 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real server for the session (start-up takes ~20 s on 2 cores); flows in this process use it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.prefect_server import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect")).start()
+    os.environ["PREFECT_API_URL"] = server.api_url  # for the subprocesses too
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from tests.s3server import SeaweedS3
 

@@ -17,23 +17,6 @@ pytestmark = pytest.mark.slow
 STAGES = ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """One real server for the session (start-up takes ~20 s on 2 cores); flows in this process use it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.prefect_server import PrefectServer
-
-    server = PrefectServer(tmp_path_factory.mktemp("prefect")).start()
-    os.environ["PREFECT_API_URL"] = server.api_url  # for the subprocesses too
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
-
-
 def latest_flow_task_runs():
     """Task runs of the most recent flow run, by name."""
     from prefect.client.orchestration import get_client

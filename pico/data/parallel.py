@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,28 +41,54 @@ def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str,
     return {"documents": stats.documents, "skipped": dict(stats.skipped), "examples": stats.examples}
 
 
+def _process_pool_results(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds tokenizer threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(tokenize_shard, *job) for job in jobs]
+        for future in futures:  # in shard order: the first bad shard's error wins
+            yield future.result()
+
+
+def _dask_results(jobs: list[tuple], address: str | None) -> Iterator[dict[str, Any]]:
+    """Shards as Prefect tasks on a Dask cluster (prefect-dask's DaskTaskRunner): the scheduler at
+    ``address``, or a temporary local cluster. Workers on other machines need ``data.tokens_dir`` on
+    storage they share with this one."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_dask import DaskTaskRunner
+
+    shard_task = task(tokenize_shard, name="tokenize-shard", cache_policy=NO_CACHE)
+
+    @flow(name="pico-tokenize-shards", task_runner=DaskTaskRunner(address=address) if address else DaskTaskRunner())
+    def tokenize_all() -> list[dict[str, Any]]:
+        futures = [shard_task.submit(*job) for job in jobs]
+        return [f.result() for f in futures]
+
+    yield from tokenize_all()
+
+
 def pack_shards_parallel(files: list[str], tokenizer_file: str, vocab_size: int, eos_id: int, row_len: int,
-                         out_path: Path, workers: int, strict: bool, batch_size: int) -> tuple[ReadStats, dict]:
+                         out_path: Path, workers: int, strict: bool, batch_size: int,
+                         dask_address: str | None = None, use_dask: bool = False) -> tuple[ReadStats, dict]:
     dtype = token_dtype(vocab_size)
     stats = ReadStats(files=list(files))
     scratch = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
+    jobs = [(f, tokenizer_file, eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size)
+            for i, f in enumerate(files)]
     try:
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds tokenizer threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, atomic_open(out_path, "wb") as fh:
-            futures = [pool.submit(tokenize_shard, f, tokenizer_file, eos_id, dtype.name, str(scratch / f"{i:06d}.bin"),
-                                   strict, batch_size) for i, f in enumerate(files)]
+        results = _dask_results(jobs, dask_address) if use_dask else _process_pool_results(jobs, workers)
+        with atomic_open(out_path, "wb") as fh:
             packer = RowPacker(fh, row_len, dtype)
-            for i, future in enumerate(futures):  # in shard order: the first bad shard's error wins
-                shard = future.result()
+            for i, shard in enumerate(results):
                 part = ReadStats(documents=shard["documents"], examples=shard["examples"])
                 part.skipped.update(shard["skipped"])
                 stats.merge(part)
-                stream = np.memmap(scratch / f"{i:06d}.bin", dtype=dtype, mode="r") \
-                    if (scratch / f"{i:06d}.bin").stat().st_size else np.empty(0, dtype=dtype)
+                path = scratch / f"{i:06d}.bin"
+                stream = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
                 for start in range(0, len(stream), MERGE_BLOCK):
                     packer.add(np.asarray(stream[start:start + MERGE_BLOCK]))
                 del stream
-                (scratch / f"{i:06d}.bin").unlink()
+                path.unlink()
         return stats, {"documents_packed": stats.documents, **packer.result()}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
