@@ -20,7 +20,7 @@ import torch
 from pico.config import load_params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import ReadStats, iter_documents
-from pico.data.packing import token_dtype, write_train_tokens
+from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
 from pico.data.documents import expand_paths
 

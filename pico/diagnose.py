@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from pico.config import DiagnosisConfig
 
 
 @dataclass

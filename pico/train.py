@@ -90,10 +90,17 @@ def lr_lambda(params: Params):
     return factor
 
 
+def param_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters that get weight decay (matrices, embeddings) and those that don't
+    (RMSNorm gains: pico decays everything, but gains should stay ~1), in the optimizer's order."""
+    named = list(model.named_parameters())
+    return [n for n, p in named if p.ndim >= 2], [n for n, p in named if p.ndim < 2]
+
+
 def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) -> torch.optim.AdamW:
-    # decay matrices and embeddings, not RMSNorm gains (pico decays everything; gains should stay ~1)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    by_name = dict(model.named_parameters())
+    decay_names, no_decay_names = param_groups(model)
+    decay, no_decay = [by_name[n] for n in decay_names], [by_name[n] for n in no_decay_names]
     o = params.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -101,7 +108,7 @@ def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) 
     )
 
 
-def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, world: int = 1) -> str:
+def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, code: str, world: int = 1) -> str:
     t = params.training.model_dump()
     defining = {
         "model": params.model.model_dump(mode="json"),
@@ -112,7 +119,7 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, wo
         "eval_data": eval_manifest["sha256"],
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
         "tokenizer": data_manifest["tokenizer_sha256"],
-        "code": code_version(),
+        "code": code,
         "early_stop": params.early_stop.model_dump(mode="json"),
         "restart_from": params.training.restart_from,
     }
@@ -172,7 +179,8 @@ def _restore(params: Params, fingerprint: str, model, optimizer, scheduler, d: D
             print(f"removed an incomplete checkpoint left by a crash: {root / name}")
     d.barrier()
     latest = checkpoint.latest_checkpoint(root)
-    if latest is not None and checkpoint.read_state(latest).get("fingerprint") == fingerprint:
+    found = checkpoint.read_state(latest).get("fingerprint") if latest is not None else None
+    if found == fingerprint:
         state = checkpoint.load(latest, model, optimizer, scheduler)
         print(f"resuming from {latest} (step {state['step']}, {state['position']} rows consumed)")
         return state
@@ -193,7 +201,7 @@ def _restore(params: Params, fingerprint: str, model, optimizer, scheduler, d: D
         print(f"restarting from {source} (step {state['step']}) with lr {params.optim.lr:g}")
     d.barrier()  # every rank has read what it needs before rank 0 clears the folder
     if latest is not None and d.is_main:
-        print(f"{latest} belongs to another run (fingerprint {checkpoint.read_state(latest).get('fingerprint')} "
+        print(f"{latest} belongs to another run (fingerprint {found} "
               f"!= {fingerprint}); starting fresh (the earlier run's outputs live on in DVC's cache)")
         shutil.rmtree(root)
     d.barrier()
@@ -229,8 +237,8 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
         raise ValueError(f"{params.data.tokens_dir} holds rows of {data_manifest['row_len']} tokens but "
                          f"data.seq_len={params.data.seq_len}; rerun the tokenize stage")
     windows = EvalWindows(params.data.tokens_dir)
-    fingerprint = run_fingerprint(params, data_manifest, windows.manifest, d.world)
     code = code_version()
+    fingerprint = run_fingerprint(params, data_manifest, windows.manifest, code, d.world)
 
     torch.manual_seed(t.seed)
     dims = model_dims(params)
@@ -249,7 +257,7 @@ def _train(params: Params, d: Dist, progress: bool | None) -> dict[str, Any]:
     fsdp = d.world > 1 and (t.parallelism == "fsdp" or (t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
     if fsdp:  # shard the restored model, then rebuild the optimizer over the shards with the same state
         opt_state, sched_state = optimizer.state_dict(), scheduler.state_dict()
-        names = [n for n, p in model.named_parameters() if p.ndim >= 2] + [n for n, p in model.named_parameters() if p.ndim < 2]
+        names = [n for group in param_groups(model) for n in group]
         distributed.shard(model)
         optimizer = make_optimizer(model, params, fused=device.type == "cuda")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))  # adds initial_lr first

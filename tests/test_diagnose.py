@@ -4,7 +4,6 @@ import copy
 import math
 from pathlib import Path
 
-import pytest
 
 from pico.config import parse_params
 from pico.diagnose import diagnose

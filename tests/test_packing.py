@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from pico.data.documents import Document, ReadStats, iter_documents
+from pico.data.documents import Document, iter_documents
 from pico.data.packing import open_rows, pack_documents, token_dtype
 from pico.data.paloma import EvalWindows, document_windows
 from pico.data.tokenizer import train_bpe

@@ -2,7 +2,6 @@
 files with the hub datasets' schema (the hub is unreachable here)."""
 
 import copy
-import json
 
 import numpy as np
 import pyarrow as pa

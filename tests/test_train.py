@@ -1,6 +1,5 @@
 import copy
 import csv
-import json
 import math
 import os
 import signal
@@ -164,7 +163,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
     proc = _run_cli(killed, "train")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert f"resuming from" in out
+    assert "resuming from" in out
 
     a, b = clean / "checkpoints/step_00000120", killed / "checkpoints/step_00000120"
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()

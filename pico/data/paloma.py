@@ -76,6 +76,14 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
                 doc_no += 1
             bar.update(len(batch))
     bar.close()
+    return save_windows(out_dir, windows, dtype, seq_len, stats.to_dict(), list(sources), list(subdomains),
+                        digest.hexdigest(), tokenizer_sha, eos_id)
+
+
+def save_windows(out_dir: Path, windows: list[tuple], dtype: np.dtype, seq_len: int, read_stats: dict[str, Any],
+                 sources: list[str], subdomains: list[str], sha256: str, tokenizer_sha: str, eos_id: int,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the window table beside ``eval.bin`` and the manifest that describes both."""
     table = np.array(windows, dtype=WINDOW_DTYPE)
     with atomic_open(out_dir / "eval_windows.npy", "wb") as fh:
         np.save(fh, table, allow_pickle=False)
@@ -84,14 +92,15 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
         "windows_file": "eval_windows.npy",
         "dtype": dtype.name,
         "seq_len": seq_len,
-        **stats.to_dict(),
+        **read_stats,
+        **(extra or {}),
         "windows": len(table),
-        "tokens": int(offset),
+        "tokens": int(table["length"].sum()) if len(table) else 0,
         "predicted_tokens": int(table["length"].sum() - len(table)) if len(table) else 0,
         "bytes": int(table["n_bytes"].sum()) if len(table) else 0,
-        "sources": list(sources),
-        "subdomains": list(subdomains),
-        "sha256": digest.hexdigest(),
+        "sources": sources,
+        "subdomains": subdomains,
+        "sha256": sha256,
         "tokenizer_sha256": tokenizer_sha,
         "eos_id": eos_id,
     }

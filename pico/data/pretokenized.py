@@ -23,7 +23,7 @@ import numpy as np
 
 from pico.data.documents import HF_PREFIX, ReadStats, expand_paths
 from pico.data.packing import token_dtype
-from pico.data.paloma import WINDOW_DTYPE
+from pico.data.paloma import save_windows
 from pico.fsutil import atomic_open, atomic_write_json
 
 
@@ -84,16 +84,6 @@ def write_eval_rows(spec: str, seq_len: int, vocab_size: int, out_dir: Path, tok
             digest.update(block)
             windows.append((offset, len(ids), src, src, i, len(str(record.get("text") or "").encode("utf-8"))))
             offset += len(ids)
-    table = np.array(windows, dtype=WINDOW_DTYPE)
-    with atomic_open(out_dir / "eval_windows.npy", "wb") as fh:
-        np.save(fh, table, allow_pickle=False)
-    manifest = {
-        "file": "eval.bin", "windows_file": "eval_windows.npy", "dtype": dtype.name, "seq_len": seq_len,
-        **ReadStats(files=[spec]).to_dict(), "source": "pretokenized", "windows": len(table), "tokens": int(offset),
-        "predicted_tokens": int(table["length"].sum() - len(table)) if len(table) else 0,
-        "bytes": int(table["n_bytes"].sum()) if len(table) else 0,
-        "sources": list(sources), "subdomains": [f"{s}/{s}" for s in sources],
-        "sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha, "eos_id": eos_id,
-    }
-    atomic_write_json(out_dir / "eval_manifest.json", manifest)
-    return manifest
+    return save_windows(out_dir, windows, dtype, seq_len, ReadStats(files=[spec]).to_dict(), list(sources),
+                        [f"{s}/{s}" for s in sources], digest.hexdigest(), tokenizer_sha, eos_id,
+                        extra={"source": "pretokenized"})
