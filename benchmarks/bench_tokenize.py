@@ -22,6 +22,7 @@ from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import ReadStats, iter_documents
 from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
+from pico.data.tokens_dir import TokenLayout, TokensDir
 from pico.data.documents import expand_paths
 
 
@@ -47,7 +48,7 @@ def main() -> None:
             t0 = time.perf_counter()
             stats = ReadStats()
             docs = iter_documents(params.data.train_paths, stats)
-            write_train_tokens(docs, stats, tok, info.eos_id, info.sha256, params.data.seq_len, Path(tmp),
+            write_train_tokens(docs, stats, tok, TokensDir(tmp), TokenLayout.of(params.data.seq_len, info),
                                params.data.encode_batch_size, progress=False)
             stage_best = min(stage_best, time.perf_counter() - t0)
 
@@ -63,9 +64,9 @@ def main() -> None:
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                pack_shards_parallel(files, str(Path(params.tokenizer.out_dir) / "tokenizer.json"), info.vocab_size,
-                                     info.eos_id, params.data.seq_len + 1, Path(tmp) / "train.bin", workers,
-                                     False, params.data.encode_batch_size)
+                pack_shards_parallel(files, str(Path(params.tokenizer.out_dir) / "tokenizer.json"), TokensDir(tmp),
+                                     TokenLayout.of(params.data.seq_len, info), workers, False,
+                                     params.data.encode_batch_size)
                 best = min(best, time.perf_counter() - t0)
         print(f"{workers} worker processes: {mb / best:7.2f} MB/s  {tokens / best:12,.0f} tokens/s "
               f"(ratio to raw {raw_best / best:.3f}, to the 1-stream stage {stage_best / best:.2f}x)")

@@ -23,14 +23,15 @@ from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import ReadStats, iter_documents, expand_paths
 from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
+from pico.data.tokens_dir import TokenLayout, TokensDir
 params = load_params(sys.argv[1]); pattern, out, workers = sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 tok, info = tokenizer_stage.load(params.tokenizer.out_dir)
 if workers > 1:
-    pack_shards_parallel(expand_paths([pattern]), str(Path(params.tokenizer.out_dir) / "tokenizer.json"), info.vocab_size,
-                         info.eos_id, params.data.seq_len + 1, out / "train.bin", workers, False, params.data.encode_batch_size)
+    pack_shards_parallel(expand_paths([pattern]), str(Path(params.tokenizer.out_dir) / "tokenizer.json"), TokensDir(out),
+                         TokenLayout.of(params.data.seq_len, info), workers, False, params.data.encode_batch_size)
 else:
     stats = ReadStats()
-    write_train_tokens(iter_documents([pattern], stats), stats, tok, info.eos_id, info.sha256, params.data.seq_len, out,
+    write_train_tokens(iter_documents([pattern], stats), stats, tok, TokensDir(out), TokenLayout.of(params.data.seq_len, info),
                        params.data.encode_batch_size, progress=False)
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

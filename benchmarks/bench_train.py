@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
+from pico.data.tokens_dir import row_len
 from pico.model import ModelDims, PicoDecoder
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     dims = ModelDims.from_config(ModelConfig(preset=args.preset), args.vocab)
     model = PicoDecoder(dims).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, dims.vocab_size, (args.batch, args.seq_len + 1), device=args.device)
+    x = torch.randint(0, dims.vocab_size, (args.batch, row_len(args.seq_len)), device=args.device)
 
     def step() -> None:
         logits = model(x[:, :-1])

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
+from pico.data.tokens_dir import row_len
 from pico.model import ModelDims, PicoDecoder
 
 BATCH = {"tiny": 32, "small": 16, "medium": 8, "large": 4}
@@ -29,7 +30,7 @@ def run(preset: str, seconds: float, peak: float, compile_model: bool, seq_len: 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     fwd = torch.compile(model) if compile_model else model
     b = BATCH[preset]
-    x = torch.randint(0, dims.vocab_size, (b, seq_len + 1), device="cuda")
+    x = torch.randint(0, dims.vocab_size, (b, row_len(seq_len)), device="cuda")
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -34,6 +34,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pico.config import Params, load_params, with_overrides
+from pico.train_metrics import TrainSummary, read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGE = "train"
@@ -75,21 +76,31 @@ def apply_overrides(repo: Path, overrides: dict[str, Any]) -> Params:
     return params
 
 
-def train_summary(repo: Path, params: Params) -> dict[str, Any]:
-    path = repo / params.training.metrics_dir / "train_summary.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def train_summary(repo: Path, params: Params) -> TrainSummary | None:
+    return read_summary(repo / params.training.metrics_dir)
+
+
+def stage_is_current(repo: Path, stage: str) -> bool:
+    """DVC's own answer (``dvc status --json``), not its human-readable output: nothing to run."""
+    proc = dvc(repo, "status", "--json", stage)
+    if proc.returncode != 0:
+        return False  # let `dvc repro` run and report the problem
+    return not json.loads(proc.stdout or "{}")
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, task_run_name="{stage}")
 def run_stage(stage: str, repo: str) -> str:
     logger = get_run_logger()
+    if stage_is_current(Path(repo), stage):
+        logger.info("stage '%s' is up to date (dvc status)", stage)
+        return "skipped"
     proc = dvc(Path(repo), "repro", "--single-item", stage)
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.strip():
             logger.info(line)
     if proc.returncode != 0:
         raise RuntimeError(f"stage '{stage}' failed with exit code {proc.returncode}")
-    return "skipped" if "didn't change, skipping" in proc.stdout else "ran"
+    return "ran"
 
 
 def _retry_unless_diverged(repo: Path):
@@ -99,7 +110,7 @@ def _retry_unless_diverged(repo: Path):
             summary = train_summary(repo, load_params(repo / "params.yaml"))
         except Exception:
             return True
-        return summary.get("status") != "diverged"
+        return summary is None or summary.status != "diverged"
     return condition
 
 
@@ -122,8 +133,8 @@ def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str 
 
 
 class _Diverged(Exception):
-    def __init__(self, summary: dict[str, Any]):
-        super().__init__(summary.get("reason"))
+    def __init__(self, summary: TrainSummary):
+        super().__init__(summary.reason)
         self.summary = summary
 
 
@@ -136,7 +147,7 @@ def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float]
         if state.is_failed():
             params = load_params(root / "params.yaml")
             summary = train_summary(root, params)
-            if stage == TRAIN_STAGE and summary.get("status") == "diverged":
+            if stage == TRAIN_STAGE and summary is not None and summary.status == "diverged":
                 outcome[stage] = "diverged"
                 raise _Diverged(summary)
             state.result()  # re-raise the stage's error
@@ -167,21 +178,21 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
             rec = params.recovery
             if not rec.enabled or attempt >= rec.max_attempts:
                 why = "recovery is off" if not rec.enabled else f"{attempt} recovery attempts used"
-                raise PipelineFailed(f"training diverged: {div.summary.get('reason')} ({why})") from None
-            if not div.summary.get("last_good_checkpoint"):
-                raise PipelineFailed(f"training diverged before its first checkpoint: {div.summary.get('reason')}") from None
+                raise PipelineFailed(f"training diverged: {div.summary.reason} ({why})") from None
+            if not div.summary.last_good_checkpoint:
+                raise PipelineFailed(f"training diverged before its first checkpoint: {div.summary.reason}") from None
             attempt += 1
             new_lr = params.optim.lr * rec.lr_factor
-            restart = str(Path(params.training.checkpoint_dir) / div.summary["last_good_checkpoint"])
+            restart = str(Path(params.training.checkpoint_dir) / div.summary.last_good_checkpoint)
             logger.warning("training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
-                           div.summary.get("reason"), attempt, rec.max_attempts, restart, new_lr)
+                           div.summary.reason, attempt, rec.max_attempts, restart, new_lr)
             params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
             experiment = f"{base_name}-recovery-{attempt}"
             pending = stages[stages.index(TRAIN_STAGE):]
     summary = train_summary(root, params)
-    if summary.get("status") == "early_stopped":
+    if summary is not None and summary.status == "early_stopped":
         logger.info("training stopped early at step %s (%s); evaluated the best checkpoint (step %s)",
-                    summary.get("step"), summary.get("reason"), summary.get("best_eval_step"))
+                    summary.step, summary.reason, summary.best_eval_step)
     if experiment or overrides:
         args = ["exp", "save", "--force"] + (["-n", experiment] if experiment else [])
         saved = dvc(root, *args)
@@ -189,7 +200,7 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
             raise PipelineFailed(f"dvc exp save failed: {saved.stderr.strip() or saved.stdout.strip()}")
         logger.info("saved as DVC experiment %s", experiment or saved.stdout.strip())
         outcome["experiment"] = experiment or saved.stdout.strip()
-    outcome["status"] = summary.get("status", "unknown")
+    outcome["status"] = summary.status if summary is not None else "unknown"
     publish(str(root), params, outcome, experiment)
     return outcome
 

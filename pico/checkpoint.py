@@ -11,6 +11,11 @@ A checkpoint is a folder ``step_NNNNNNNN/`` holding
 
 It is written into ``.tmp-…`` and renamed into place, so a folder named ``step_*`` is complete;
 leftovers of a crash are removed on the next start. The newest ``keep`` are kept.
+
+``restore`` decides where a run starts: the newest checkpoint of the *same* run (same
+fingerprint), or ``training.restart_from``, or step 0. Checkpoints of another run are never
+resumed and never deleted: they are moved aside to ``<checkpoint_dir>.superseded/<fingerprint>/``.
+Only folders this module names (``step_*``, ``best``, ``.tmp-*``) are ever moved or removed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +113,77 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
         raise ValueError(f"{path}/{WEIGHTS} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Weights, optimizer state and RNG states into place; returns (state.json, scheduler state)."""
     path = Path(path)
     load_weights(path, model)
     trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
     torch.set_rng_state(trainer["torch_rng"])
     if "cuda_rng" in trainer and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(trainer["cuda_rng"])
-    return read_state(path)
+    return read_state(path), trainer["scheduler"]
+
+
+@dataclass
+class Restored:
+    """Where a run continues from: ``state`` (state.json) and the lr schedule's saved state, or,
+    after ``restart_from`` (another run's checkpoint), ``rebase`` the schedule on the current lr."""
+
+    path: Path
+    state: dict[str, Any]
+    scheduler_state: dict[str, Any]
+    rebase: bool
+
+
+def superseded_dir(root: Path, fingerprint: str | None) -> Path:
+    base = root.resolve()
+    return base.with_name(f"{base.name}.superseded") / (fingerprint or "unknown")
+
+
+def move_aside(root: Path, fingerprint: str | None) -> Path:
+    """Move another run's checkpoints (and only them) out of the way; returns where they went."""
+    dest = superseded_dir(root, fingerprint)
+    if dest.exists():
+        n = 2
+        while dest.with_name(f"{dest.name}-{n}").exists():
+            n += 1
+        dest = dest.with_name(f"{dest.name}-{n}")
+    dest.mkdir(parents=True)
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and (STEP_DIR.match(p.name) or p.name == BEST):
+            os.replace(p, dest / p.name)
+    fsync_path(root)
+    return dest
+
+
+def restore(root: str | Path, fingerprint: str, restart_from: str | None, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, d: Any) -> Restored | None:
+    """Resume the same run from its newest checkpoint, or restart from ``restart_from``, or None
+    (step 0). ``d`` is the process group (``pico.distributed.Dist``): only rank 0 changes the
+    folder; every rank reads what it needs first."""
+    root = Path(root)
+    if d.is_main:
+        for name in remove_partial(root):
+            print(f"removed an incomplete checkpoint left by a crash: {root / name}")
+    d.barrier()
+    latest = latest_checkpoint(root)
+    found = read_state(latest).get("fingerprint") if latest is not None else None
+    if found == fingerprint:
+        state, sched = load(latest, model, optimizer)
+        print(f"resuming from {latest} (step {state['step']}, {state['position']} rows consumed)")
+        return Restored(latest, state, sched, rebase=False)
+    restored = None
+    if restart_from:
+        source = Path(restart_from)
+        if not (source / STATE).is_file():
+            raise FileNotFoundError(f"training.restart_from: no checkpoint at {source}")
+        state, sched = load(source, model, optimizer)
+        restored = Restored(source, state, sched, rebase=True)
+    d.barrier()  # every rank has read what it needs before rank 0 moves the old run aside
+    if latest is not None and d.is_main:
+        dest = move_aside(root, found)
+        print(f"{latest} belongs to another run (fingerprint {found} != {fingerprint}); starting fresh. "
+              f"Its checkpoints were moved to {dest} (delete that folder when you no longer need them)")
+    d.barrier()
+    return restored

@@ -8,68 +8,46 @@ message and exit non-zero instead of a traceback from deep inside a library.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 
+from pico.codedeps import STAGE_MODULES
 from pico.config import ConfigError, Params, load_params
 from pico.errors import BadDocumentError, TrainingDiverged, TrainingFailed
 
 
-def _embedded(params: Params) -> None:
-    from pico.data import embedded
-
-    embedded.build(params.embedded)
-
-
-def _tokenizer(params: Params) -> None:
-    from pico.data import tokenizer
-
-    tokenizer.run(params)
-
-
-def _tokenize(params: Params) -> None:
-    from pico import pretokenize
-
-    pretokenize.run(params)
+def _stage(module: str) -> Callable[[Params, str], None]:
+    """The stage's entry point: ``run(params)`` of its module (``main(params, path)`` for train,
+    which may relaunch itself under torchrun). Imported on use: ``pico report`` never loads torch."""
+    def call(params: Params, params_path: str) -> None:
+        mod = importlib.import_module(module)
+        if hasattr(mod, "main"):
+            mod.main(params, params_path)
+        else:
+            mod.run(params)
+    return call
 
 
-def _train(params: Params, params_path: str = "params.yaml") -> None:
-    from pico import distributed, train
-
-    if params.training.nproc > 1 and not distributed.under_torchrun():
-        code = distributed.launch(params_path, params.training.nproc)
-        if code != 0:
-            raise TrainingFailed(f"{params.training.nproc} training processes ended with exit code {code}")
-        return
-    summary = train.run(params)
-    print(f"train: {summary['status']} at step {summary['step']}, final loss {summary['final_loss']:.4f}")
-
-
-def _evaluate(params: Params) -> None:
-    from pico import evaluate
-
-    evaluate.run(params)
-
-
-def _report(params: Params) -> None:
-    from pico import report
-
-    report.run(params)
-
-
-def _check(params: Params) -> None:
-    print("params OK")
-
-
-STAGES: dict[str, tuple[Callable[[Params], None], str]] = {
-    "build-embedded": (_embedded, "build the offline default corpus (Dolma + Paloma format) from CPython's own docs"),
-    "tokenizer": (_tokenizer, "train or fetch the tokenizer"),
-    "tokenize": (_tokenize, "pack training documents into rows and evaluation documents into windows"),
-    "train": (_train, "train (resumes from the newest checkpoint of the same run)"),
-    "evaluate": (_evaluate, "Paloma-style metrics of the final checkpoint"),
-    "report": (_report, "Markdown report with plots"),
-    "check-params": (_check, "validate params.yaml and exit"),
+STAGES: dict[str, tuple[Callable[[Params, str], None], str]] = {
+    "build-embedded": (_stage(STAGE_MODULES["embedded_data"]),
+                       "build the offline default corpus (Dolma + Paloma format) from CPython's own docs"),
+    "tokenizer": (_stage(STAGE_MODULES["tokenizer"]), "train or fetch the tokenizer"),
+    "tokenize": (_stage(STAGE_MODULES["tokenize"]),
+                 "pack training documents into rows and evaluation documents into windows"),
+    "train": (_stage(STAGE_MODULES["train"]), "train (resumes from the newest checkpoint of the same run)"),
+    "evaluate": (_stage(STAGE_MODULES["evaluate"]), "Paloma-style metrics of the final checkpoint"),
+    "report": (_stage(STAGE_MODULES["report"]), "Markdown report with plots"),
+    "check-params": (lambda params, path: print("params OK"), "validate params.yaml and exit"),
 }
+
+
+def describe(err: BaseException) -> str:
+    """An error as one line that is never empty: the message, or the error's kind when it has none."""
+    text = str(err).strip()
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text or f"{type(err).__name__} (no message)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return presets.run(args.name, Path(args.params), args.queue, args.dry_run, args.exp_name)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {describe(err)}", file=sys.stderr)
             return 2
     if args.stage == "compare":
         from pico.report import compare
@@ -109,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"wrote {compare(args.run_a, args.run_b, args.out)}")
         except (OSError, ValueError, ConfigError) as err:
-            print(f"error in compare: {err}", file=sys.stderr)
+            print(f"error in compare: {describe(err)}", file=sys.stderr)
             return 1
         return 0
     if args.stage == "export-hf":
@@ -118,22 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = export(args.checkpoint, args.out_dir, args.tokenizer_dir)
         except (OSError, ValueError, KeyError) as err:
-            print(f"error in export-hf: {err}", file=sys.stderr)
+            print(f"error in export-hf: {describe(err)}", file=sys.stderr)
             return 1
         print(f"exported {args.checkpoint} -> {out} (LlamaForCausalLM)")
         return 0
 
     try:
         params = load_params(args.params)
-        if args.stage == "train":
-            _train(params, args.params)
-        else:
-            STAGES[args.stage][0](params)
+        STAGES[args.stage][0](params, args.params)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {describe(err)}", file=sys.stderr)
         return 2
     except (BadDocumentError, OSError, TrainingDiverged, TrainingFailed, ValueError) as err:
-        print(f"error in stage '{args.stage}': {err}", file=sys.stderr)
+        print(f"error in stage '{args.stage}': {describe(err)}", file=sys.stderr)
         return 1
     return 0
 

@@ -171,6 +171,11 @@ class TrainingConfig(_Strict):
     # e.g. 989.0e12 for an H100 SXM in bf16
     peak_flops: float | None = Field(None, gt=0)
 
+    def effective_batch_rows(self, world: int | None = None) -> int:
+        """Rows per optimizer step: micro-batch x accumulation x processes (``nproc`` unless the
+        actual world size is given, e.g. a multi-node torchrun job). The one place it is computed."""
+        return self.micro_batch_size * self.grad_accum_steps * (self.nproc if world is None else world)
+
     @model_validator(mode="after")
     def _batch_adds_up(self) -> "TrainingConfig":
         if self.global_batch_size is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from pico.train_metrics import TrainSummary
 
 
 @dataclass
@@ -52,8 +53,8 @@ def grad_explosions(train: list[dict], factor: float) -> list[int]:
 
 
 def _divergence(train, summary, cfg) -> list[str] | None:
-    if summary.get("status") == "diverged":
-        return [f"the trainer stopped the run: {summary.get('reason')}"]
+    if summary is not None and summary.status == "diverged":
+        return [f"the trainer stopped the run: {summary.reason}"]
     bad = [r for r in train if not math.isfinite(r["loss_mean"])]
     if bad:
         return [f"training loss became {bad[0]['loss_mean']} at step {int(bad[0]['step'])}"]
@@ -91,7 +92,7 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
     ev = [f"token-level eval loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to {g(last['loss'])} "
           f"(step {int(last['step'])}) over {len(after)} evaluations while training loss fell {g(t_best)} → {g(t_last)}",
           f"the eval − train gap grew {g(gap0)} → {g(gap1)} nats/token"]
-    epochs = summary.get("epochs")
+    epochs = summary.epochs if summary is not None else None
     if epochs is not None:
         ev.append(f"{epochs:.2f} epochs over the training data" + (" (repeated data)" if epochs > 1 else ""))
     return ev
@@ -146,12 +147,12 @@ def _pathology(evals, final_eval, cfg) -> list[str] | None:
     return ev
 
 
-def recommendations(d: Diagnosis, params: Any, summary: dict, evals: list[dict]) -> list[str]:
+def recommendations(d: Diagnosis, params: Any, summary: TrainSummary | None, evals: list[dict]) -> list[str]:
     o, t = params.optim, params.training
     recs = []
     if d.verdict == "divergence":
         recs.append(f"lower the learning rate: {g(o.lr)} → {g(o.lr / 3)} (÷3), and restart from the last good checkpoint "
-                    f"({summary.get('last_good_checkpoint') or 'none kept'})")
+                    f"({(summary.last_good_checkpoint if summary else None) or 'none kept'})")
         if o.max_grad_norm is None:
             recs.append("turn on gradient clipping (optim.max_grad_norm: 1.0): it is off")
         if o.warmup_steps < 0.05 * t.max_steps:
@@ -160,13 +161,13 @@ def recommendations(d: Diagnosis, params: Any, summary: dict, evals: list[dict])
         best = min(evals, key=lambda e: e["loss"])
         recs.append(f"stop early: the best eval loss {g(best['loss'])} was at step {int(best['step'])} "
                     f"(early_stop.enabled: true keeps that checkpoint)")
-        epochs = summary.get("epochs") or 0
+        epochs = summary.epochs if summary else 0
         if epochs > 1:
             recs.append(f"more data: the run saw its data {epochs:.2f} times")
         if params.model.dropout == 0:
             recs.append("regularise: model.dropout is 0")
     elif d.verdict == "plateau":
-        recs.append(f"the loss has flattened at step {int(summary.get('step') or 0)}: try a higher peak lr than "
+        recs.append(f"the loss has flattened at step {summary.step if summary else 0}: try a higher peak lr than "
                     f"{g(o.lr)} or a larger model than {params.model.preset}; more steps alone buys little")
     else:
         if len(evals) >= 2:
@@ -184,7 +185,8 @@ def recommendations(d: Diagnosis, params: Any, summary: dict, evals: list[dict])
     return recs
 
 
-def diagnose(train: list[dict], evals: list[dict], summary: dict, final_eval: dict, params: Any) -> Diagnosis:
+def diagnose(train: list[dict], evals: list[dict], summary: TrainSummary | None, final_eval: dict,
+             params: Any) -> Diagnosis:
     cfg = params.report.diagnosis
     spikes = loss_spikes(train, cfg.spike_factor)
     explosions = grad_explosions(train, cfg.grad_explosion_factor)

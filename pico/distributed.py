@@ -115,6 +115,21 @@ def shard(model: torch.nn.Module) -> None:
     fully_shard(model)
 
 
+def shard_with_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
+                         make_optimizer: Any) -> torch.optim.Optimizer:
+    """Shard a (possibly restored) model and return a new optimizer over the shards holding the
+    old one's state. ``names``: parameter names in the optimizer's group order;
+    ``make_optimizer(model)`` builds the optimizer."""
+    full_state = optimizer.state_dict()
+    shard(model)
+    sharded = make_optimizer(model)
+    for group, saved in zip(sharded.param_groups, full_state["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})  # lr, initial_lr as restored
+    if full_state["state"]:
+        load_full_optimizer_state(model, sharded, full_state, names)
+    return sharded
+
+
 def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

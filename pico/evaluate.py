@@ -15,7 +15,6 @@ Per source and per subdomain, from the summed negative log-likelihood (nats) of 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ import torch.nn.functional as F
 
 from pico import checkpoint
 from pico.config import Params
-from pico.data.paloma import EvalWindows
+from pico.data.eval_windows import EvalWindows
 from pico.fsutil import atomic_write_json
 from pico.model import ModelDims, PicoDecoder
+from pico.train_metrics import read_summary
 
 LN2 = math.log(2.0)
 
@@ -149,8 +149,8 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
     """The checkpoint to evaluate: the best one when training stopped early (evaluation.checkpoint
     auto), else the newest. Returns (path, "best" | "latest", the trainer's status)."""
     root = Path(params.training.checkpoint_dir)
-    summary_path = Path(params.training.metrics_dir) / "train_summary.json"
-    status = json.loads(summary_path.read_text()).get("status") if summary_path.exists() else None
+    summary = read_summary(params.training.metrics_dir)
+    status = summary.status if summary else None
     kind = params.evaluation.checkpoint
     if kind == "auto":
         kind = "best" if status == "early_stopped" else "latest"

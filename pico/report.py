@@ -4,8 +4,8 @@ Shape of the log: a header (run, date, status, fingerprint), *What we did* (para
 from a baseline, each as a sentence), *The result* (training loss, token-level Paloma perplexity
 and bits per byte first → best → last per source, pico's per-sequence mean beside them, spikes,
 throughput), *What happened* (a diagnosis with its evidence, pico/diagnose.py), *What we do next*
-(recommendations tied to numbers), the config in brief and PNG plots. ``pico report --compare A B``
-writes the same log for two runs (git revisions or DVC experiments) side by side.
+(recommendations tied to numbers), the config in brief and PNG plots. ``pico compare A B`` writes
+the same log for two runs (git revisions or DVC experiments) side by side.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pico.diagnose import Diagnosis, diagnose
 from pico.fsutil import atomic_write_text
 from pico.plots import make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
+from pico.train_metrics import TrainSummary
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -44,11 +45,12 @@ def first_best_last(rows: list[dict], key: str, best=min) -> str:
     return f"{fmt(vals[0][1])} → {fmt(b[1])} (step {int(b[0])}) → {fmt(vals[-1][1])}"
 
 
-def status_line(summary: dict, max_steps: int) -> str:
-    status = summary.get("status", "unknown")
-    text = {"completed": "completed", "early_stopped": "early-stopped", "diverged": "diverged"}.get(status, status)
-    line = f"{text} at step {summary.get('step')} of {max_steps}"
-    return line + (f" because {summary['reason']}" if summary.get("reason") else "")
+def status_line(summary: TrainSummary | None, max_steps: int) -> str:
+    if summary is None:
+        return f"unknown (no train summary yet) of {max_steps} steps"
+    text = {"early_stopped": "early-stopped", "running": "running"}.get(summary.status, summary.status)
+    line = f"{text} at step {summary.step} of {max_steps}"
+    return line + (f" because {summary.reason}" if summary.reason else "")
 
 
 def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
@@ -83,8 +85,8 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
         rates = sorted(r["tokens_per_s"] for r in run.perf)
         lines.append(f"- throughput {fmt(rates[len(rates) // 2], 5)} tokens/s (median of log intervals); "
                      f"wall time of the last invocation {fmt(run.perf[-1]['elapsed_s'], 4)} s")
-    if s.get("tokens") is not None:
-        lines.append(f"- {fmt(s.get('tokens'))} tokens seen, {fmt(s.get('epochs'), 3)} epochs over the packed rows")
+    if s is not None:
+        lines.append(f"- {fmt(s.tokens)} tokens seen, {fmt(s.epochs, 3)} epochs over the packed rows")
     return lines
 
 
@@ -104,15 +106,18 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
     p, s = run.params, run.summary
     m, o, t = p.model, p.optim, p.training
     d = diagnose(run.train, run.evals, s, run.final_eval, p)
+    # the batch the run actually had (its summary), else what the params ask for
+    processes = s.processes if s else t.nproc
+    batch_rows = s.effective_batch_rows if s else t.effective_batch_rows()
     lines = [
         f"# Training log: {run.name}",
         "",
         f"- **Date**: {date}",
         f"- **Status**: {status_line(s, t.max_steps)}",
-        f"- **Fingerprint**: `{s.get('fingerprint')}` (params + data + tokenizer + training code "
-        f"`{s.get('code_version')}`)",
+        f"- **Fingerprint**: `{s.fingerprint if s else None}` (params + data + tokenizer + training code "
+        f"`{s.code_version if s else None}`)",
         f"- **Model**: pico-decoder-{m.preset} (d_model {m.dim}, hidden {m.hidden}, {m.n_layers} layers, "
-        f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(s.get('parameters'))} parameters",
+        f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(s.parameters if s else None)} parameters",
         "",
         "## What we did",
         "",
@@ -124,7 +129,7 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
     else:
         lines.append(f"Compared with {baseline_name}:")
         lines += [f"- {c}" for c in changes]
-    for event in s.get("events", []):
+    for event in s.events if s else []:
         lines.append(f"- at step {event['step']}: {event['event']}")
     lines += [""] + result_section(run, d) + [""] + diagnosis_sections(d) + [
         "",
@@ -132,8 +137,8 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
         "",
         f"- AdamW lr {fmt(o.lr)}, betas {tuple(o.betas)}, weight decay {fmt(o.weight_decay)}, "
         f"grad clip {fmt(o.max_grad_norm) if o.max_grad_norm else 'off'}; {o.schedule} schedule, warmup {o.warmup_steps}",
-        f"- batch: micro {t.micro_batch_size} × accumulation {t.grad_accum_steps} = "
-        f"{t.micro_batch_size * t.grad_accum_steps} rows × {p.data.seq_len} tokens per step",
+        f"- batch: micro {t.micro_batch_size} × accumulation {t.grad_accum_steps} × {processes} process"
+        f"{'es' if processes > 1 else ''} = {batch_rows} rows × {p.data.seq_len} tokens per step",
         f"- dropout {fmt(m.dropout)}, attention dropout {fmt(m.attention_dropout)}, seed {t.seed}",
         "",
         "Token perplexity is exp(Σ NLL / Σ tokens); bits per byte divides the same NLL by ln 2 × the UTF-8 "
@@ -178,7 +183,7 @@ def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Pa
 
     rows = [
         ("status", *(status_line(r.summary, r.params.training.max_steps) for r in runs)),
-        ("final train loss", *(fmt(r.summary.get("final_loss_mean")) for r in runs)),
+        ("final train loss", *(fmt(r.summary.final_loss_mean if r.summary else None) for r in runs)),
         ("token perplexity (macro)", *(final(r, "token_perplexity") for r in runs)),
         ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
         ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),

@@ -4,8 +4,6 @@ that say how one run's params differ from another's."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import subprocess
 from dataclasses import dataclass
@@ -14,7 +12,9 @@ from typing import Any
 
 import yaml
 
+from pico import train_metrics
 from pico.config import Params, parse_params
+from pico.train_metrics import TrainSummary, parse_csv
 
 
 @dataclass
@@ -24,14 +24,8 @@ class RunRecord:
     train: list[dict[str, float]]
     evals: list[dict[str, float]]
     perf: list[dict[str, float]]
-    summary: dict[str, Any]
+    summary: TrainSummary | None  # None: training has not written one yet
     final_eval: dict[str, Any]
-
-
-def parse_csv(text: str | None) -> list[dict[str, float]]:
-    if not text:
-        return []
-    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
 
 
 def _git(*args: str) -> str | None:
@@ -72,16 +66,17 @@ def load_run(revision: str | None = None, params: Params | None = None, name: st
     rev = resolve_revision(revision) if revision else None
     if params is None:
         params = parse_params(yaml.safe_load(read_file("params.yaml", rev) or "{}"), f"params.yaml at {revision}")
-    m = params.training.metrics_dir
-    summary = read_file(f"{m}/train_summary.json", rev)
+    m = Path(params.training.metrics_dir)
+    summary_file = train_metrics.summary_path(m)
+    summary = read_file(str(summary_file), rev)
     final_eval = read_file(params.evaluation.out, rev)
     return RunRecord(
         name=name or revision or params.report.run_name,
         params=params,
-        train=parse_csv(read_file(f"{m}/train.csv", rev)),
-        evals=parse_csv(read_file(f"{m}/eval_history.csv", rev)),
-        perf=parse_csv(read_file(f"{m}/perf.csv", rev)),
-        summary=json.loads(summary) if summary else {},
+        train=parse_csv(read_file(str(m / train_metrics.TRAIN_CSV), rev)),
+        evals=parse_csv(read_file(str(m / train_metrics.EVAL_CSV), rev)),
+        perf=parse_csv(read_file(str(m / train_metrics.PERF_CSV), rev)),
+        summary=train_metrics.parse_summary(summary, f"{summary_file} at {revision or 'the workspace'}") if summary else None,
         final_eval=json.loads(final_eval) if final_eval else {},
     )
 
@@ -140,8 +135,7 @@ def describe_changes(current: Params, baseline: dict) -> list[str]:
             continue
         b, a = then.get(key), now[key]
         lines.append(f"{LABELS.get(key, key)} {_fmt(b)} → {_fmt(a)} {_change(b, a)}".rstrip() + f" (`{key}`)")
-    eb = base.training.micro_batch_size * base.training.grad_accum_steps
-    ea = current.training.micro_batch_size * current.training.grad_accum_steps
+    eb, ea = base.training.effective_batch_rows(), current.training.effective_batch_rows()
     if ea != eb:
         lines.append(f"effective batch {eb} → {ea} rows per step {_change(eb, ea)}")
     return lines

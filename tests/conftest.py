@@ -99,11 +99,11 @@ def prepared(params_dict: dict):
     """Params with the tokenizer and tokenize stages already run."""
     from pico.config import parse_params
     from pico.data import tokenizer
-    from pico import pretokenize
+    from pico.data import tokenize as tokenize_stage
 
     params = parse_params(params_dict)
     tokenizer.run(params)
-    pretokenize.run(params, progress=False)
+    tokenize_stage.run(params, progress=False)
     return params
 
 

@@ -51,11 +51,3 @@ def test_missing_inputs_are_one_line_errors(tmp_path, params_dict, capsys):
 def test_check_params(capsys):
     assert main(["--params", str(REPO / "params.yaml"), "check-params"]) == 0
     assert isinstance(load_params(REPO / "params.yaml"), Params)
-
-
-def test_training_code_hash_covers_the_train_stage_code_deps():
-    from pico.train import TRAINING_CODE
-
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    code_deps = {d for d in stages["train"]["deps"] if d.startswith("pico/")}
-    assert code_deps == {f"pico/{name}" for name in TRAINING_CODE}

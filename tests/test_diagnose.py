@@ -9,6 +9,7 @@ from pico.config import parse_params
 from pico.diagnose import diagnose
 from pico.report import render
 from pico.runs import RunRecord, describe_changes
+from pico.train_metrics import TrainSummary
 from tests.conftest import tiny_params
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -49,20 +50,27 @@ def final(loss, seq_mean=None, top_share=0.2):
                 "top_share": top_share, "source_share": {"web": 1.0}}}
 
 
+def summary(**fields):
+    """A train summary with plausible values for what a test does not set."""
+    base = {"step": 1000, "max_steps": 1000, "tokens": 1000, "epochs": 0.5, "effective_batch_rows": 8,
+            "effective_batch_tokens": 1024, "parameters": 1000, "fingerprint": "f", "code_version": "c"}
+    return TrainSummary(**{**base, **fields})
+
+
 def linspace(a, b, n):
     return [a + (b - a) * i / (n - 1) for i in range(n)]
 
 
 def test_healthy():
     d = diagnose(train_rows(linspace(10.0, 4.0, 20)), eval_rows(linspace(9.8, 4.3, 6)),
-                 {"status": "completed", "epochs": 0.4}, final(4.3), params())
+                 summary(status="completed", epochs=0.4), final(4.3), params())
     assert d.verdict == "healthy" and d.pathology is None and not d.spikes
     assert any("train longer" in r for r in d.recommendations)
 
 
 def test_overfitting():
     d = diagnose(train_rows(linspace(8.0, 2.0, 20)), eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]),
-                 {"status": "completed", "epochs": 3.2}, final(5.2), params())
+                 summary(status="completed", epochs=3.2), final(5.2), params())
     assert d.verdict == "overfitting"
     assert "rose from its best 4 (step 400) to 5.2 (step 1000) over 3 evaluations" in d.evidence[0]
     assert "3.20 epochs over the training data (repeated data)" in d.evidence[2]
@@ -72,19 +80,19 @@ def test_overfitting():
 
 def test_divergence_from_status_and_from_loss():
     d = diagnose(train_rows(linspace(8.0, 5.0, 10)), eval_rows([7.0, 6.0]),
-                 {"status": "diverged", "reason": "training loss is nan at step 512", "last_good_checkpoint": "step_00000500"},
+                 summary(status="diverged", reason="training loss is nan at step 512", last_good_checkpoint="step_00000500"),
                  final(6.0), params())
     assert d.verdict == "divergence" and "nan at step 512" in d.evidence[0]
     assert any("lower the learning rate" in r and "step_00000500" in r for r in d.recommendations)
     d = diagnose(train_rows(linspace(8.0, 3.0, 10) + [6.0, 7.5, 9.0]), eval_rows([7.0, 5.0, 6.0]),
-                 {"status": "completed"}, final(6.0), params())
+                 summary(status="completed"), final(6.0), params())
     assert d.verdict == "divergence" and "rose from its minimum 3" in d.evidence[0]
     assert d.spikes  # the climb shows as spikes too
 
 
 def test_plateau():
     d = diagnose(train_rows(linspace(8.0, 4.0, 12) + [4.0, 3.99, 4.01, 3.99, 3.98] + [3.98] * 3),
-                 eval_rows([7.0, 4.5, 4.2, 4.2, 4.19, 4.19]), {"status": "completed"}, final(4.19), params())
+                 eval_rows([7.0, 4.5, 4.2, 4.2, 4.19, 4.19]), summary(status="completed"), final(4.19), params())
     assert d.verdict == "plateau"
 
 
@@ -92,7 +100,7 @@ def test_spikes_and_gradient_explosions_are_counted():
     rows = train_rows(linspace(8.0, 4.0, 20))
     rows[12]["loss"] = 12.0
     rows[12]["grad_norm_max"] = 50.0
-    d = diagnose(rows, eval_rows(linspace(7.0, 4.2, 6)), {"status": "completed"}, final(4.2), params())
+    d = diagnose(rows, eval_rows(linspace(7.0, 4.2, 6)), summary(status="completed"), final(4.2), params())
     assert d.verdict == "healthy"
     assert d.spikes == [650] and d.grad_explosions == [650]
 
@@ -101,7 +109,7 @@ def test_the_training_logs_pattern_is_metric_pathology_not_overfitting():
     # train loss 10.98 -> 6.58; pico's per-sequence mean 2.55e19 -> 4.98e30; token-level perplexity sane
     train = train_rows(linspace(10.98, 6.58, 40))
     evals = eval_rows(linspace(7.4, 6.7, 5), seq_means=[2.55e19, 3.1e22, 8.8e25, 6.2e28, 4.98e30])
-    d = diagnose(train, evals, {"status": "completed", "epochs": 0.02}, final(6.7, 4.98e30, 0.997), params())
+    d = diagnose(train, evals, summary(status="completed", epochs=0.02), final(6.7, 4.98e30, 0.997), params())
     assert d.verdict == "healthy"  # token-level eval loss fell: no overfitting
     assert d.pathology is not None
     assert "4.98e+30 vs token-level 812.4" in d.pathology[0]
@@ -131,9 +139,9 @@ def test_golden_training_log():
     p = params(**copy.deepcopy(V2))
     train = train_rows(linspace(10.98, 6.58, 40))
     evals = eval_rows(linspace(7.4, 6.7, 5), seq_means=[2.55e19, 3.1e22, 8.8e25, 6.2e28, 4.98e30])
-    summary = {"status": "completed", "step": 2000, "fingerprint": "0123456789abcdef", "code_version": "fedcba9876543210",
-               "parameters": 11282784, "tokens": 2048000, "epochs": 0.02, "final_loss_mean": 6.58}
-    run = RunRecord("pico-decoder-tiny v2 (planted)", p, train, evals, [], summary, final(6.7, 4.98e30, 0.997))
+    summ = summary(status="completed", step=2000, fingerprint="0123456789abcdef", code_version="fedcba9876543210",
+               parameters=11282784, tokens=2048000, epochs=0.02, final_loss_mean=6.58, effective_batch_rows=16)
+    run = RunRecord("pico-decoder-tiny v2 (planted)", p, train, evals, [], summ, final(6.7, 4.98e30, 0.997))
     changes = describe_changes(p, params(**copy.deepcopy(V1)).model_dump(mode="json"))
     text = render(run, changes, "v1", "2026-11-27", ["loss.png"])
     golden = GOLDEN / "training_log_v2.md"

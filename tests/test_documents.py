@@ -17,7 +17,7 @@ def bad_shard(tmp_path):
         b'{"id": "n", "text": 42, "source": "web"}\n',             # line 5: missing_text (not a string)
         b'{"id": "e", "text": "   ", "source": "web"}\n',          # line 6: empty_text
         b'{"id": "u", "text": "caf\xe9", "source": "web"}\n',      # line 7: undecodable_bytes
-        b"\n",                                                     # blank: ignored
+        b"\n",                                                     # blank: counted, not skipped
         (json.dumps({"id": "b", "text": "second good", "source": "web"}) + "\n").encode(),
     ]
     return write_jsonl_gz(tmp_path / "shard.json.gz", [GOOD], raw)
@@ -30,7 +30,8 @@ def test_every_bad_reason_is_counted(tmp_path):
     assert stats.documents == 2
     assert dict(stats.skipped) == {"bad_json": 2, "missing_text": 2, "empty_text": 1, "undecodable_bytes": 1}
     summary = stats.to_dict()
-    assert summary["skipped"]["truncated_gzip"] == 0 and summary["skipped_total"] == 6
+    assert summary["skipped"]["truncated_file"] == 0 and summary["skipped_total"] == 6
+    assert summary["blank_lines"] == 1 and summary["empty_files"] == []
     assert summary["skip_examples"][0].endswith("shard.json.gz:2: bad_json: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
 
 
@@ -41,7 +42,54 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path):
     stats = ReadStats()
     docs = list(iter_documents([str(path)], stats))
     assert 0 < len(docs) < 200
-    assert stats.skipped["truncated_gzip"] == 1
+    assert stats.skipped["truncated_file"] == 1
+
+
+def _zst(path, lines: list[bytes]):
+    import zstandard
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
+    return path
+
+
+def test_zst_shard_reads_like_its_gz_twin(tmp_path):
+    records = [{**GOOD, "id": str(i), "text": f"document {i} é ✓ " * 30} for i in range(300)]
+    gz = write_jsonl_gz(tmp_path / "gz" / "part.json.gz", records)
+    zst = _zst(tmp_path / "zst" / "part.json.zst", [(json.dumps(r) + "\n").encode() for r in records])
+    a, b = ReadStats(), ReadStats()
+    assert [d.text for d in iter_documents([str(gz)], a)] == [d.text for d in iter_documents([str(zst)], b)]
+    assert a.documents == b.documents == 300
+
+
+def test_truncated_zst_keeps_what_was_read(tmp_path):
+    records = [(json.dumps({**GOOD, "id": str(i), "text": f"document {i} " * 50}) + "\n").encode() for i in range(300)]
+    path = _zst(tmp_path / "t.json.zst", records)
+    path.write_bytes(path.read_bytes()[:-40])
+    stats = ReadStats()
+    docs = list(iter_documents([str(path)], stats))
+    assert 0 < len(docs) < 300 and stats.skipped["truncated_file"] == 1
+
+
+def test_plain_json_named_gz_is_named_not_counted_as_truncated(tmp_path):
+    path = tmp_path / "plain.json.gz"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD) + "\n")
+    stats = ReadStats()
+    assert list(iter_documents([str(path)], stats)) == []
+    assert dict(stats.skipped) == {"unreadable_file": 1}
+    assert "plain.json.gz: unreadable_file: named .gz but not gzip data" in stats.examples[0]
+    with pytest.raises(BadDocumentError, match="plain.json.gz: unreadable file: named .gz but not gzip"):
+        list(iter_documents([str(path)], strict=True))
+
+
+def test_empty_files_and_blank_lines_are_counted(tmp_path):
+    write_jsonl_gz(tmp_path / "a.json.gz", [])
+    (tmp_path / "b.jsonl").write_text("")
+    (tmp_path / "c.jsonl").write_text("\n  \n" + json.dumps(GOOD) + "\n\n")
+    stats = ReadStats()
+    docs = list(iter_documents([str(tmp_path / "*.json*")], stats))
+    assert len(docs) == 1 and stats.blank_lines == 3
+    assert [p.rsplit("/", 1)[-1] for p in stats.empty_files] == ["a.json.gz", "b.jsonl"]
 
 
 @pytest.mark.parametrize("line, reason", [

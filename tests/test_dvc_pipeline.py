@@ -36,6 +36,27 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     assert "Running stage" not in again
 
 
+def changed_stages(repo) -> set[str]:
+    return set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+
+
+@pytest.mark.parametrize("module, stages", [
+    ("pico/diagnose.py", {"report"}),
+    ("pico/monitor.py", {"train"}),
+    ("pico/data/tokens_dir.py", {"tokenize", "train", "evaluate"}),
+    ("pico/config.py", {"embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report"}),
+])
+def test_editing_a_module_a_stage_imports_changes_that_stage(dvc_repo, module, stages):
+    path = dvc_repo / module
+    before = path.read_text()
+    path.write_text(before + "\n# an edit\n")
+    try:
+        assert changed_stages(dvc_repo) == stages
+    finally:
+        path.write_text(before)
+    assert changed_stages(dvc_repo) == set()
+
+
 def test_exp_run_changes_only_training_and_after(dvc_repo):
     sh(dvc_repo, "git", "add", "-A")
     sh(dvc_repo, "git", "commit", "-qm", "baseline run")

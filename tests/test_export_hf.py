@@ -59,7 +59,7 @@ def test_exported_model_reproduces_our_eval_metrics(prepared, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.eos_token == "<|endoftext|>"
 
-    from pico.data.paloma import EvalWindows
+    from pico.data.eval_windows import EvalWindows
 
     ev = EvalWindows(prepared.data.tokens_dir)
     total, count = 0.0, 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pico.data.paloma import WINDOW_DTYPE
+from pico.data.eval_windows import WINDOW_DTYPE
 from pico.evaluate import aggregate, evaluate_model, json_safe, summarize
 
 
@@ -60,7 +60,7 @@ def test_overflow_is_reported_not_crashed():
 
 
 def test_model_nll_matches_direct_cross_entropy(prepared):
-    from pico.data.paloma import EvalWindows
+    from pico.data.eval_windows import EvalWindows
     from pico.train import build_model
 
     torch.manual_seed(0)

@@ -53,21 +53,21 @@ def test_early_stop_keeps_best_and_evaluate_uses_it(params_dict, tmp_path):
     raw["training"].update(max_steps=40, eval_every=2)
     raw["early_stop"] = {"enabled": True, "patience": 1, "min_delta": 10.0, "explosion_factor": None}
     params = parse_params(raw)
-    from pico import pretokenize
+    from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
 
     tokenizer.run(params)
-    pretokenize.run(params, progress=False)
+    tokenize_stage.run(params, progress=False)
     summary = train.run(params, progress=False)
-    assert summary["status"] == "early_stopped" and summary["step"] == 2
-    assert "not improved by 10.0" in summary["reason"]
-    assert summary["best_eval_step"] == 2  # the lowest loss, though it missed min_delta
+    assert summary.status == "early_stopped" and summary.step == 2
+    assert "not improved by 10.0" in summary.reason
+    assert summary.best_eval_step == 2  # the lowest loss, though it missed min_delta
     assert checkpoint.read_state(tmp_path / "checkpoints/best")["step"] == 2
     result = evaluate.run(params)
     assert result["checkpoint_kind"] == "best" and result["step"] == 2 and result["train_status"] == "early_stopped"
     # rerunning an early-stopped run does not train on
     again = train.run(params, progress=False)
-    assert again["status"] == "early_stopped" and again["step"] == 2
+    assert again.status == "early_stopped" and again.step == 2
 
 
 def test_nan_is_diverged_with_status_file(prepared, tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_restart_from_a_checkpoint_with_lower_lr(params_dict, prepared, tmp_path
     summary = train.run(parse_params(raw), progress=False)
     out = capsys.readouterr().out
     assert "restarting from" in out and "belongs to another run" in out
-    assert summary["step"] == 12 and summary["status"] == "completed"
+    assert summary.step == 12 and summary.status == "completed"
     state = checkpoint.read_state(tmp_path / "checkpoints/step_00000012")
     assert state["history"]["events"][0]["step"] == 8
     lrs = [r for r in state["history"]["train"] if r["step"] > 8]

@@ -5,8 +5,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from pico.data.documents import Document, iter_documents
-from pico.data.packing import open_rows, pack_documents, token_dtype
-from pico.data.paloma import EvalWindows, document_windows
+from pico.data.packing import pack_documents
+from pico.data.tokens_dir import TokensDir, token_dtype
+from pico.data.eval_windows import EvalWindows, document_windows
 from pico.data.tokenizer import train_bpe
 
 
@@ -36,15 +37,15 @@ def test_packing_layout_and_tail(tmp_path, tok):
 
 
 def test_tokenize_stage_outputs_and_determinism(prepared, tmp_path):
-    from pico import pretokenize
+    from pico.data import tokenize as tokenize_stage
 
     tokens = prepared.data.tokens_dir
-    rows, manifest = open_rows(tokens)
+    rows, manifest = TokensDir(tokens).open_rows()
     assert rows.shape == (manifest["rows"], 33) and rows.dtype == np.uint16
     assert manifest["documents"] == 240 and manifest["skipped_total"] == 0
     assert manifest["tokenizer_sha256"] and manifest["sha256"]
     first = {p.name: p.read_bytes() for p in sorted(__import__("pathlib").Path(tokens).iterdir())}
-    pretokenize.run(prepared, progress=False)
+    tokenize_stage.run(prepared, progress=False)
     second = {p.name: p.read_bytes() for p in sorted(__import__("pathlib").Path(tokens).iterdir())}
     assert first == second  # same inputs => byte-identical outputs
 
@@ -83,11 +84,11 @@ def test_rows_file_size_is_checked(prepared):
     path = Path(prepared.data.tokens_dir) / "train.bin"
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(ValueError, match="manifest promises"):
-        open_rows(prepared.data.tokens_dir)
+        TokensDir(prepared.data.tokens_dir).open_rows()
 
 
 def test_skips_show_in_manifest(params_dict, tmp_path):
-    from pico import pretokenize
+    from pico.data import tokenize as tokenize_stage
     from pico.config import parse_params
     from pico.data import tokenizer
     from tests.conftest import write_jsonl_gz
@@ -95,7 +96,7 @@ def test_skips_show_in_manifest(params_dict, tmp_path):
     write_jsonl_gz(tmp_path / "corpus/dolma/part-0009.json.gz", [], [b"oops\n", b'{"text": ""}\n'])
     params = parse_params(params_dict)
     tokenizer.run(params)
-    pretokenize.run(params, progress=False)
+    tokenize_stage.run(params, progress=False)
     manifest = json.loads((tmp_path / "data/tokens/train_manifest.json").read_text())
     assert manifest["skipped"]["bad_json"] == 1 and manifest["skipped"]["empty_text"] == 1
     assert "part-0009.json.gz:1: bad_json" in manifest["skip_examples"][0]
@@ -105,7 +106,7 @@ def test_skips_show_in_manifest(params_dict, tmp_path):
 def test_parallel_tokenization_is_byte_identical(params_dict, tmp_path, workers):
     import copy
 
-    from pico import pretokenize
+    from pico.data import tokenize as tokenize_stage
     from pico.config import parse_params
     from pico.data import tokenizer
     from tests.conftest import write_jsonl_gz
@@ -114,11 +115,11 @@ def test_parallel_tokenization_is_byte_identical(params_dict, tmp_path, workers)
     write_jsonl_gz(tmp_path / "corpus/dolma/part-0001b.json.gz", [{"text": "short one"}], [b"{oops\n"])
     seq = parse_params(params_dict)
     tokenizer.run(seq)
-    pretokenize.run(seq, progress=False)
+    tokenize_stage.run(seq, progress=False)
     raw = copy.deepcopy(params_dict)
     raw["data"].update(tokenize_workers=workers, tokens_dir=str(tmp_path / "par"))
     par = parse_params(raw)
-    pretokenize.run(par, progress=False)
+    tokenize_stage.run(par, progress=False)
     for name in ("train.bin", "train_manifest.json"):
         assert (tmp_path / "par" / name).read_bytes() == (tmp_path / "data/tokens" / name).read_bytes()
     manifest = json.loads((tmp_path / "par/train_manifest.json").read_text())

@@ -8,11 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pico import evaluate, pretokenize, train
+from pico import evaluate, train
+from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
 from pico.data import tokenizer
-from pico.data.packing import open_rows
-from pico.data.paloma import EvalWindows
+from pico.data.tokens_dir import TokensDir
+from pico.data.eval_windows import EvalWindows
 
 
 def write_parquet(path, columns):
@@ -36,13 +37,13 @@ def pretok(tmp_path, params_dict):
     raw["training"]["shuffle"] = False
     params = parse_params(raw)
     tokenizer.run(params)
-    pretokenize.run(params, progress=False)
+    tokenize_stage.run(params, progress=False)
     return params, rows
 
 
 def test_rows_stream_in_order_and_windows_keep_sources(pretok, tmp_path):
     params, rows = pretok
-    packed, manifest = open_rows(params.data.tokens_dir)
+    packed, manifest = TokensDir(params.data.tokens_dir).open_rows()
     assert manifest["source"] == "pretokenized" and manifest["rows"] == 100
     assert np.array_equal(np.asarray(packed), rows[:100])  # shards in order, rows in order, max_rows kept
     ev = EvalWindows(params.data.tokens_dir)
@@ -53,7 +54,7 @@ def test_rows_stream_in_order_and_windows_keep_sources(pretok, tmp_path):
 def test_train_and_evaluate_on_pretokenized_rows(pretok, tmp_path):
     params, _ = pretok
     summary = train.run(params, progress=False)
-    assert summary["status"] == "completed" and summary["tokens"] == 12 * 8 * 32
+    assert summary.status == "completed" and summary.tokens == 12 * 8 * 32
     result = evaluate.run(params)
     assert set(result["sources"]) == {"alpha", "beta"} and result["overall"]["tokens"] == 32 + 19 + 32 + 4
 
@@ -65,4 +66,4 @@ def test_wrong_row_length_is_a_clear_error(tmp_path, params_dict):
     params = parse_params(raw)
     tokenizer.run(params)
     with pytest.raises(ValueError, match="row 0 has 3 tokens; data.seq_len=32 needs rows of 33"):
-        pretokenize.run(params, progress=False)
+        tokenize_stage.run(params, progress=False)

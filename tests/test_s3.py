@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pico import pretokenize
+from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
 from pico.data import tokenizer
 from pico.data.documents import ReadStats, iter_documents
@@ -37,14 +37,14 @@ def test_documents_stream_from_s3(s3_corpus, corpus):
 def test_tokenize_from_s3_matches_local(s3_corpus, params_dict, tmp_path):
     local = parse_params(params_dict)
     tokenizer.run(local)
-    pretokenize.run(local, progress=False)
+    tokenize_stage.run(local, progress=False)
     raw = copy.deepcopy(params_dict)
     raw["data"]["train_paths"] = [s3_corpus]
     raw["data"]["tokens_dir"] = str(tmp_path / "tokens-s3")
     raw["tokenizer"]["out_dir"] = str(tmp_path / "tok-s3")
     remote = parse_params(raw)
     tokenizer.run(remote)
-    pretokenize.run(remote, progress=False)
+    tokenize_stage.run(remote, progress=False)
     assert (tmp_path / "tok-s3/tokenizer.json").read_bytes() == (tmp_path / "data/tokenizer/tokenizer.json").read_bytes()
     assert (tmp_path / "tokens-s3/train.bin").read_bytes() == (tmp_path / "data/tokens/train.bin").read_bytes()
 

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from pico import pretokenize
+from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
 from pico.data import tokenizer
 
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 def test_dask_tokenization_is_byte_identical(prefect_server, params_dict, tmp_path):
     seq = parse_params(params_dict)
     tokenizer.run(seq)
-    pretokenize.run(seq, progress=False)
+    tokenize_stage.run(seq, progress=False)
     raw = copy.deepcopy(params_dict)
     raw["data"].update(tokenize_executor="dask", tokens_dir=str(tmp_path / "dask"))  # a temporary local cluster
-    pretokenize.run(parse_params(raw), progress=False)
+    tokenize_stage.run(parse_params(raw), progress=False)
     for name in ("train.bin", "train_manifest.json"):
         assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "data/tokens" / name).read_bytes()

@@ -13,7 +13,7 @@ import torch
 
 from pico import checkpoint, evaluate, report, train
 from pico.config import parse_params
-from pico.train import lr_lambda
+from pico.optim import lr_lambda
 from tests.conftest import REPO, write_params
 
 
@@ -33,8 +33,8 @@ def test_lr_schedule_first_step_not_zero(prepared):
 
 def test_train_evaluate_report_end_to_end(prepared, tmp_path):
     summary = train.run(prepared, progress=False)
-    assert summary["status"] == "completed" and summary["step"] == 12
-    assert summary["effective_batch_rows"] == 8
+    assert summary.status == "completed" and summary.step == 12
+    assert summary.effective_batch_rows == 8
     rows = read_csv(tmp_path / "metrics/train.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
     assert float(rows[0]["lr"]) > 0
@@ -96,7 +96,7 @@ def test_other_run_is_never_resumed(params_dict, prepared, tmp_path, capsys):
     raw["optim"]["lr"] = 1.0e-3
     summary = train.run(parse_params(raw), progress=False)
     assert "belongs to another run" in capsys.readouterr().out
-    assert summary["step"] == 12
+    assert summary.step == 12
     state = checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))
     assert state["config"]["optim"]["lr"] == 1.0e-3
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
@@ -178,7 +178,7 @@ def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
     raw = copy.deepcopy(params_dict)
     raw["training"].update(precision="bf16", peak_flops=1.0e11)
     summary = train.run(parse_params(raw), progress=False)
-    assert summary["status"] == "completed" and math.isfinite(summary["final_loss"])
+    assert summary.status == "completed" and math.isfinite(summary.final_loss)
     perf = read_csv(tmp_path / "metrics/perf.csv")
     assert all(0 < float(r["mfu"]) < 1 for r in perf)
     assert all(float(r["model_flops_per_s"]) > 0 for r in perf)

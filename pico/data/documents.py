@@ -1,6 +1,7 @@
 """Reading Dolma-format documents from local paths, any fsspec URL (s3://...) or a HF dataset.
 
-One document per JSON line (gzip/zstd by extension), fields ``id``, ``text``, ``source`` (plus
+One document per JSON line (``.gz`` / ``.zst`` decompressed by extension, checked against the
+file's first bytes), fields ``id``, ``text``, ``source`` (plus
 optional ``added``, ``created``, ``metadata``). Shards are read in sorted order and lines in file
 order, so the stream is deterministic. A bad line is skipped and counted by reason, or, in strict
 mode, stops the run with the file and line number. S3 endpoint and credentials come from the
@@ -10,7 +11,9 @@ never from params.yaml.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import zlib
@@ -24,7 +27,10 @@ import fsspec
 from pico.errors import BadDocumentError
 
 HF_PREFIX = "hf://datasets/"
-SKIP_REASONS = ("bad_json", "missing_text", "empty_text", "undecodable_bytes", "truncated_gzip")
+# why a line (or, for the last two, the rest of a file / a whole file) is not a document
+SKIP_REASONS = ("bad_json", "missing_text", "empty_text", "undecodable_bytes", "truncated_file", "unreadable_file")
+# compression by file extension, and the magic bytes every such file starts with
+COMPRESSION = {".gz": ("gzip", b"\x1f\x8b"), ".zst": ("zstd", b"\x28\xb5\x2f\xfd")}
 
 
 @dataclass
@@ -42,6 +48,8 @@ class ReadStats:
     documents: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)  # first few skip locations, for the manifest
+    blank_lines: int = 0  # whitespace-only lines: not documents, not errors, but counted
+    empty_files: list[str] = field(default_factory=list)  # shards with no bytes (decompressed)
 
     def skip(self, reason: str, where: str, detail: str, strict: bool) -> None:
         if strict:
@@ -55,6 +63,8 @@ class ReadStats:
         self.documents += other.documents
         self.skipped.update(other.skipped)
         self.examples.extend(other.examples[: 20 - len(self.examples)])
+        self.blank_lines += other.blank_lines
+        self.empty_files.extend(other.empty_files)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,7 +73,17 @@ class ReadStats:
             "skipped": {r: self.skipped.get(r, 0) for r in SKIP_REASONS},
             "skipped_total": sum(self.skipped.values()),
             "skip_examples": self.examples,
+            "blank_lines": self.blank_lines,
+            "empty_files": self.empty_files,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReadStats":
+        """The counts of ``to_dict`` back (a worker process's shard, merged in the main process)."""
+        stats = cls(files=list(d["files"]), documents=d["documents"], examples=list(d["skip_examples"]),
+                    blank_lines=d["blank_lines"], empty_files=list(d["empty_files"]))
+        stats.skipped.update({k: v for k, v in d["skipped"].items() if v})
+        return stats
 
 
 def storage_options(url: str) -> dict[str, Any]:
@@ -102,14 +122,6 @@ def expand_paths(patterns: list[str]) -> list[str]:
     return out
 
 
-def _compression(path: str) -> str | None:
-    if path.endswith(".gz"):
-        return "gzip"
-    if path.endswith(".zst"):
-        return "zstd"
-    return None
-
-
 def parse_line(raw: bytes, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:
     try:
         line = raw.decode("utf-8")
@@ -117,7 +129,8 @@ def parse_line(raw: bytes, where: str, stats: ReadStats, strict: bool, default_s
         stats.skip("undecodable_bytes", where, str(err), strict)
         return None
     if not line.strip():
-        return None  # blank lines are not documents
+        stats.blank_lines += 1  # not a document, not an error
+        return None
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
@@ -149,20 +162,80 @@ def record_to_document(record: dict, where: str, stats: ReadStats, strict: bool,
     )
 
 
+class NotCompressedAsNamed(ValueError):
+    """A shard whose name promises compression its bytes do not have."""
+
+
+@contextlib.contextmanager
+def open_lines(path: str) -> Iterator[io.BufferedIOBase]:
+    """A shard as a binary stream of lines, decompressed by extension (``.gz``, ``.zst``).
+
+    The first bytes are checked against the extension, so a plain file named ``.gz`` is named as
+    such instead of failing somewhere inside the decompressor."""
+    kind = next(((name, magic) for ext, (name, magic) in COMPRESSION.items() if path.endswith(ext)), None)
+    with fsspec.open(path, "rb", **storage_options(path)) as raw:
+        if kind is None:
+            yield raw
+            return
+        name, magic = kind
+        head = raw.read(len(magic))
+        raw.seek(0)
+        if head and head != magic:
+            raise NotCompressedAsNamed(f"named {os.path.splitext(path)[1]} but not {name} data (starts with "
+                                       f"{head!r}); rename or recompress it")
+        yield gzip.GzipFile(fileobj=raw, mode="rb") if name == "gzip" else _zstd_lines(raw)
+
+
+def _zstd_lines(raw: io.BufferedIOBase, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a zstd stream of one or more frames. zstandard's stream_reader neither reads lines
+    nor notices a cut-off last frame, so frames are decoded here and a stream that ends mid-frame
+    raises EOFError (a truncated shard, as with gzip)."""
+    import zstandard  # a dependency; imported here so plain and gzip shards never load it
+
+    dctx = zstandard.ZstdDecompressor()
+    frame, pending, in_frame = dctx.decompressobj(), b"", False
+    while chunk := raw.read(chunk_size):
+        while chunk:
+            pending += frame.decompress(chunk)
+            in_frame = not frame.eof
+            chunk = frame.unused_data if frame.eof else b""
+            if frame.eof:
+                frame = dctx.decompressobj()
+            *lines, pending = pending.split(b"\n")
+            yield from (line + b"\n" for line in lines)
+    if in_frame:
+        raise EOFError("the zstd stream ends in the middle of a frame")
+    if pending:
+        yield pending
+
+
+def _truncation_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (EOFError, gzip.BadGzipFile, zlib.error)
+    with contextlib.suppress(ImportError):
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    return errors
+
+
 def iter_file(path: str, stats: ReadStats, strict: bool) -> Iterator[Document]:
     """The documents of one shard, in line order."""
     default_source = os.path.basename(path).split(".")[0]
     lineno = 0
     try:
-        with fsspec.open(path, "rb", compression=_compression(path), **storage_options(path)) as fh:
+        with open_lines(path) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 doc = parse_line(raw, f"{path}:{lineno}", stats, strict, default_source)
                 if doc is not None:
                     stats.documents += 1
                     yield doc
-    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        if lineno == 0:
+            stats.empty_files.append(path)
+    except NotCompressedAsNamed as err:
+        stats.skip("unreadable_file", path, str(err), strict)
+    except _truncation_errors() as err:
         # a truncated or corrupt shard: keep what was read, count the rest as one skip
-        stats.skip("truncated_gzip", f"{path}:{lineno + 1}", f"{type(err).__name__}: {err}", strict)
+        stats.skip("truncated_file", f"{path}:{lineno + 1}", f"{type(err).__name__}: {err}", strict)
 
 
 def _iter_hf(spec: str, stats: ReadStats, strict: bool) -> Iterator[Document]:

@@ -27,7 +27,7 @@ import sysconfig
 from collections import Counter
 from pathlib import Path
 
-from pico.config import EmbeddedConfig
+from pico.config import EmbeddedConfig, Params
 from pico.fsutil import atomic_open, atomic_write_json
 
 ADDED = "2026-01-01T00:00:00.000Z"  # Dolma's "added" field; fixed so outputs are reproducible
@@ -94,6 +94,10 @@ def _write_jsonl_gz(path: Path, records: list[dict]) -> None:
             gz.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def run(params: Params) -> dict:
+    return build(params.embedded)
+
+
 def build(cfg: EmbeddedConfig) -> dict:
     docs = pydoc_topic_documents(cfg.min_chars) + stdlib_docstring_documents(cfg.min_chars)
     seen: set[str] = set()
@@ -118,8 +122,9 @@ def build(cfg: EmbeddedConfig) -> dict:
                  "created": created, "metadata": meta})
 
     out = Path(cfg.out_dir)
-    if out.exists():
-        shutil.rmtree(out)
+    for ours in ("dolma", "paloma"):  # only what this stage writes: out_dir may hold anything else
+        if (out / ours).is_dir():
+            shutil.rmtree(out / ours)
     for source, records in sorted(train.items()):
         n = min(cfg.train_shards, len(records))
         for shard in range(n):

@@ -1,15 +1,14 @@
 """Pack training documents the way pico's pretokenized Dolma is packed.
 
-Each document's tokens + EOS, concatenated in reading order, cut into rows of ``seq_len + 1``
-tokens, tail dropped. Output: a raw token file (uint16 when the vocabulary fits, else uint32)
-that ``numpy.memmap`` opens as ``(rows, seq_len + 1)``, and a JSON manifest. Streaming: memory
+Each document's tokens + EOS, concatenated in reading order, cut into rows of ``row_len``
+tokens, tail dropped. Output: ``train.bin`` and its manifest in the tokens folder
+(``pico.data.tokens_dir`` owns the layout). Streaming: memory
 holds one encode batch and less than one row of carry-over, whatever the corpus size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from pico.data.documents import Document, ReadStats
-from pico.fsutil import atomic_open, atomic_write_json
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
+from pico.fsutil import atomic_open
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -90,39 +86,9 @@ def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_le
     return {"documents_packed": docs_packed, **packer.result()}
 
 
-def open_rows(tokens_dir: str | Path, split: str = "train") -> tuple[np.memmap, dict[str, Any]]:
-    """Memory-map a packed token file as (rows, row_len) using its manifest."""
-    tokens_dir = Path(tokens_dir)
-    manifest = json.loads((tokens_dir / f"{split}_manifest.json").read_text())
-    path = tokens_dir / manifest["file"]
-    expected = manifest["rows"] * manifest["row_len"] * np.dtype(manifest["dtype"]).itemsize
-    if path.stat().st_size != expected:
-        raise ValueError(f"{path} has {path.stat().st_size} bytes, its manifest promises {expected}; rerun the tokenize stage")
-    if manifest["rows"] == 0:
-        raise ValueError(f"{path} holds no complete row of {manifest['row_len']} tokens; more data or a smaller data.seq_len")
-    rows = np.memmap(path, dtype=manifest["dtype"], mode="r", shape=(manifest["rows"], manifest["row_len"]))
-    return rows, manifest
-
-
-def write_train_manifest(out_dir: Path, stats: ReadStats, counts: dict[str, Any], dtype: np.dtype, seq_len: int,
-                         tokenizer_sha: str, eos_id: int) -> dict[str, Any]:
-    manifest = {
-        "file": "train.bin",
-        "dtype": dtype.name,
-        "seq_len": seq_len,
-        "row_len": seq_len + 1,
-        **stats.to_dict(),
-        **counts,
-        "tokenizer_sha256": tokenizer_sha,
-        "eos_id": eos_id,
-    }
-    atomic_write_json(out_dir / "train_manifest.json", manifest)
-    return manifest
-
-
-def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, eos_id: int,
-                       tokenizer_sha: str, seq_len: int, out_dir: Path, batch_size: int,
-                       progress: bool = True) -> dict[str, Any]:
-    dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
-    counts = pack_documents(docs, tok, eos_id, seq_len + 1, out_dir / "train.bin", dtype, batch_size, progress)
-    return write_train_manifest(out_dir, stats, counts, dtype, seq_len, tokenizer_sha, eos_id)
+def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, out: TokensDir,
+                       layout: TokenLayout, batch_size: int, progress: bool = True) -> dict[str, Any]:
+    """Pack the documents into ``train.bin`` and write its manifest."""
+    counts = pack_documents(docs, tok, layout.eos_id, layout.row_len, out.file(TRAIN_BIN), layout.dtype,
+                            batch_size, progress)
+    return out.write_train_manifest(layout, stats.to_dict(), counts)

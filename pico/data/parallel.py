@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from pico.data.documents import ReadStats, iter_file
-from pico.data.packing import RowPacker, encoded_chunks, token_dtype
+from pico.data.packing import RowPacker, encoded_chunks
+from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
 MERGE_BLOCK = 1 << 22  # tokens read per step while merging a shard's stream
@@ -38,7 +39,7 @@ def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str,
     with open(out_path, "wb") as fh:
         for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size):
             fh.write(chunk.tobytes())
-    return {"documents": stats.documents, "skipped": dict(stats.skipped), "examples": stats.examples}
+    return stats.to_dict()
 
 
 def _process_pool_results(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
@@ -67,28 +68,28 @@ def _dask_results(jobs: list[tuple], address: str | None) -> Iterator[dict[str, 
     yield from tokenize_all()
 
 
-def pack_shards_parallel(files: list[str], tokenizer_file: str, vocab_size: int, eos_id: int, row_len: int,
-                         out_path: Path, workers: int, strict: bool, batch_size: int,
-                         dask_address: str | None = None, use_dask: bool = False) -> tuple[ReadStats, dict]:
-    dtype = token_dtype(vocab_size)
+def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, layout: TokenLayout, workers: int,
+                         strict: bool, batch_size: int, dask_address: str | None = None,
+                         use_dask: bool = False) -> dict[str, Any]:
+    """Pack the shards into ``train.bin`` (see the module docstring) and write its manifest."""
+    dtype, out_path = layout.dtype, out.file(TRAIN_BIN)
     stats = ReadStats(files=list(files))
     scratch = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
-    jobs = [(f, tokenizer_file, eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size)
+    jobs = [(f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size)
             for i, f in enumerate(files)]
     try:
         results = _dask_results(jobs, dask_address) if use_dask else _process_pool_results(jobs, workers)
         with atomic_open(out_path, "wb") as fh:
-            packer = RowPacker(fh, row_len, dtype)
+            packer = RowPacker(fh, layout.row_len, dtype)
             for i, shard in enumerate(results):
-                part = ReadStats(documents=shard["documents"], examples=shard["examples"])
-                part.skipped.update(shard["skipped"])
-                stats.merge(part)
+                stats.merge(ReadStats.from_dict(shard))
                 path = scratch / f"{i:06d}.bin"
                 stream = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
                 for start in range(0, len(stream), MERGE_BLOCK):
                     packer.add(np.asarray(stream[start:start + MERGE_BLOCK]))
                 del stream
                 path.unlink()
-        return stats, {"documents_packed": stats.documents, **packer.result()}
+        return out.write_train_manifest(layout, stats.to_dict(), {"documents_packed": stats.documents,
+                                                                 **packer.result()})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

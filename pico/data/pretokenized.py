@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pico.data.documents import HF_PREFIX, ReadStats, expand_paths
-from pico.data.packing import token_dtype
-from pico.data.paloma import save_windows
-from pico.fsutil import atomic_open, atomic_write_json
+from pico.data.eval_windows import save_windows
+from pico.data.tokens_dir import EVAL_BIN, TRAIN_BIN, TokenLayout, TokensDir
+from pico.fsutil import atomic_open
 
 
 def stream_rows(spec: str, default_split: str) -> Iterator[dict[str, Any]]:
@@ -37,53 +36,44 @@ def stream_rows(spec: str, default_split: str) -> Iterator[dict[str, Any]]:
     return iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True))
 
 
-def write_train_rows(spec: str, seq_len: int, vocab_size: int, out_dir: Path, max_rows: int | None,
-                     tokenizer_sha: str, eos_id: int) -> dict[str, Any]:
-    dtype = token_dtype(vocab_size)
-    row_len = seq_len + 1
+def write_train_rows(spec: str, out: TokensDir, layout: TokenLayout, max_rows: int | None) -> dict[str, Any]:
     digest = hashlib.sha256()
     rows = 0
-    with atomic_open(out_dir / "train.bin", "wb") as fh:
+    with atomic_open(out.file(TRAIN_BIN), "wb") as fh:
         for i, record in enumerate(stream_rows(spec, "train")):
             if max_rows is not None and rows >= max_rows:
                 break
             ids = np.asarray(record["input_ids"])
-            if len(ids) != row_len:
-                raise ValueError(f"{spec} row {i} has {len(ids)} tokens; data.seq_len={seq_len} needs rows of {row_len}")
-            if ids.max(initial=0) >= vocab_size:
-                raise ValueError(f"{spec} row {i} holds token id {int(ids.max())}, outside the tokenizer's {vocab_size}")
-            block = ids.astype(dtype).tobytes()
+            if len(ids) != layout.row_len:
+                raise ValueError(f"{spec} row {i} has {len(ids)} tokens; data.seq_len={layout.seq_len} needs rows "
+                                 f"of {layout.row_len}")
+            if ids.max(initial=0) >= layout.vocab_size:
+                raise ValueError(f"{spec} row {i} holds token id {int(ids.max())}, outside the tokenizer's "
+                                 f"{layout.vocab_size}")
+            block = ids.astype(layout.dtype).tobytes()
             fh.write(block)
             digest.update(block)
             rows += 1
-    manifest = {
-        "file": "train.bin", "dtype": dtype.name, "seq_len": seq_len, "row_len": row_len,
-        **ReadStats(files=[spec]).to_dict(), "source": "pretokenized",
-        "documents_packed": None, "tokens": rows * row_len, "rows": rows, "tokens_dropped_tail": 0,
-        "sha256": digest.hexdigest(), "tokenizer_sha256": tokenizer_sha, "eos_id": eos_id,
-    }
-    atomic_write_json(out_dir / "train_manifest.json", manifest)
-    return manifest
+    counts = {"documents_packed": None, "tokens": rows * layout.row_len, "rows": rows, "tokens_dropped_tail": 0,
+              "sha256": digest.hexdigest()}
+    return out.write_train_manifest(layout, ReadStats(files=[spec]).to_dict(), counts, source="pretokenized")
 
 
-def write_eval_rows(spec: str, seq_len: int, vocab_size: int, out_dir: Path, tokenizer_sha: str,
-                    eos_id: int) -> dict[str, Any]:
-    dtype = token_dtype(vocab_size)
+def write_eval_rows(spec: str, out: TokensDir, layout: TokenLayout) -> dict[str, Any]:
     sources: dict[str, int] = {}
     windows = []
     offset = 0
     digest = hashlib.sha256()
-    with atomic_open(out_dir / "eval.bin", "wb") as fh:
+    with atomic_open(out.file(EVAL_BIN), "wb") as fh:
         for i, record in enumerate(stream_rows(spec, "val")):
-            ids = np.asarray(record["input_ids"])[: seq_len + 1]
+            ids = np.asarray(record["input_ids"])[: layout.row_len]
             if len(ids) < 2:
                 continue
             src = sources.setdefault(str(record.get("source") or "unknown"), len(sources))
-            block = ids.astype(dtype).tobytes()
+            block = ids.astype(layout.dtype).tobytes()
             fh.write(block)
             digest.update(block)
             windows.append((offset, len(ids), src, src, i, len(str(record.get("text") or "").encode("utf-8"))))
             offset += len(ids)
-    return save_windows(out_dir, windows, dtype, seq_len, ReadStats(files=[spec]).to_dict(), list(sources),
-                        [f"{s}/{s}" for s in sources], digest.hexdigest(), tokenizer_sha, eos_id,
-                        extra={"source": "pretokenized"})
+    return save_windows(out, layout, windows, ReadStats(files=[spec]).to_dict(), list(sources),
+                        [f"{s}/{s}" for s in sources], digest.hexdigest(), source="pretokenized")

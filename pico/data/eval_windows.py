@@ -1,4 +1,6 @@
-"""Paloma-format evaluation windows.
+"""Evaluation windows: documents cut into scored windows, and the reader of them.
+
+The evaluation documents are in Paloma's format, but nothing here is specific to Paloma.
 
 Each evaluation document (``text``, ``source``, ``subdomain``) becomes ``[EOS] + tokens``; the EOS
 is context only, so every token of the document is predicted exactly once. Documents longer than
@@ -11,7 +13,6 @@ document's bytes), which is what bits per byte divides by.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from tokenizers import Encoding, Tokenizer
 from tqdm import tqdm
 
 from pico.data.documents import Document, ReadStats
-from pico.data.packing import batched, token_dtype
-from pico.fsutil import atomic_open, atomic_write_json
+from pico.data.packing import batched
+from pico.data.tokens_dir import EVAL_BIN, EVAL_WINDOWS, TokenLayout, TokensDir
+from pico.fsutil import atomic_open
 
 WINDOW_DTYPE = np.dtype([
     ("start", np.int64),      # offset of the window's first token in eval.bin
@@ -50,25 +52,23 @@ def document_windows(text: str, enc: Encoding, eos_id: int, seq_len: int) -> lis
     return out
 
 
-def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, eos_id: int,
-                       tokenizer_sha: str, seq_len: int, out_dir: Path, batch_size: int,
-                       progress: bool = True) -> dict[str, Any]:
-    dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
+def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, out: TokensDir,
+                       layout: TokenLayout, batch_size: int, progress: bool = True) -> dict[str, Any]:
     sources: dict[str, int] = {}
     subdomains: dict[str, int] = {}
     windows: list[tuple] = []
     offset = doc_no = 0
     digest = hashlib.sha256()
     bar = tqdm(desc="tokenize eval", unit=" docs", disable=not progress, mininterval=2)
-    with atomic_open(out_dir / "eval.bin", "wb") as fh:
+    with atomic_open(out.file(EVAL_BIN), "wb") as fh:
         for batch in batched(docs, batch_size):
             encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
             for doc, enc in zip(batch, encodings):
                 src = sources.setdefault(doc.source, len(sources))
                 sub_name = f"{doc.source}/{doc.subdomain or doc.source}"
                 sub = subdomains.setdefault(sub_name, len(subdomains))
-                for window, n_bytes in document_windows(doc.text, enc, eos_id, seq_len):
-                    block = np.asarray(window, dtype=dtype).tobytes()
+                for window, n_bytes in document_windows(doc.text, enc, layout.eos_id, layout.seq_len):
+                    block = np.asarray(window, dtype=layout.dtype).tobytes()
                     fh.write(block)
                     digest.update(block)
                     windows.append((offset, len(window), src, sub, doc_no, n_bytes))
@@ -76,48 +76,28 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
                 doc_no += 1
             bar.update(len(batch))
     bar.close()
-    return save_windows(out_dir, windows, dtype, seq_len, stats.to_dict(), list(sources), list(subdomains),
-                        digest.hexdigest(), tokenizer_sha, eos_id)
+    return save_windows(out, layout, windows, stats.to_dict(), list(sources), list(subdomains), digest.hexdigest())
 
 
-def save_windows(out_dir: Path, windows: list[tuple], dtype: np.dtype, seq_len: int, read_stats: dict[str, Any],
-                 sources: list[str], subdomains: list[str], sha256: str, tokenizer_sha: str, eos_id: int,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_windows(out: TokensDir, layout: TokenLayout, windows: list[tuple], read_stats: dict[str, Any],
+                 sources: list[str], subdomains: list[str], sha256: str, **extra: Any) -> dict[str, Any]:
     """Write the window table beside ``eval.bin`` and the manifest that describes both."""
     table = np.array(windows, dtype=WINDOW_DTYPE)
-    with atomic_open(out_dir / "eval_windows.npy", "wb") as fh:
+    with atomic_open(out.file(EVAL_WINDOWS), "wb") as fh:
         np.save(fh, table, allow_pickle=False)
-    manifest = {
-        "file": "eval.bin",
-        "windows_file": "eval_windows.npy",
-        "dtype": dtype.name,
-        "seq_len": seq_len,
-        **read_stats,
-        **(extra or {}),
-        "windows": len(table),
-        "tokens": int(table["length"].sum()) if len(table) else 0,
-        "predicted_tokens": int(table["length"].sum() - len(table)) if len(table) else 0,
-        "bytes": int(table["n_bytes"].sum()) if len(table) else 0,
-        "sources": sources,
-        "subdomains": subdomains,
-        "sha256": sha256,
-        "tokenizer_sha256": tokenizer_sha,
-        "eos_id": eos_id,
-    }
-    atomic_write_json(out_dir / "eval_manifest.json", manifest)
-    return manifest
+    return out.write_eval_manifest(layout, read_stats, table, sources, subdomains, sha256, **extra)
 
 
 class EvalWindows:
     """The tokenized evaluation set: windows, their tokens and labels."""
 
-    def __init__(self, tokens_dir: str | Path):
-        tokens_dir = Path(tokens_dir)
-        self.manifest = json.loads((tokens_dir / "eval_manifest.json").read_text())
-        self.table = np.load(tokens_dir / self.manifest["windows_file"], allow_pickle=False)
-        self.tokens = np.memmap(tokens_dir / self.manifest["file"], dtype=self.manifest["dtype"], mode="r")
+    def __init__(self, tokens_dir: str | Path | TokensDir):
+        out = tokens_dir if isinstance(tokens_dir, TokensDir) else TokensDir(tokens_dir)
+        self.manifest = out.eval_manifest()
+        self.table = np.load(out.file(self.manifest["windows_file"]), allow_pickle=False)
+        self.tokens = np.memmap(out.file(self.manifest["file"]), dtype=self.manifest["dtype"], mode="r")
         if len(self.table) == 0:
-            raise ValueError(f"{tokens_dir}: the evaluation set holds no windows")
+            raise ValueError(f"{out.path}: the evaluation set holds no windows")
         self.sources: list[str] = self.manifest["sources"]
         self.subdomains: list[str] = self.manifest["subdomains"]
 

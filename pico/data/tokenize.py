@@ -1,7 +1,9 @@
 """The tokenize stage: Dolma documents -> packed training rows; Paloma documents -> eval windows.
 
-Outputs in ``data.tokens_dir``: ``train.bin`` + ``train_manifest.json`` and ``eval.bin`` +
-``eval_windows.npy`` + ``eval_manifest.json``. Same inputs and tokenizer => identical bytes.
+Outputs in ``data.tokens_dir`` (``pico.data.tokens_dir`` owns the layout): ``train.bin`` +
+``train_manifest.json`` and ``eval.bin`` + ``eval_windows.npy`` + ``eval_manifest.json``. Same
+inputs and tokenizer => identical bytes. (``pico.data.pretokenized`` is the other way in: pico's
+published, already tokenized rows.)
 """
 
 from __future__ import annotations
@@ -14,54 +16,52 @@ from pico.config import Params
 from pico.data import pretokenized
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import HF_PREFIX, ReadStats, expand_paths, iter_documents
-from pico.data.packing import token_dtype, write_train_manifest, write_train_tokens
+from pico.data.eval_windows import write_eval_windows
+from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
-from pico.data.paloma import write_eval_windows
+from pico.data.tokens_dir import TokenLayout, TokensDir
 
 
 def run(params: Params, progress: bool | None = None) -> dict:
     progress = sys.stderr.isatty() if progress is None else progress
     tok, info = tokenizer_stage.load(params.tokenizer.out_dir)
-    out = Path(params.data.tokens_dir)
-    out.mkdir(parents=True, exist_ok=True)
     d = params.data
+    out = TokensDir(d.tokens_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    layout = TokenLayout.of(d.seq_len, info)
 
     if d.pretokenized_train:
-        train = pretokenized.write_train_rows(d.pretokenized_train, d.seq_len, info.vocab_size, out,
-                                              d.pretokenized_max_rows, info.sha256, info.eos_id)
+        train = pretokenized.write_train_rows(d.pretokenized_train, out, layout, d.pretokenized_max_rows)
         print(f"train: {train['rows']} pretokenized rows of {train['row_len']} from {d.pretokenized_train}")
     else:
-        train = _tokenize_train(params, tok, info, out, progress)
+        train = _tokenize_train(params, tok, out, layout, progress)
 
     if d.pretokenized_eval:
-        ev = pretokenized.write_eval_rows(d.pretokenized_eval, d.seq_len, info.vocab_size, out, info.sha256, info.eos_id)
+        ev = pretokenized.write_eval_rows(d.pretokenized_eval, out, layout)
     else:
         stats = ReadStats()
         docs = iter_documents(d.eval_paths, stats, strict=d.strict)
-        ev = write_eval_windows(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
-                                d.encode_batch_size, progress)
+        ev = write_eval_windows(docs, stats, tok, out, layout, d.encode_batch_size, progress)
     print(f"eval: {ev['documents']} documents, {len(ev['sources'])} sources -> {ev['windows']} windows, "
           f"{ev['predicted_tokens']:,} predicted tokens, {ev['bytes']:,} bytes, skipped {ev['skipped']}")
     return {"train": train, "eval": ev}
 
 
-def _tokenize_train(params: Params, tok, info, out: Path, progress: bool) -> dict:
+def _tokenize_train(params: Params, tok, out: TokensDir, layout: TokenLayout, progress: bool) -> dict:
     d = params.data
     files = expand_paths(d.train_paths)
     use_dask = d.tokenize_executor == "dask"
     parallel = ((d.tokenize_workers > 1 or use_dask) and d.max_documents is None
                 and not any(f.startswith(HF_PREFIX) for f in files))
     if parallel:
-        stats, counts = pack_shards_parallel(
-            files, str(Path(params.tokenizer.out_dir) / tokenizer_stage.TOKENIZER_FILE), info.vocab_size, info.eos_id,
-            d.seq_len + 1, out / "train.bin", min(d.tokenize_workers, len(files)), d.strict, d.encode_batch_size,
-            dask_address=d.dask_address or os.environ.get("PICO_DASK_ADDRESS"), use_dask=use_dask)
-        train = write_train_manifest(out, stats, counts, token_dtype(info.vocab_size), d.seq_len, info.sha256, info.eos_id)
+        tokenizer_file = str(Path(params.tokenizer.out_dir) / tokenizer_stage.TOKENIZER_FILE)
+        train = pack_shards_parallel(files, tokenizer_file, out, layout, min(d.tokenize_workers, len(files)),
+                                     d.strict, d.encode_batch_size, use_dask=use_dask,
+                                     dask_address=d.dask_address or os.environ.get("PICO_DASK_ADDRESS"))
     else:  # one stream (also for hub datasets and max_documents, which need a single reader)
         stats = ReadStats()
         docs = iter_documents(d.train_paths, stats, strict=d.strict, max_documents=d.max_documents)
-        train = write_train_tokens(docs, stats, tok, info.eos_id, info.sha256, d.seq_len, out,
-                                   d.encode_batch_size, progress)
+        train = write_train_tokens(docs, stats, tok, out, layout, d.encode_batch_size, progress)
     print(f"train: {train['documents']} documents from {len(train['files'])} files -> {train['tokens']:,} tokens, "
           f"{train['rows']} rows of {train['row_len']}, skipped {train['skipped']}")
     return train

@@ -1,0 +1,116 @@
+"""Which of this package's modules each stage runs: its code dependency, by construction.
+
+A stage's code is the *import closure* of its entry module inside ``pico/`` — every module it
+imports, directly or through another, at the top or inside a function — found by reading the
+source with ``ast`` (nothing is imported). Two things are built from it, so neither can miss a
+module:
+
+- the ``deps`` of each stage in ``dvc.yaml``: ``tests/test_codedeps.py`` fails, naming the
+  missing file, when they differ (``python -m pico.codedeps`` prints the lists to paste);
+- the training-code hash in the run fingerprint (``code_version("train")``): editing any module
+  the train stage imports is a different run.
+
+``cli.py`` only dispatches to the entry modules (each stage's ``run(params)``), so it is not part
+of any stage's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_DIR.name
+
+# dvc.yaml stage -> the module whose ``run(params)`` the stage's ``pico <command>`` calls
+STAGE_MODULES: dict[str, str] = {
+    "embedded_data": "pico.data.embedded",
+    "tokenizer": "pico.data.tokenizer",
+    "tokenize": "pico.data.tokenize",
+    "train": "pico.train",
+    "evaluate": "pico.evaluate",
+    "report": "pico.report",
+}
+
+
+def module_path(module: str) -> Path:
+    parts = module.split(".")[1:]
+    base = PACKAGE_DIR.joinpath(*parts)
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _resolve(node: ast.ImportFrom, current: str) -> list[str]:
+    """Absolute module names an ``import from`` statement may refer to (the module and, for
+    ``from pico.data import tokenizer``, the submodules it names)."""
+    if node.level:
+        is_pkg = module_path(current).name == "__init__.py"
+        base = current.split(".")[: len(current.split(".")) - node.level + (1 if is_pkg else 0)]
+        name = ".".join(base + ([node.module] if node.module else []))
+    else:
+        name = node.module or ""
+    return [name] + [f"{name}.{alias.name}" for alias in node.names]
+
+
+def direct_imports(module: str) -> set[str]:
+    """Modules of this package that ``module`` imports anywhere in its source."""
+    tree = ast.parse(module_path(module).read_text(), filename=str(module_path(module)))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = _resolve(node, module)
+        for name in names:
+            if name.split(".")[0] == PACKAGE and module_path(name).is_file():
+                found.add(name)
+    return found
+
+
+@lru_cache(maxsize=None)
+def closure(module: str) -> tuple[str, ...]:
+    """``module`` and every package module it reaches through imports, sorted. Packages on the way
+    (``pico/__init__.py``, ``pico/data/__init__.py``) are included: importing runs them."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages
+        todo.extend(direct_imports(name))
+    return tuple(sorted(seen))
+
+
+def stage_files(stage: str) -> list[str]:
+    """The stage's code as repository-relative paths (``pico/train.py``), sorted."""
+    root = PACKAGE_DIR.parent
+    return sorted(module_path(m).relative_to(root).as_posix() for m in closure(STAGE_MODULES[stage]))
+
+
+def code_version(stage: str) -> str:
+    """Hash of the stage's code files (path and bytes), 16 hex digits."""
+    h = hashlib.sha256()
+    root = PACKAGE_DIR.parent
+    for rel in stage_files(stage):
+        h.update(rel.encode())
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def main() -> None:
+    """Print each stage's code deps, as dvc.yaml lists them."""
+    for stage in STAGE_MODULES:
+        print(f"{stage}:")
+        for rel in stage_files(stage):
+            print(f"  - {rel}")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

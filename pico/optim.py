@@ -1,0 +1,73 @@
+"""AdamW, parameter groups and the learning-rate schedule, built from ``optim.*``.
+
+Warmup is ``(step + 1) / warmup`` (pico's ``step / warmup`` runs its first step at lr 0), then
+``optim.schedule``: linear to ``min_lr_ratio`` (pico decays to 0), cosine, or constant. Weight
+decay applies to matrices and embeddings, not to RMSNorm gains (pico decays everything).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from pico.config import Params
+
+
+def lr_lambda(params: Params):
+    """Multiplier of optim.lr after ``step`` optimizer steps; step 0 is already > 0."""
+    o, total = params.optim, params.training.max_steps
+    warmup, floor = o.warmup_steps, o.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # pico uses step/warmup, whose first step runs at lr 0
+        if o.schedule == "constant" or total == warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        if o.schedule == "cosine":
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * (1.0 - progress)
+
+    return factor
+
+
+def param_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters that get weight decay (matrices, embeddings) and those that don't
+    (RMSNorm gains: pico decays everything, but gains should stay ~1), in the optimizer's order."""
+    named = list(model.named_parameters())
+    return [n for n, p in named if p.ndim >= 2], [n for n, p in named if p.ndim < 2]
+
+
+def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) -> torch.optim.AdamW:
+    by_name = dict(model.named_parameters())
+    decay_names, no_decay_names = param_groups(model)
+    decay, no_decay = [by_name[n] for n in decay_names], [by_name[n] for n in no_decay_names]
+    o = params.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=o.betas, eps=o.eps, **({"fused": True} if fused else {"foreach": False}),
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, params: Params,
+                   state: dict[str, Any] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The lr schedule, fresh or continuing from a saved ``state_dict()``."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params))
+    if state is not None:
+        scheduler.load_state_dict(state)
+        # the constructor set the groups' lr for step 0; put back the lr the saved step runs at
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
+    return scheduler
+
+
+def rebased_scheduler(optimizer: torch.optim.Optimizer, params: Params, step: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A schedule at ``step`` for ``optim.lr`` over an optimizer restored from another run's
+    checkpoint (``training.restart_from``, e.g. a lower lr after a divergence): the restored state
+    keeps the Adam moments, the schedule is built anew from the current params."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = params.optim.lr
+    # last_epoch = step - 1: the constructor's first step() lands on ``step`` and sets the lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(params), last_epoch=step - 1)

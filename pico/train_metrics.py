@@ -1,0 +1,118 @@
+"""The train stage's metric files — one owner for their names, columns and types.
+
+    train.csv           step, loss (this step), loss_mean (over the log interval), lr, grad_norm
+                        (before clipping), grad_norm_max, tokens
+    eval_history.csv    step and the macro / per-source evaluation figures (pico.evaluate)
+    perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU
+    train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
+
+Written by the trainer (from its history, atomically, so a crash never leaves a half file); read
+by evaluate, the report, ``pico compare`` and the Prefect flow through ``read_summary`` and
+``parse_csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pico.fsutil import atomic_write_json, atomic_write_text
+
+TRAIN_CSV, EVAL_CSV, PERF_CSV, SUMMARY_JSON = "train.csv", "eval_history.csv", "perf.csv", "train_summary.json"
+TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
+PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
+EVAL_MACRO_KEYS = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
+
+# running: not ended (or killed); completed: max_steps reached; early_stopped: no eval improvement
+# (the best checkpoint is kept); diverged: NaN/inf or a loss spike (the update was not applied)
+RunStatus = Literal["running", "completed", "early_stopped", "diverged"]
+
+
+class TrainSummary(BaseModel):
+    """``metrics/train_summary.json``, a DVC metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: RunStatus
+    reason: str | None = None
+    step: int
+    max_steps: int
+    final_loss: float | None = None
+    final_loss_mean: float | None = None
+    min_loss_mean: float | None = None
+    best_eval_loss: float | None = None
+    best_eval_step: int | None = None
+    last_good_checkpoint: str | None = None  # a folder name inside training.checkpoint_dir
+    tokens: int
+    epochs: float
+    effective_batch_rows: int  # micro-batch x accumulation x processes
+    effective_batch_tokens: int
+    processes: int = 1
+    parallelism: Literal["single", "ddp", "fsdp"] = "single"
+    weights_identical_across_ranks: bool | None = None  # DDP only: every rank ended with equal weights
+    parameters: int
+    fingerprint: str
+    code_version: str
+    events: list[dict[str, Any]] = []
+
+
+def summary_path(metrics_dir: str | Path) -> Path:
+    return Path(metrics_dir) / SUMMARY_JSON
+
+
+def read_summary(metrics_dir: str | Path) -> TrainSummary | None:
+    """The summary, or None when training has not written one; a damaged file is named."""
+    path = summary_path(metrics_dir)
+    if not path.is_file():
+        return None
+    return parse_summary(path.read_text(), str(path))
+
+
+def parse_summary(text: str, where: str) -> TrainSummary:
+    try:
+        return TrainSummary.model_validate_json(text)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"{where} is not a train summary ({'.'.join(map(str, first['loc']))}: {first['msg']}); "
+                         "rerun the train stage") from None
+
+
+def eval_row(step: int, metrics: dict) -> dict:
+    """One eval_history.csv row from ``pico.evaluate.evaluate_model``'s result."""
+    row = {"step": step}
+    for key in EVAL_MACRO_KEYS:
+        row[key] = metrics["macro"][key]
+    for name, m in metrics["sources"].items():
+        row[f"token_perplexity/{name}"] = m["token_perplexity"]
+        row[f"bits_per_byte/{name}"] = m["bits_per_byte"]
+    return row
+
+
+def _csv(rows: list[dict], columns: tuple[str, ...]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def parse_csv(text: str | None) -> list[dict[str, float]]:
+    if not text:
+        return []
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
+
+
+def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: TrainSummary | None = None) -> None:
+    """Rewrite the files from the run's history (cheap at these sizes, and atomic)."""
+    d = Path(metrics_dir)
+    atomic_write_text(d / TRAIN_CSV, _csv(history["train"], TRAIN_COLUMNS))
+    eval_cols: tuple[str, ...] = tuple(history["eval"][0]) if history["eval"] else ("step",)
+    atomic_write_text(d / EVAL_CSV, _csv(history["eval"], eval_cols))
+    atomic_write_text(d / PERF_CSV, _csv(history["perf"], PERF_COLUMNS))
+    if summary is not None:
+        atomic_write_json(d / SUMMARY_JSON, json.loads(summary.model_dump_json()))

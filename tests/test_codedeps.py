@@ -1,0 +1,85 @@
+"""Each stage's code dependency is complete by construction: dvc.yaml lists exactly the import
+closure of the stage's module, the closure matches what Python really imports, and the training
+fingerprint hashes the same files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pico import codedeps
+from tests.conftest import REPO
+
+
+def dvc_code_deps(stage: str) -> list[str]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return sorted(d for d in stages[stage]["deps"] if d.startswith("pico/"))
+
+
+@pytest.mark.parametrize("stage", list(codedeps.STAGE_MODULES))
+def test_dvc_yaml_lists_the_stage_import_closure(stage):
+    want, have = codedeps.stage_files(stage), dvc_code_deps(stage)
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    assert not missing and not extra, (
+        f"dvc.yaml stage {stage}: add {missing}, remove {extra} (`python -m pico.codedeps` prints the lists)")
+
+
+@pytest.mark.parametrize("stage", list(codedeps.STAGE_MODULES))
+def test_closure_covers_what_python_imports(stage):
+    # run the stage module's imports in a fresh interpreter: every pico module it loads must be in
+    # the static closure (which also sees the imports inside functions, that this does not)
+    module = codedeps.STAGE_MODULES[stage]
+    code = f"import sys, json, {module}; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pico')))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                       check=True).stdout)
+    assert set(loaded) <= set(codedeps.closure(module))
+
+
+def test_closure_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "pico"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "entry.py").write_text("def f():\n    from pico.sub import leaf\n    from . import other\n")
+    (pkg / "sub" / "leaf.py").write_text("from .deep import x\n")
+    (pkg / "sub" / "deep.py").write_text("x = 1\n")
+    (pkg / "other.py").write_text("import json\n")
+    (pkg / "unused.py").write_text("")
+    monkeypatch.setattr(codedeps, "PACKAGE_DIR", pkg)
+    codedeps.closure.cache_clear()
+    try:
+        assert codedeps.closure("pico.entry") == ("pico", "pico.entry", "pico.other", "pico.sub", "pico.sub.deep",
+                                                  "pico.sub.leaf")
+    finally:
+        codedeps.closure.cache_clear()
+
+
+def test_training_fingerprint_hashes_the_modules_review_found_missing():
+    files = codedeps.stage_files("train")
+    for name in ("pico/monitor.py", "pico/distributed.py", "pico/data/eval_windows.py", "pico/config.py"):
+        assert name in files
+    report = codedeps.stage_files("report")
+    for name in ("pico/diagnose.py", "pico/runs.py", "pico/plots.py", "pico/config.py"):
+        assert name in report
+
+
+def test_code_version_changes_with_any_train_module(tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "pico"
+    shutil.copytree(REPO / "pico", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codedeps, "PACKAGE_DIR", copy)
+    codedeps.closure.cache_clear()
+    try:
+        base = codedeps.code_version("train")
+        for rel in ("monitor.py", "data/loader.py"):
+            (copy / rel).write_text((copy / rel).read_text() + "\n# edited\n")
+            now = codedeps.code_version("train")
+            assert now != base, rel
+            base = now
+        (copy / "report.py").write_text((copy / "report.py").read_text() + "\n# edited\n")
+        assert codedeps.code_version("train") == base  # the report is not training code
+    finally:
+        codedeps.closure.cache_clear()
