@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,8 +161,10 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
     root = Path(repo)
     params = apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
     if fresh and (root / params.training.checkpoint_dir).exists():
-        logger.info("fresh start requested: removing %s", params.training.checkpoint_dir)
-        shutil.rmtree(root / params.training.checkpoint_dir)
+        from pico.checkpoint import move_aside  # never delete a run: move its checkpoints aside
+
+        moved = move_aside(root / params.training.checkpoint_dir, "fresh-start")
+        logger.info("fresh start requested: moved the checkpoints of %s to %s", params.training.checkpoint_dir, moved)
     delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
     stages = dvc_stages(root)
     outcome: dict[str, str] = {}

@@ -1,5 +1,9 @@
 """The params model: every knob in `params.yaml`, validated once, used by every stage.
 
+The defaults here are the one source of the embedded default run: the committed params.yaml
+spells every one of them out (a test keeps the two equal), so a section left out of a params
+file means exactly what params.yaml says.
+
 Unknown keys, wrong types and out-of-range values fail here, before any work, with a message
 that names the key (``optim.lr``) and the bad value.
 """
@@ -38,9 +42,9 @@ class EmbeddedConfig(_Strict):
 
 class DataConfig(_Strict):
     # Dolma documents: local paths/globs, s3://bucket/prefix/*.json.gz, or hf://datasets/ID[@split]
-    train_paths: list[str] = Field(min_length=1)
+    train_paths: list[str] = Field(["data/embedded/dolma/*.json.gz"], min_length=1)
     # Paloma-format evaluation documents (text, source, subdomain)
-    eval_paths: list[str] = Field(min_length=1)
+    eval_paths: list[str] = Field(["data/embedded/paloma/*/val.jsonl.gz"], min_length=1)
     seq_len: int = Field(128, ge=8, le=32768)
     tokens_dir: str = "data/tokens"
     strict: bool = False  # fail on the first bad line instead of skipping it
@@ -118,14 +122,14 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(3.0e-4, gt=0.0, le=1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = Field(3.0e-3, gt=0.0, le=1.0)  # pico-train: 3e-4 (for its far larger batch)
+    betas: tuple[float, float] = (0.9, 0.95)  # pico-train: torch's (0.9, 0.999)
     eps: float = Field(1.0e-8, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)  # null = no clipping (norm still logged)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"  # pico-train: linear to 0
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
 
     @field_validator("betas")
     @classmethod
@@ -137,8 +141,8 @@ class OptimConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    max_steps: int = Field(100, ge=1)
-    micro_batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(200, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     # Optional check: micro_batch_size x grad_accum_steps x world size must equal it
     global_batch_size: int | None = Field(None, ge=1)
@@ -209,7 +213,7 @@ class RecoveryConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     max_windows_per_source: int | None = Field(None, ge=1)  # cap for in-training evaluation
     # auto: the best checkpoint when training stopped early, else the newest
     checkpoint: Literal["auto", "latest", "best"] = "auto"
@@ -231,7 +235,7 @@ class DiagnosisConfig(_Strict):
 
 class ReportConfig(_Strict):
     out_dir: str = "reports"
-    run_name: str = "pico-decoder"
+    run_name: str = "pico-decoder-tiny (embedded default)"
     # what "What we did" compares with: a params file, a git revision or a DVC experiment name;
     # null = the committed params.yaml (HEAD)
     baseline: str | None = None
@@ -240,7 +244,7 @@ class ReportConfig(_Strict):
 
 class Params(_Strict):
     embedded: EmbeddedConfig = EmbeddedConfig()
-    data: DataConfig
+    data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

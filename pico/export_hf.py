@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 from pico import checkpoint
 from pico.model import ModelDims
 
+MARKER = "pico_checkpoint.json"  # written into every export: the folder is ours to replace
+
 
 def interleaved_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder each head's output rows from (x0, x1), (x2, x3), ... pairs to [evens | odds]."""
@@ -81,6 +83,9 @@ def hf_config(dims: ModelDims, eos_id: int | None, pad_id: int | None) -> dict:
 
 def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     ckpt, out = Path(ckpt), Path(out_dir)
+    if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
+        # only a folder this command wrote (it holds the marker) is ever replaced
+        raise FileExistsError(f"{out} exists and is not an export of pico's; choose a new folder")
     state = checkpoint.read_state(ckpt)
     dims = ModelDims(**state["model_dims"])
     sd = load_file(str(ckpt / checkpoint.WEIGHTS))
@@ -105,10 +110,10 @@ def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | No
         "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad, "bos_token": None,
         "model_max_length": dims.max_seq_len, "add_bos_token": False, "add_eos_token": False,
     }, indent=2) + "\n")
-    (tmp / "pico_checkpoint.json").write_text(json.dumps(
+    (tmp / MARKER).write_text(json.dumps(
         {"checkpoint": str(ckpt), "step": state["step"], "fingerprint": state["fingerprint"],
          "code_version": state.get("code_version")}, indent=2) + "\n")
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # an earlier export (it has the marker) or an empty folder
     tmp.rename(out)
     return out

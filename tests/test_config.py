@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from pico.config import ConfigError, load_params, parse_params
+from pico.config import ConfigError, Params, load_params, parse_params
 from tests.conftest import REPO, tiny_params, write_params
 
 
@@ -84,3 +84,13 @@ def test_fingerprint_tracks_sections(tmp_path):
     b = parse_params(raw)
     assert a.fingerprint("data") == b.fingerprint("data")
     assert a.fingerprint("optim") != b.fingerprint("optim")
+
+
+def test_params_yaml_is_the_code_defaults():
+    # one source of truth: params.yaml spells out exactly what a left-out key means
+    assert load_params(REPO / "params.yaml").model_dump() == Params().model_dump()
+
+
+def test_effective_batch_counts_processes():
+    p = Params.model_validate({"training": {"micro_batch_size": 4, "grad_accum_steps": 3, "nproc": 2}})
+    assert p.training.effective_batch_rows() == 24 and p.training.effective_batch_rows(world=8) == 96

@@ -1,0 +1,99 @@
+"""Checkpoints: a round trip restores everything a run needs; a crash leaves nothing that looks
+valid; only the newest are kept; another run's checkpoints are moved aside, never deleted, and
+nothing else in the folder is touched."""
+
+import json
+
+import torch
+
+from pico import checkpoint
+from pico.distributed import Dist
+
+
+def _model_opt(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+def _save(root, step, fingerprint="run-a", keep=3, name=None):
+    model, opt, sched = _model_opt()
+    state = {"fingerprint": fingerprint, "position": step * 8, "history": {}}
+    return checkpoint.save(root, step, model, opt, sched, state, keep, name=name)
+
+
+def test_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path):
+    model, opt, sched = _model_opt()
+    torch.manual_seed(123)
+    path = checkpoint.save(tmp_path, 7, model, opt, sched, {"fingerprint": "f", "position": 56, "history": {}}, keep=2)
+    expected_draw = torch.rand(3)
+    assert path.name == "step_00000007"
+    fresh, fresh_opt, _ = _model_opt(seed=1)
+    state, sched_state = checkpoint.load(path, fresh, fresh_opt)
+    assert state["step"] == 7 and state["position"] == 56
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+    assert sched_state["last_epoch"] == 3
+
+
+def test_keep_newest_and_best_is_never_pruned(tmp_path):
+    for step in (1, 2, 3, 4):
+        _save(tmp_path, step, keep=2)
+    _save(tmp_path, 2, name=checkpoint.BEST, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert (tmp_path / checkpoint.BEST / checkpoint.STATE).is_file()
+
+
+def test_partial_saves_are_not_checkpoints_and_are_removed(tmp_path):
+    _save(tmp_path, 1)
+    (tmp_path / ".tmp-step_00000002-99").mkdir()
+    (tmp_path / "step_00000003").mkdir()  # no state.json: not a complete checkpoint
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000001"
+    assert checkpoint.remove_partial(tmp_path) == [".tmp-step_00000002-99"]
+
+
+def test_same_run_resumes_from_the_newest(tmp_path):
+    _save(tmp_path, 4)
+    _save(tmp_path, 8)
+    model, opt, _ = _model_opt(seed=5)
+    restored = checkpoint.restore(tmp_path, "run-a", None, model, opt, Dist())
+    assert restored.path.name == "step_00000008" and not restored.rebase and restored.state["position"] == 64
+
+
+def test_another_run_is_moved_aside_and_nothing_else_is_touched(tmp_path, capsys):
+    # a checkpoint folder that also holds the user's own files (checkpoint_dir: . in a project)
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "params.yaml").write_text("mine\n")
+    (root / ".git").mkdir()
+    (root / "notes").mkdir()
+    _save(root, 4)
+    _save(root, 8)
+    _save(root, 4, name=checkpoint.BEST)
+    model, opt, _ = _model_opt()
+    assert checkpoint.restore(root, "run-b", None, model, opt, Dist()) is None
+    moved = tmp_path / "project.superseded" / "run-a"
+    assert sorted(p.name for p in moved.iterdir()) == ["best", "step_00000004", "step_00000008"]
+    assert sorted(p.name for p in root.iterdir()) == [".git", "notes", "params.yaml"]
+    assert (root / "params.yaml").read_text() == "mine\n"
+    assert "belongs to another run" in capsys.readouterr().out
+    # a second superseded run with the same fingerprint does not overwrite the first
+    _save(root, 2)
+    checkpoint.restore(root, "run-c", None, model, opt, Dist())
+    assert (tmp_path / "project.superseded" / "run-a-2" / "step_00000002").is_dir()
+
+
+def test_restart_from_another_checkpoint_rebases(tmp_path):
+    source = _save(tmp_path / "old", 6)
+    model, opt, _ = _model_opt(seed=3)
+    restored = checkpoint.restore(tmp_path / "new", "run-z", str(source), model, opt, Dist())
+    assert restored.rebase and restored.state["step"] == 6
+    assert json.loads((source / checkpoint.STATE).read_text())["fingerprint"] == "run-a"
