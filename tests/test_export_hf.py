@@ -85,7 +85,7 @@ def test_exported_model_reproduces_our_eval_metrics(prepared, tmp_path):
 def test_export_never_replaces_a_folder_it_did_not_write(prepared, tmp_path):
     dims = ModelDims(vocab_size=320, d_model=24, hidden_dim=48, n_layers=1, max_seq_len=64)
     ckpt = save_random_checkpoint(tmp_path / "ck", dims, Path(prepared.tokenizer.out_dir))
-    data = tmp_path / "data"
+    data = tmp_path / "mine"
     data.mkdir()
     (data / "precious.txt").write_text("keep me")
     assert main(["export-hf", str(ckpt), str(data)]) == 1
