@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -113,4 +112,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

@@ -187,6 +187,7 @@ class Trainer:
             self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
         if self.t.compile:
             self.forward = torch.compile(self.forward)
+        self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
 
     # ---- the loop ----
     def fit(self) -> TrainSummary:
@@ -267,8 +268,7 @@ class Trainer:
             "tokens": s.step * self.tokens_per_step,
         })
         rate = len(interval.losses) * self.tokens_per_step / (now - interval.clock)
-        flops = self.model.flops_per_token(self.params.data.seq_len)
-        peak = self.t.peak_flops
+        flops, peak = self.flops_per_token, self.t.peak_flops
         s.history["perf"].append({"step": s.step, "tokens_per_s": round(rate, 1),
                                   "elapsed_s": round(now - interval.started, 2),
                                   "model_flops_per_s": round(rate * flops),

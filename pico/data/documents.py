@@ -49,7 +49,7 @@ class ReadStats:
     skipped: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)  # first few skip locations, for the manifest
     blank_lines: int = 0  # whitespace-only lines: not documents, not errors, but counted
-    empty_files: list[str] = field(default_factory=list)  # shards with no bytes (decompressed)
+    empty_files: list[str] = field(default_factory=list)  # shards with no line at all (after decompression)
 
     def skip(self, reason: str, where: str, detail: str, strict: bool) -> None:
         if strict:
