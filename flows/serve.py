@@ -5,7 +5,7 @@
     python -m flows.serve --cron "0 3 * * *" --name nightly [--set optim.lr=1.0e-4] [--exp nightly-lr]
 
 The process registers the deployment and then runs its scheduled (and UI-triggered) flow runs
-until it is stopped. Each run is the same flow as `python -m flows.pipeline`.
+until it is stopped, one at a time. Each run is the same flow as `python -m flows.pipeline`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parameters = {"repo": args.repo, "overrides": parse_overrides(args.overrides) or None,
                   "experiment": args.experiment, "retries": args.retries, "retry_delay_seconds": args.retry_delay}
     schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
-    pipeline.serve(name=args.name, parameters=parameters, **schedule)
+    # one run at a time: runs share one repository, and DVC's lock fails a second `dvc repro` in it;
+    # a run that comes due while another goes on waits for it instead of starting beside it
+    pipeline.serve(name=args.name, parameters=parameters, limit=1, **schedule)
 
 
 if __name__ == "__main__":
