@@ -171,6 +171,9 @@ class TrainingConfig(_Strict):
     # On CUDA the trainer also uses fused AdamW, TF32 matmuls and pinned-memory batches.
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    # output projection + cross-entropy, chunked so the full logits never exist (pico/loss.py):
+    # torch (everywhere) | liger (liger-kernel's fused kernel, CUDA) | auto (liger on CUDA if installed)
+    loss_kernel: Literal["auto", "torch", "liger"] = "auto"
     # peak FLOP/s of one device, for the MFU column of metrics/perf.csv (null = no MFU column),
     # e.g. 989.0e12 for an H100 SXM in bf16
     peak_flops: float | None = Field(None, gt=0)

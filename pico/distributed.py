@@ -31,12 +31,13 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: float) -> float:
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a tensor, on its device (no host sync)."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = value.detach().clone()
         dist.all_reduce(t)
-        return float(t.item()) / self.world
+        return t / self.world
 
     def broadcast(self, obj: Any) -> Any:
         if self.world == 1:
@@ -167,6 +168,6 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, fqn, options=_options())
 
 
-def total_norm(norm: torch.Tensor) -> float:
-    """clip_grad_norm_'s result as a float (a DTensor under FSDP)."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+def total_norm(norm: torch.Tensor) -> torch.Tensor:
+    """clip_grad_norm_'s result as a plain tensor on its device (a DTensor under FSDP)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pico import checkpoint
 from pico.config import Params
@@ -55,8 +54,8 @@ def window_nll(model: torch.nn.Module, windows: EvalWindows, indices: np.ndarray
         for r, s in enumerate(seqs):
             ids[r, :len(s)] = torch.from_numpy(s)
             labels[r, :len(s) - 1] = torch.from_numpy(s[1:])
-        logits = model(ids[:, :-1].to(device))
-        nll = F.cross_entropy(logits.transpose(1, 2), labels.to(device), ignore_index=-100, reduction="none")
+        # per-token NLL through the chunked loss: never the batch's full logits (pico.loss)
+        nll = model(ids[:, :-1].to(device), labels.to(device), reduction="none")
         out[chunk] = nll.double().sum(dim=1).cpu().numpy()
     model.train(was_training)
     return out[indices]

@@ -11,14 +11,16 @@ import math
 import os
 import signal
 
+import torch
+
 
 class Faults:
     def __init__(self, fresh_run: bool):
         self.nan_at = int(os.environ.get("PICO_FAULT_NAN_AT_STEP", "0")) if fresh_run else 0
         self.kill_at = int(os.environ.get("PICO_FAULT_KILL_AT_STEP", "0")) if fresh_run else 0
 
-    def loss(self, step: int, loss: float) -> float:
-        return math.nan if step == self.nan_at else loss
+    def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(loss, math.nan) if step == self.nan_at else loss
 
     def after_step(self, step: int) -> None:
         if step == self.kill_at:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pico.config import ModelConfig
+from pico.loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class PicoDecoder(nn.Module):
         cos, sin = rope_tables(dims.head_dim, dims.max_seq_len, dims.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.loss_kernel: Literal["torch", "liger"] = "torch"  # how the loss is computed, not what (pico.loss)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -156,7 +159,11 @@ class PicoDecoder(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Logits (fp32) without ``targets``; with them (as nanoGPT), the cross-entropy — the mean
+        over tokens, or per token with ``reduction="none"`` — computed by ``pico.loss`` chunk by
+        chunk, so the full logits tensor is never built."""
         t = input_ids.shape[1]
         if t > self.dims.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds model max_seq_len {self.dims.max_seq_len}")
@@ -164,7 +171,10 @@ class PicoDecoder(nn.Module):
         x = self.embedding_proj(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        return self.de_embedding_proj(self.output_norm(x)).float()
+        x = self.output_norm(x)
+        if targets is None:
+            return self.de_embedding_proj(x).float()
+        return linear_cross_entropy(x, self.de_embedding_proj.weight, targets, self.loss_kernel, reduction)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

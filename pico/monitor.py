@@ -4,7 +4,7 @@ resumed run decides exactly as an uninterrupted one).
 - ``eval_verdict``: after each evaluation, is this the best eval loss so far, and should training
   stop early (no improvement for ``patience`` evaluations, or the loss exploded past
   ``explosion_factor`` x the best)?
-- ``LossWatch``: after each step, is the training loss NaN/inf or a spike past
+- ``LossWatch``: after each step, is the training loss (or gradient norm) NaN/inf, or the loss a spike past
   ``loss_spike_factor`` x its running mean? Either makes the run *diverged*.
 """
 
@@ -58,9 +58,11 @@ class LossWatch:
         self.cfg, self.beta = cfg, beta
         self.mean: float | None = None
 
-    def check(self, step: int, loss: float) -> str | None:
+    def check(self, step: int, loss: float, grad_norm: float = 0.0) -> str | None:
         if not math.isfinite(loss):
             return f"training loss is {loss} at step {step}"
+        if not math.isfinite(grad_norm):
+            return f"gradient norm is {grad_norm} at step {step}"
         f = self.cfg.loss_spike_factor
         if (self.cfg.enabled and f is not None and self.mean is not None
                 and step > self.cfg.spike_warmup_steps and loss > f * self.mean):

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -40,6 +39,7 @@ from pico.distributed import Dist
 from pico.errors import TrainingDiverged, TrainingFailed
 from pico.evaluate import evaluate_model
 from pico.faults import Faults
+from pico.loss import resolve_kernel
 from pico.model import ModelDims, PicoDecoder
 from pico.monitor import LossWatch, eval_verdict
 from pico.train_metrics import RunStatus, TrainSummary
@@ -47,7 +47,7 @@ from pico.train_metrics import RunStatus, TrainSummary
 # Params that change what is trained; logging/checkpoint cadence does not.
 # (micro-batch and accumulation enter only through the effective batch, so a run may resume on
 # another number of processes with the same effective batch)
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile")
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile", "loss_kernel")
 FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
 
 
@@ -109,20 +109,40 @@ class TrainState:
 
 
 class Interval:
-    """Losses, gradient norms and time since the last log line."""
+    """The steps since the last log line. Their losses and gradient norms stay on the device until
+    ``read`` brings them to the host in one sync and checks them, in step order."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.reset(self.started)
 
     def reset(self, now: float) -> None:
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss, norm), unread
         self.losses: list[float] = []
         self.norms: list[float] = []
         self.clock = now
 
-    def add(self, loss: float, grad_norm: float) -> None:
-        self.losses.append(loss)
-        self.norms.append(grad_norm)
+    def add(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.pending.append((step, lr, loss.detach(), grad_norm.detach()))
+
+    def read(self, watch: LossWatch) -> str | None:
+        """Read the pending steps into ``losses``/``norms``; why the run diverged, or None."""
+        if not self.pending:
+            return None
+        values = torch.stack([torch.stack((loss.double(), norm.double())) for _, _, loss, norm in self.pending])
+        pending, self.pending = self.pending, []
+        for (step, lr, _, _), (loss, norm) in zip(pending, values.tolist()):
+            self.losses.append(loss)
+            self.norms.append(norm)
+            why = watch.check(step, loss, norm)
+            if why:
+                return f"{why} (lr {lr:.3g})"
+        return None
+
+
+def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """1.0 where the step must not be applied (fused AdamW's ``found_inf``), computed on the device."""
+    return (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).to(torch.float32)
 
 
 class Trainer:
@@ -160,12 +180,18 @@ class Trainer:
         torch.manual_seed(self.t.seed)
         self.dims = model_dims(params)
         self.model = PicoDecoder(self.dims).to(self.device)
+        self.model.loss_kernel = resolve_kernel(self.t.loss_kernel, self.device)
         self.n_params = self.model.num_parameters()
-        fused = self.device.type == "cuda"
+        fused = self.fused_optimizer(self.device)
+        # fused AdamW can skip a non-finite step on the device, so the host need not read every loss
+        self.guard_on_device = fused
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         self.restored = checkpoint.restore(self.t.checkpoint_dir, self.fingerprint, self.t.restart_from,
                                            self.model, self.optimizer, d)
+        if self.t.compile:  # each block in place (as torchtitan): parameter names and checkpoints unchanged,
+            for layer in self.model.layers:  # and the chunked/fused loss stays outside the graph
+                layer.compile()
         self.fsdp = d.world > 1 and (self.t.parallelism == "fsdp" or
                                      (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
         if self.fsdp:
@@ -185,9 +211,12 @@ class Trainer:
             self.state.load_state_dict(r.state)
         self.forward = self.model if d.world == 1 or self.fsdp else DistributedDataParallel(
             self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
-        if self.t.compile:
-            self.forward = torch.compile(self.forward)
         self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
+
+    @staticmethod
+    def fused_optimizer(device: torch.device) -> bool:
+        """Fused AdamW on GPUs; on CPUs the foreach implementation, whose results the committed runs hold."""
+        return device.type == "cuda"
 
     # ---- the loop ----
     def fit(self) -> TrainSummary:
@@ -206,23 +235,31 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self.forward_backward()
             loss = self.faults.loss(s.step + 1, loss)
-            diverged = s.watch.check(s.step + 1, loss)
-            if diverged:  # the weights are still the last good ones: this step's update is not applied
+            interval.add(s.step + 1, lr, loss, grad_norm)
+            n = s.step + 1
+            last = n == t.max_steps
+            log_due, eval_due = n % t.log_every == 0 or last, n % t.eval_every == 0 or last
+            save_due = n % t.checkpoint_every == 0 or last
+            # The host reads losses only when something is due (and on CPU, where it costs nothing, at
+            # every step); between reads, fused AdamW skips on the device any step whose loss or gradient
+            # norm is not finite. Either way no non-finite update lands, and nothing is logged, evaluated
+            # or saved after a divergence.
+            if self.guard_on_device:
+                self.optimizer.found_inf = nonfinite(loss, grad_norm)
+            diverged = interval.read(s.watch) if log_due or eval_due or save_due or not self.guard_on_device else None
+            if diverged:  # the weights are the last good ones, or (read late) updated only by finite steps
                 bar.close()
-                return self.diverge(f"{diverged} (lr {lr:.3g})")
+                return self.diverge(diverged)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            s.step, s.position = s.step + 1, s.position + self.batch_rows
-            interval.add(loss, grad_norm)
+            s.step, s.position = n, s.position + self.batch_rows
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
 
-            last = s.step == t.max_steps
-            log_due = s.step % t.log_every == 0 or last
             if log_due:
-                self.log(interval, loss, grad_norm, lr)
-            stop = self.evaluate() if (s.step % t.eval_every == 0 or last) else None
+                bar.set_postfix(loss=f"{interval.losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
+                self.log(interval, lr)
+            stop = self.evaluate() if eval_due else None
             if stop:
                 s.status, s.reason = "early_stopped", stop
                 tqdm.write(f"early stop at step {s.step}: {stop}")
@@ -230,7 +267,7 @@ class Trainer:
                 s.status = "completed"
             if (log_due or stop) and self.d.is_main:
                 train_metrics.write(t.metrics_dir, s.history)
-            if s.step % t.checkpoint_every == 0 or last or stop:
+            if save_due or stop:
                 self.save()
             self.faults.after_step(s.step)
             if stop:
@@ -238,33 +275,34 @@ class Trainer:
         bar.close()
         return self.finish()
 
-    def forward_backward(self) -> tuple[float, float]:
+    def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step's gradients over the accumulated micro-batches, clipped; returns the
-        step's loss (mean over ranks) and the gradient norm before clipping."""
+        step's loss (mean over ranks, float64) and the gradient norm before clipping, both on the
+        device: nothing here waits for the GPU."""
         batches = self.loader.step_batches(self.state.position)
-        step_loss = 0.0
+        step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(batches):
-            if self.device.type == "cuda":
+            if self.device.type == "cuda":  # pinned, so the copy is asynchronous and the host runs ahead
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
             sync = self.d.world == 1 or i == len(batches) - 1  # all-reduce once, on the last micro-batch
             if self.fsdp:
                 self.model.set_requires_gradient_sync(sync)
             with contextlib.nullcontext() if sync or self.fsdp else self.forward.no_sync(), self.autocast:
-                logits = self.forward(batch[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+                loss = self.forward(batch[:, :-1], batch[:, 1:])  # the chunked/fused loss (pico.loss)
                 (loss / self.t.grad_accum_steps).backward()
-            step_loss += loss.item() / self.t.grad_accum_steps
+            step_loss += loss.detach().double() / self.t.grad_accum_steps
         clip = self.params.optim.max_grad_norm if self.params.optim.max_grad_norm is not None else math.inf
         grad_norm = distributed.total_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         return self.d.mean(step_loss), grad_norm  # every rank sees the global loss, so all stop together
 
     # ---- what is due after a step ----
-    def log(self, interval: Interval, loss: float, grad_norm: float, lr: float) -> None:
+    def log(self, interval: Interval, lr: float) -> None:
         s, now = self.state, time.perf_counter()
         s.history["train"].append({
-            "step": s.step, "loss": loss, "loss_mean": math.fsum(interval.losses) / len(interval.losses),
-            "lr": lr, "grad_norm": grad_norm, "grad_norm_max": max(interval.norms),
+            "step": s.step, "loss": interval.losses[-1],
+            "loss_mean": math.fsum(interval.losses) / len(interval.losses),
+            "lr": lr, "grad_norm": interval.norms[-1], "grad_norm_max": max(interval.norms),
             "tokens": s.step * self.tokens_per_step,
         })
         rate = len(interval.losses) * self.tokens_per_step / (now - interval.clock)
@@ -279,9 +317,12 @@ class Trainer:
         """Evaluate (rank 0 records; under FSDP every rank runs the sharded forward), keep the best
         checkpoint, and return every rank the same reason to stop early (or None)."""
         s, es, verdict = self.state, self.params.early_stop, None
+        # eager even when compiled: evaluation's varying batch shapes would each recompile the blocks
+        eager = torch.compiler.set_stance("force_eager") if self.t.compile else contextlib.nullcontext()
         if self.d.is_main or self.fsdp:
-            metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
-                                     self.params.evaluation.max_windows_per_source, self.device)
+            with eager:
+                metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
+                                         self.params.evaluation.max_windows_per_source, self.device)
             s.history["eval"].append(train_metrics.eval_row(s.step, metrics))
             mac = metrics["macro"]
             tqdm.write(f"step {s.step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, "

@@ -1,5 +1,6 @@
 import copy
 import csv
+import json
 import math
 import os
 import signal
@@ -13,6 +14,7 @@ import torch
 
 from pico import checkpoint, evaluate, report, train
 from pico.config import parse_params
+from pico.errors import TrainingDiverged
 from tests.conftest import REPO, write_params
 
 
@@ -172,3 +174,75 @@ def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
     perf = read_csv(tmp_path / "metrics/perf.csv")
     assert all(0 < float(r["mfu"]) < 1 for r in perf)
     assert all(float(r["model_flops_per_s"]) > 0 for r in perf)
+
+
+# ---- the GPU hot loop, exercised on CPU: reads only when due, non-finite steps skipped on the device ----
+
+def _deferred(monkeypatch, params_dict, **training):
+    """Params and a Trainer patched to use fused AdamW (as on a GPU), so losses are read only when due."""
+    monkeypatch.setattr(train.Trainer, "fused_optimizer", staticmethod(lambda device: True))
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(training)
+    return parse_params(raw)
+
+
+def test_hot_loop_reads_the_host_only_when_something_is_due(monkeypatch, params_dict, prepared):
+    params = _deferred(monkeypatch, params_dict, log_every=5, eval_every=10, checkpoint_every=10, eval_at_start=False)
+    reads, steps = [], []
+    real_read, real_fb = train.Interval.read, train.Trainer.forward_backward
+
+    def read(self, watch):
+        reads.append(self.pending[-1][0] if self.pending else None)
+        return real_read(self, watch)
+
+    def forbidden(*a, **k):
+        raise AssertionError("host sync in the hot loop")
+
+    def forward_backward(self):  # no .item()/.tolist()/float()/bool() of a tensor while computing a step
+        steps.append(1)
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__float__", "__bool__"):
+                m.setattr(torch.Tensor, name, forbidden)
+            return real_fb(self)
+
+    monkeypatch.setattr(train.Interval, "read", read)
+    monkeypatch.setattr(train.Trainer, "forward_backward", forward_backward)
+    summary = train.run(params, progress=False)
+    assert summary.status == "completed" and len(steps) == 12
+    assert reads == [5, 10, 12]
+    rows = read_csv(Path(params.training.metrics_dir) / "train.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10, 12] and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_a_nan_read_late_was_never_applied(monkeypatch, params_dict, prepared):
+    """NaN at step 6, read at step 8: fused AdamW skipped step 6 on the device, so the diverged run's
+    weights are those of a run whose step 6 did nothing (asserted through the optimizer's step count)."""
+    params = _deferred(monkeypatch, params_dict, log_every=4, eval_every=100, checkpoint_every=4)
+    monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
+    seen = {}
+    real_diverge = train.Trainer.diverge
+
+    def diverge(self, why):
+        seen["adam_steps"] = {int(st["step"]) for st in self.optimizer.state.values()}
+        seen["step"] = self.state.step
+        return real_diverge(self, why)
+
+    monkeypatch.setattr(train.Trainer, "diverge", diverge)
+    with pytest.raises(TrainingDiverged, match="training loss is nan at step 6"):
+        train.run(params, progress=False)
+    assert seen["step"] == 7 and seen["adam_steps"] == {6}  # steps 1-7 ran, AdamW applied 6 of them
+    summary = json.loads((Path(params.training.metrics_dir) / "train_summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["last_good_checkpoint"] == "step_00000004"
+
+
+def test_nonfinite_guard_skips_a_fused_adamw_step():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.1, fused=True)
+    p.grad = torch.full((3,), math.nan)
+    opt.found_inf = train.nonfinite(torch.tensor(math.nan, dtype=torch.float64), torch.tensor(1.0))
+    opt.step()
+    assert torch.equal(p.detach(), torch.ones(3))
+    p.grad = torch.ones(3)
+    opt.found_inf = train.nonfinite(torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0))
+    opt.step()
+    assert (p.detach() < 1).all()
