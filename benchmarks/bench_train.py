@@ -1,81 +1,88 @@
-"""Training throughput: tokens/s and achieved FLOP/s for a preset, vs the machine's matmul FLOP/s.
+"""Training step: pico's model and loss vs plain transformers LlamaForCausalLM, steps interleaved.
 
     python benchmarks/bench_train.py [--preset tiny] [--vocab 4096] [--seq-len 128] [--batch 16] [--steps 10]
 
-Runs real optimizer steps (forward, backward, clipping, AdamW) on random tokens with the
-trainer's own model and optimizer code, and compares model FLOP/s (6N + attention per token)
-with a measured fp32 2048^3 matmul on the same machine in the same run.
+Both models get the same dims (pico's export mapping), the same random tokens, AdamW and clipping
+at 1.0; each round times one pico step then one transformers step, so machine noise (load, clock)
+hits both alike. pico computes the loss chunked (``pico.loss``: never the full logits); transformers
+its own way (full logits, fp32 upcast). Prints tokens/s of each, the ratio, and model FLOP/s
+against a measured fp32 2048^3 matmul on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from pico.config import ModelConfig
 from pico.data.tokens_dir import row_len
+from pico.export_hf import hf_config
 from pico.model import ModelDims, PicoDecoder
 
 
-def matmul_flops(n: int = 2048, repeat: int = 5, device: str = "cpu") -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(n: int = 2048, repeat: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
     for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 
 
 def main() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "medium", "large"])
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
     torch.manual_seed(0)
     dims = ModelDims.from_config(ModelConfig(preset=args.preset), args.vocab)
-    model = PicoDecoder(dims).to(args.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, dims.vocab_size, (args.batch, row_len(args.seq_len)), device=args.device)
+    pico = PicoDecoder(dims)
+    cfg = LlamaConfig(**{k: v for k, v in hf_config(dims, None, None).items() if k != "architectures"})
+    cfg._attn_implementation = "sdpa"
+    hf = LlamaForCausalLM(cfg)
+    x = torch.randint(0, dims.vocab_size, (args.batch, row_len(args.seq_len)))
 
-    def step() -> None:
-        logits = model(x[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def stepper(model, loss_fn):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    step()  # warm-up
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+        def step() -> float:
+            t0 = time.perf_counter()
+            loss_fn().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
+        return step
+
+    pico_step = stepper(pico, lambda: pico(x[:, :-1], x[:, 1:]))
+    hf_step = stepper(hf, lambda: hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss)
+    pico_step(), hf_step()  # warm-up
+    times = {"pico": [], "transformers": []}
     for _ in range(args.steps):
-        step()
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    tokens_per_s = args.steps * args.batch * args.seq_len / elapsed
-    achieved = tokens_per_s * model.flops_per_token(args.seq_len)
-    peak = matmul_flops(device=args.device)
-    print(f"preset {args.preset}: {model.num_parameters():,} params (vocab {dims.vocab_size}), "
-          f"batch {args.batch} x seq {args.seq_len}, {args.steps} steps on {args.device}, {torch.get_num_threads()} threads")
-    print(f"training         : {tokens_per_s:10,.0f} tokens/s, {elapsed / args.steps * 1000:.0f} ms/step")
-    print(f"achieved         : {achieved / 1e9:10.2f} GFLOP/s (model FLOPs: 6N + 12*L*d*T per token)")
-    print(f"fp32 matmul 2048^3: {peak / 1e9:9.2f} GFLOP/s")
-    print(f"ratio achieved/matmul: {achieved / peak:.3f}")
+        times["pico"].append(pico_step())
+        times["transformers"].append(hf_step())
+    tokens = args.batch * args.seq_len
+    rate = {k: tokens / statistics.median(v) for k, v in times.items()}
+    achieved = rate["pico"] * pico.flops_per_token(args.seq_len)
+    peak = matmul_flops()
+    print(f"preset {args.preset}: {pico.num_parameters():,} params (vocab {dims.vocab_size}), batch {args.batch} x seq "
+          f"{args.seq_len}, {args.steps} interleaved steps each on cpu, {torch.get_num_threads()} threads")
+    for name, r in rate.items():
+        print(f"{name:13s}: {r:10,.0f} tokens/s (median step {tokens / r * 1000:.0f} ms)")
+    print(f"pico / transformers: {rate['pico'] / rate['transformers']:.2f}")
+    print(f"pico achieved {achieved / 1e9:.2f} GFLOP/s (6N + 12*L*d*T per token) vs fp32 matmul 2048^3 "
+          f"{peak / 1e9:.2f} GFLOP/s: {achieved / peak:.3f}")
 
 
 if __name__ == "__main__":

@@ -75,13 +75,12 @@ class Check:
     def dims(self, preset: str) -> ModelDims:
         return ModelDims.from_config(ModelConfig(preset=preset, vocab_size=self.a.vocab), self.a.vocab)
 
-    def model(self, preset: str, kernel: str) -> PicoDecoder:
+    def model(self, preset: str, kernel: str, mode: str = "default", per_block: bool = False) -> PicoDecoder:
         torch.manual_seed(0)
         model = PicoDecoder(self.dims(preset)).to(self.device)
         model.loss_kernel = kernel
         if self.a.compile:
-            for layer in model.layers:
-                layer.compile()
+            train.compile_model(model, mode, per_block)  # as the trainer does
         return model
 
     def autocast(self):
@@ -101,7 +100,7 @@ class Check:
         return n * batch * SEQ / (time.perf_counter() - t0)
 
     # ---- the measurements ----
-    def trainer(self, preset: str, batch: int, kernel: str) -> dict:
+    def trainer(self, preset: str, batch: int, kernel: str, mode: str = "default") -> dict:
         """``pico train``'s own loop on the pipeline's data; steady-state tokens/s from perf.csv."""
         work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         data = self.a.data
@@ -114,7 +113,7 @@ class Check:
             "training": {"max_steps": self.a.steps, "micro_batch_size": batch, "log_every": self.a.log_every,
                          "eval_every": 10**6, "eval_at_start": False, "checkpoint_every": 10**6,
                          "checkpoint_dir": str(work / "ckpt"), "metrics_dir": str(work / "metrics"),
-                         "precision": "bf16", "compile": self.a.compile, "loss_kernel": kernel,
+                         "precision": "bf16", "compile": self.a.compile, "compile_mode": mode, "loss_kernel": kernel,
                          "device": self.device.type},
             "evaluation": {"batch_size": 8, "max_windows_per_source": 2, "out": str(work / "eval.json")},
         }
@@ -131,10 +130,10 @@ class Check:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def synthetic(self, preset: str, batch: int, kernel: str) -> float:
+    def synthetic(self, preset: str, batch: int, kernel: str, mode: str = "default", per_block: bool = False) -> float:
         """The same model, loss and optimizer on random tokens: no loader, no logging, no reads."""
         self.reset()
-        model = self.model(preset, kernel)
+        model = self.model(preset, kernel, mode, per_block)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         x = torch.randint(0, self.a.vocab, (batch, SEQ + 1), device=self.device)
 
@@ -261,14 +260,26 @@ class Check:
         self.reset()
         return False
 
+    def compile_variants(self, preset: str, batch: int) -> None:
+        """The synthetic loop with each way of compiling, and the trainer with reduce-overhead."""
+        row: dict = {"check": "compile_variants", "preset": preset, "batch": batch}
+        for name, mode, per_block in (("trunk", "default", False), ("per_block", "default", True),
+                                      ("trunk_reduce_overhead", "reduce-overhead", False)):
+            self.attempt(row, name, self.synthetic, preset, batch, self.kernel, mode, per_block)
+        self.attempt(row, "trainer_reduce_overhead", self.trainer, preset, batch, self.kernel, "reduce-overhead")
+        self.emit(row)
+
     def run(self) -> None:
         t0 = time.perf_counter()
         self.emit({"device": torch.cuda.get_device_name() if self.cuda else "cpu", "torch": torch.__version__,
                    "loss_kernel": self.kernel, "compile": self.a.compile, "date": time.strftime("%Y-%m-%d")})
-        row: dict = {"check": "loss_paths"}
-        if self.attempt(row, "result", self.loss_paths, self.a.plan[0][0]):
-            row = row["result"]
-        self.emit(row)
+        if self.a.compile_variants:
+            self.compile_variants(*self.a.plan[0])
+        if not self.a.skip_loss_paths:
+            row: dict = {"check": "loss_paths"}
+            if self.attempt(row, "result", self.loss_paths, self.a.plan[0][0]):
+                row = row["result"]
+            self.emit(row)
         biggest = None
         for i, (preset, batch) in enumerate(self.a.plan):
             row = {"check": "train", "preset": preset, "batch": batch, "seq": SEQ, "loss_kernel": self.kernel}
@@ -277,9 +288,9 @@ class Check:
                 if self.attempt(row, "synthetic_tokens_per_s", self.synthetic, preset, batch, self.kernel):
                     row["trainer_over_synthetic"] = round(row["trainer"]["tokens_per_s"] / row["synthetic_tokens_per_s"], 3)
                     biggest = (preset, batch)
-                if i == 0:
-                    if self.kernel != "torch":
-                        self.attempt(row, "trainer_torch_loss", self.trainer, preset, batch, "torch")
+                if i == 0 and self.kernel != "torch" and not self.a.skip_loss_paths:
+                    self.attempt(row, "trainer_torch_loss", self.trainer, preset, batch, "torch")
+                if (preset, batch) in (self.a.transformers_plan or self.a.plan[:1]):
                     if self.attempt(row, "transformers_tokens_per_s", self.transformers, preset, batch):
                         row["pico_over_transformers"] = round(row["trainer"]["tokens_per_s"] / row["transformers_tokens_per_s"], 3)
             row["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -323,6 +334,10 @@ def main() -> None:
     ap.add_argument("--plan", default="small:16,small:64,tiny:64,medium:32",
                     type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))])
     ap.add_argument("--profile-preset", default="small")
+    ap.add_argument("--compile-variants", action="store_true", help="first: the synthetic loop compiled each way")
+    ap.add_argument("--skip-loss-paths", action="store_true")
+    ap.add_argument("--transformers-plan", default=None, type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
+                    help="plan entries also run with plain transformers (default: the first)")
     args = ap.parse_args()
     if args.prepare:
         return prepare(args.prepare)

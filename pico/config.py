@@ -171,6 +171,9 @@ class TrainingConfig(_Strict):
     # On CUDA the trainer also uses fused AdamW, TF32 matmuls and pinned-memory batches.
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: fewer launches at small batches)
+    # | max-autotune-no-cudagraphs (longer compilation, tuned matmuls)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     # output projection + cross-entropy, chunked so the full logits never exist (pico/loss.py):
     # torch (everywhere) | liger (liger-kernel's fused kernel, CUDA) | auto (liger on CUDA if installed)
     loss_kernel: Literal["auto", "torch", "liger"] = "auto"

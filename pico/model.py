@@ -159,11 +159,8 @@ class PicoDecoder(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
-        """Logits (fp32) without ``targets``; with them (as nanoGPT), the cross-entropy — the mean
-        over tokens, or per token with ``reduction="none"`` — computed by ``pico.loss`` chunk by
-        chunk, so the full logits tensor is never built."""
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final (normed) hidden states: everything but the output projection."""
         t = input_ids.shape[1]
         if t > self.dims.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds model max_seq_len {self.dims.max_seq_len}")
@@ -171,7 +168,14 @@ class PicoDecoder(nn.Module):
         x = self.embedding_proj(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        x = self.output_norm(x)
+        return self.output_norm(x)
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Logits (fp32) without ``targets``; with them (as nanoGPT), the cross-entropy — the mean
+        over tokens, or per token with ``reduction="none"`` — computed by ``pico.loss`` chunk by
+        chunk, so the full logits tensor is never built."""
+        x = self.hidden_states(input_ids)
         if targets is None:
             return self.de_embedding_proj(x).float()
         return linear_cross_entropy(x, self.de_embedding_proj.weight, targets, self.loss_kernel, reduction)

@@ -6,8 +6,9 @@
     perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU
     train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
 
-Written by the trainer (from its history, atomically, so a crash never leaves a half file); read
-by evaluate, the report, ``pico compare`` and the Prefect flow through ``read_summary`` and
+Written by the trainer (from its history, atomically, so a crash never leaves a half file) — during
+the run on a background thread (``Writer``), since an fsync can take longer than a GPU step; read by
+evaluate, the report, ``pico compare`` and the Prefect flow through ``read_summary`` and
 ``parse_csv``.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,3 +118,62 @@ def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: Trai
     atomic_write_text(d / PERF_CSV, _csv(history["perf"], PERF_COLUMNS))
     if summary is not None:
         atomic_write_json(d / SUMMARY_JSON, json.loads(summary.model_dump_json()))
+
+
+class Writer:
+    """``write`` on a background thread: the training loop hands over the history and goes on while
+    the files are written and fsynced (a disk can take longer than a GPU step). Only the newest
+    snapshot is written; ``flush`` waits for it and raises, in the trainer, an error the thread met
+    (e.g. a full disk), naming the folder."""
+
+    def __init__(self, metrics_dir: str | Path):
+        self.metrics_dir = metrics_dir
+        self._cv = threading.Condition()
+        self._pending: dict[str, list[dict]] | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="pico-metrics-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, history: dict[str, list[dict]]) -> None:
+        snapshot = {name: list(rows) for name, rows in history.items()}  # rows are appended, never changed
+        with self._cv:
+            self._raise()
+            self._pending = snapshot
+            self._cv.notify()
+
+    def flush(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._pending is None and not self._busy)
+            self._raise()
+
+    def close(self) -> None:
+        """Flush and end the thread."""
+        self.flush()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise OSError(f"could not write the metrics in {self.metrics_dir}: {err}") from err
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return
+                history, self._pending, self._busy = self._pending, None, True
+            try:
+                write(self.metrics_dir, history)
+            except Exception as err:  # handed to the trainer at its next submit/flush
+                with self._cv:
+                    self._error = err
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()

@@ -125,3 +125,27 @@ def test_parallel_tokenization_is_byte_identical(params_dict, tmp_path, workers)
     manifest = json.loads((tmp_path / "par/train_manifest.json").read_text())
     assert manifest["skipped"]["bad_json"] == 1 and manifest["documents"] == 241
     assert not list((tmp_path / "par").glob(".shards-*"))
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_when_abandoned():
+    import threading
+
+    from pico.data.packing import read_ahead
+
+    assert list(read_ahead(iter([[1], [2], [3]]))) == [[1], [2], [3]]
+
+    def failing():
+        yield [1]
+        raise ValueError("bad document in shard 2")
+
+    got = []
+    with pytest.raises(ValueError, match="shard 2"):
+        for batch in read_ahead(failing()):
+            got.append(batch)
+    assert got == [[1]]
+
+    before = threading.active_count()
+    gen = read_ahead(iter([[i] for i in range(100)]))
+    next(gen)
+    gen.close()  # the consumer stops early: the reader thread ends too
+    assert threading.active_count() == before

@@ -33,3 +33,23 @@ def test_no_summary_yet_is_none_and_a_damaged_one_is_named(tmp_path):
 def test_status_is_one_of_four():
     with pytest.raises(ValueError):
         summary(status="done")
+
+
+def test_background_writer_writes_the_newest_snapshot_and_reports_errors(tmp_path):
+    from pico import train_metrics
+
+    history = {"train": [], "eval": [], "perf": [], "events": []}
+    writer = train_metrics.Writer(tmp_path / "m")
+    for step in range(1, 30):
+        history["train"].append({"step": step, "loss": 1.0 / step, "loss_mean": 1.0, "lr": 0.1, "grad_norm": 1.0,
+                                 "grad_norm_max": 1.0, "tokens": step})
+        writer.submit(history)
+    writer.close()
+    rows = train_metrics.parse_csv((tmp_path / "m" / train_metrics.TRAIN_CSV).read_text())
+    assert [r["step"] for r in rows] == list(range(1, 30))  # the last snapshot, whole
+
+    (tmp_path / "blocked").write_text("a file where the metrics folder should be")
+    broken = train_metrics.Writer(tmp_path / "blocked")
+    broken.submit(history)
+    with pytest.raises(OSError, match="could not write the metrics in .*blocked"):
+        broken.flush()

@@ -9,6 +9,8 @@ holds one encode batch and less than one row of carry-over, whatever the corpus 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,16 +35,51 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def read_ahead(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
+    """``batches``, read on a thread up to ``depth`` ahead: reading and decompressing the next batch
+    overlaps the encoding of this one (``encode_batch`` releases the GIL). An error while reading
+    is raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def reader() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=reader, name="pico-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype: np.dtype,
                    batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """The token stream (each document's tokens + EOS, in order), one encode batch at a time."""
-    for batch in batched(docs, batch_size):
-        encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-        pieces = []
-        for enc in encodings:
-            pieces.append(np.asarray(enc.ids, dtype=dtype))
-            pieces.append(np.asarray([eos_id], dtype=dtype))
-        yield np.concatenate(pieces), len(batch)
+    """The token stream (each document's tokens + EOS, in order), one encode batch at a time.
+    ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing offsets."""
+    for batch in read_ahead(batched(docs, batch_size)):
+        ids: list[int] = []
+        for enc in tok.encode_batch_fast([d.text for d in batch], add_special_tokens=False):
+            ids += enc.ids
+            ids.append(eos_id)
+        yield np.array(ids, dtype=dtype), len(batch)
 
 
 class RowPacker:
