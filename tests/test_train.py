@@ -246,3 +246,23 @@ def test_nonfinite_guard_skips_a_fused_adamw_step():
     opt.found_inf = train.nonfinite(torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0))
     opt.step()
     assert (p.detach() < 1).all()
+
+
+@pytest.mark.slow
+def test_compiled_trunk_trains_like_eager_with_unchanged_checkpoints(params_dict, prepared, tmp_path):
+    """training.compile: the trunk is one compiled graph, the loss stays eager, evaluation runs eager
+    (its shapes vary), and the checkpoint's parameter names are the eager model's."""
+    eager = train.run(prepared, progress=False)
+    eager_rows = read_csv(tmp_path / "metrics/train.csv")
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(compile=True, checkpoint_dir=str(tmp_path / "ckpt_compiled"),
+                           metrics_dir=str(tmp_path / "metrics_compiled"))
+    compiled = train.run(parse_params(raw), progress=False)
+    assert compiled.status == eager.status == "completed"
+    rows = read_csv(tmp_path / "metrics_compiled/train.csv")
+    for a, b in zip(rows, eager_rows):
+        assert math.isclose(float(a["loss"]), float(b["loss"]), rel_tol=1e-3)
+    from safetensors import safe_open
+
+    keys = lambda d: set(safe_open(str(d / "step_00000012/model.safetensors"), "pt").keys())  # noqa: E731
+    assert keys(tmp_path / "ckpt_compiled") == keys(tmp_path / "checkpoints")
