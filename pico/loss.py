@@ -69,11 +69,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 keep = t != IGNORE_INDEX
                 safe_t = torch.where(keep, t, 0).unsqueeze(1)
                 logits = (h @ w.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                nll[start:start + chunk] = torch.where(keep, lse - logits.gather(1, safe_t).squeeze(1), 0.0)
+                target = logits.gather(1, safe_t).squeeze(1)
+                # logsumexp by hand, in place, so the softmax below reuses its one exp pass
+                peak = logits.amax(dim=-1, keepdim=True)
+                e = logits.sub_(peak).exp_()
+                total = e.sum(dim=-1, keepdim=True)
+                lse = (peak + total.log()).squeeze(1)
+                nll[start:start + chunk] = torch.where(keep, lse - target, 0.0)
                 if wants_grad:
-                    # d nll / d logits = softmax - one_hot, for kept tokens; in place over the logits
-                    g = logits.sub_(lse.unsqueeze(1)).exp_()
+                    # d nll / d logits = softmax - one_hot, for kept tokens
+                    g = e.div_(total)
                     g.scatter_(1, safe_t, g.gather(1, safe_t) - 1)  # one index per row: deterministic
                     g.mul_(keep.unsqueeze(1))
                     g = g.to(dtype)
