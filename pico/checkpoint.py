@@ -10,7 +10,10 @@ A checkpoint is a folder ``step_NNNNNNNN/`` holding
   rebuilt from here on resume).
 
 It is written into ``.tmp-…`` and renamed into place, so a folder named ``step_*`` is complete;
-leftovers of a crash are removed on the next start. The newest ``keep`` are kept.
+leftovers of a crash are removed on the next start. The newest ``keep`` are kept. ``state.json``
+records the size and sha256 of the other two files; before resuming, ``restore`` verifies the
+newest checkpoint and falls back to the newest one that verifies and loads, moving each damaged one
+to ``<checkpoint_dir>.quarantine/`` (never deleting it) and saying which and why.
 
 ``restore`` decides where a run starts: the newest checkpoint of the *same* run (same
 fingerprint), or ``training.restart_from``, or step 0. Checkpoints of another run are never
@@ -20,6 +23,7 @@ Only folders this module names (``step_*``, ``best``, ``.tmp-*``) are ever moved
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -72,6 +76,39 @@ def read_state(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / STATE).read_text())
 
 
+def file_digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint folder that cannot be resumed from; the message says which file and why."""
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's state.json, after checking its files against the sizes and sha256 it
+    records (checkpoints written before checksums existed are taken as they are)."""
+    path = Path(path)
+    try:
+        state = read_state(path)
+    except (OSError, ValueError) as err:
+        raise DamagedCheckpoint(f"{path / STATE} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or "fingerprint" not in state or "step" not in state:
+        raise DamagedCheckpoint(f"{path / STATE} is not a checkpoint state (no fingerprint/step)")
+    for name, want in state.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise DamagedCheckpoint(f"{f} is missing")
+        if f.stat().st_size != want["bytes"]:
+            raise DamagedCheckpoint(f"{f} has {f.stat().st_size} bytes, {want['bytes']} were written")
+        if file_digest(f)["sha256"] != want["sha256"]:
+            raise DamagedCheckpoint(f"{f} does not match the sha256 recorded when it was written")
+    return state
+
+
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          scheduler: Any, state: dict[str, Any], keep: int, name: str | None = None,
          weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
@@ -96,7 +133,8 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     if torch.cuda.is_available():
         trainer["cuda_rng"] = torch.cuda.get_rng_state_all()
     torch.save(trainer, tmp / TRAINER)
-    (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
+    files = {f: file_digest(tmp / f) for f in (WEIGHTS, TRAINER)}
+    (tmp / STATE).write_text(json.dumps({**state, "step": step, "files": files}, indent=1) + "\n")
     for f in (WEIGHTS, TRAINER, STATE):
         fsync_path(tmp / f)
     fsync_path(tmp)
@@ -106,18 +144,34 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     return final
 
 
-def load_weights(path: str | Path, model: torch.nn.Module) -> None:
-    weights = load_file(str(Path(path) / WEIGHTS), device="cpu")
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path / WEIGHTS), device="cpu")
+    except (OSError, RuntimeError, ValueError) as err:  # safetensors' errors for a damaged header/body
+        raise DamagedCheckpoint(f"{path / WEIGHTS} does not load: {str(err).splitlines()[0][:200]}") from None
+
+
+def _apply_weights(path: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}/{WEIGHTS} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def load_weights(path: str | Path, model: torch.nn.Module) -> None:
+    _apply_weights(Path(path), model, _read_weights(Path(path)))
+
+
 def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Weights, optimizer state and RNG states into place; returns (state.json, scheduler state)."""
+    """Weights, optimizer state and RNG states into place; returns (state.json, scheduler state).
+    Both files are read before anything is changed, so a file that does not load (raising
+    ``DamagedCheckpoint`` naming it) leaves the model and optimizer as they were."""
     path = Path(path)
-    load_weights(path, model)
-    trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
+    weights = _read_weights(path)
+    try:
+        trainer = torch.load(path / TRAINER, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load's errors for a damaged file vary (zip, unpickling, EOF)
+        raise DamagedCheckpoint(f"{path / TRAINER} does not load ({type(err).__name__})") from None
+    _apply_weights(path, model, weights)
     optimizer.load_state_dict(trainer["optimizer"])
     torch.set_rng_state(trainer["torch_rng"])
     if "cuda_rng" in trainer and torch.cuda.is_available():
@@ -157,28 +211,65 @@ def move_aside(root: Path, fingerprint: str | None) -> Path:
     return dest
 
 
+def quarantine(root: Path, path: Path, why: str) -> Path:
+    """Move a damaged checkpoint out of the run's way (never deleted); returns where it went."""
+    base = root.resolve()
+    dest = base.with_name(f"{base.name}.quarantine") / path.name
+    n = 2
+    while dest.exists():
+        dest, n = dest.with_name(f"{path.name}-{n}"), n + 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    (dest / "QUARANTINED.txt").write_text(why + "\n")
+    fsync_path(root)
+    print(f"skipped a damaged checkpoint: {why}; moved to {dest}")
+    return dest
+
+
+def _newest_sound(root: Path, d: Any) -> tuple[Path, dict] | None:
+    """The newest checkpoint whose files verify (rank 0 quarantines the others); None if none."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            return path, verify(path)
+        except DamagedCheckpoint as err:
+            if d.is_main:
+                quarantine(root, path, str(err))
+    return None
+
+
 def restore(root: str | Path, fingerprint: str, restart_from: str | None, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, d: Any) -> Restored | None:
-    """Resume the same run from its newest checkpoint, or restart from ``restart_from``, or None
-    (step 0). ``d`` is the process group (``pico.distributed.Dist``): only rank 0 changes the
+    """Resume the same run from its newest sound checkpoint, or restart from ``restart_from``, or
+    None (step 0). ``d`` is the process group (``pico.distributed.Dist``): only rank 0 changes the
     folder; every rank reads what it needs first."""
     root = Path(root)
     if d.is_main:
         for name in remove_partial(root):
             print(f"removed an incomplete checkpoint left by a crash: {root / name}")
     d.barrier()
-    latest = latest_checkpoint(root)
-    found = read_state(latest).get("fingerprint") if latest is not None else None
-    if found == fingerprint:
-        state, sched = load(latest, model, optimizer)
+    while (newest := _newest_sound(root, d)) is not None and newest[1]["fingerprint"] == fingerprint:
+        latest = newest[0]
+        try:
+            state, sched = load(latest, model, optimizer)
+        except DamagedCheckpoint as err:  # verified but does not load (e.g. written before checksums)
+            d.barrier()
+            if d.is_main:
+                quarantine(root, latest, str(err))
+            d.barrier()
+            continue
         print(f"resuming from {latest} (step {state['step']}, {state['position']} rows consumed)")
         return Restored(latest, state, sched, rebase=False)
+    latest, found = (newest[0], newest[1]["fingerprint"]) if newest else (None, None)
     restored = None
     if restart_from:
         source = Path(restart_from)
         if not (source / STATE).is_file():
             raise FileNotFoundError(f"training.restart_from: no checkpoint at {source}")
-        state, sched = load(source, model, optimizer)
+        try:
+            verify(source)
+            state, sched = load(source, model, optimizer)
+        except DamagedCheckpoint as err:
+            raise DamagedCheckpoint(f"training.restart_from: {err}") from None
         restored = Restored(source, state, sched, rebase=True)
     d.barrier()  # every rank has read what it needs before rank 0 moves the old run aside
     if latest is not None and d.is_main:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from pathlib import Path
+import os
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import yaml
@@ -27,7 +28,20 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # inf/nan are never a valid setting (optim.eps: .inf trained NaN); numbers may still come as
+    # strings ("1e-4": YAML 1.1 readers leave DVC's -S values unparsed), but never as booleans
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if isinstance(value, bool) and field is not None and "bool" not in str(field.annotation):
+                    raise ValueError(f"{key}: {value} is a boolean; this setting takes a "
+                                     f"{getattr(field.annotation, '__name__', field.annotation)}")
+        return data
 
 
 class EmbeddedConfig(_Strict):
@@ -37,7 +51,7 @@ class EmbeddedConfig(_Strict):
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     train_shards: int = Field(4, ge=1)
     min_chars: int = Field(200, ge=1)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
 
 
 class DataConfig(_Strict):
@@ -146,7 +160,7 @@ class TrainingConfig(_Strict):
     grad_accum_steps: int = Field(1, ge=1)
     # Optional check: micro_batch_size x grad_accum_steps x world size must equal it
     global_batch_size: int | None = Field(None, ge=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0)  # numpy seeds the row order: non-negative
     shuffle: bool = True  # seeded permutation of rows per epoch; false = rows in stored order (pico-train)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)
@@ -270,7 +284,26 @@ class Params(_Strict):
             raise ValueError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds training.max_steps={self.training.max_steps}"
             )
+        self._output_folders_are_safe()
         return self
+
+    def _output_folders_are_safe(self) -> None:
+        """Folders the stages write (and may replace parts of) must each be a folder of their own:
+        not the project itself, a parent, or the root, and not inside one another."""
+        folders = {"embedded.out_dir": self.embedded.out_dir, "data.tokens_dir": self.data.tokens_dir,
+                   "tokenizer.out_dir": self.tokenizer.out_dir, "training.checkpoint_dir": self.training.checkpoint_dir,
+                   "training.metrics_dir": self.training.metrics_dir, "report.out_dir": self.report.out_dir}
+        norm = {}
+        for key, value in folders.items():
+            p = PurePath(os.path.normpath(value)) if value.strip() else PurePath(".")
+            if str(p) in (".", "..") or ".." in p.parts or p == PurePath(p.anchor):
+                raise ValueError(f"{key}={value!r} must name a folder of its own (not the project, a parent or the root)")
+            norm[key] = p
+        keys = list(norm)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                if norm[a] == norm[b] or norm[a] in norm[b].parents or norm[b] in norm[a].parents:
+                    raise ValueError(f"{a}={folders[a]!r} and {b}={folders[b]!r} overlap; give each its own folder")
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections (all when none), stable across runs and machines."""

@@ -165,7 +165,7 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
 
 def run(params: Params) -> dict[str, Any]:
     ckpt, kind, train_status = pick_checkpoint(params)
-    state = checkpoint.read_state(ckpt)
+    state = checkpoint.verify(ckpt)  # a damaged file is named, not scored
     model = PicoDecoder(ModelDims(**state["model_dims"]))  # the checkpoint says what it holds
     checkpoint.load_weights(ckpt, model)
     windows = EvalWindows(params.data.tokens_dir)

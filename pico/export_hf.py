@@ -86,7 +86,7 @@ def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | No
     if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
         # only a folder this command wrote (it holds the marker) is ever replaced
         raise FileExistsError(f"{out} exists and is not an export of pico's; choose a new folder")
-    state = checkpoint.read_state(ckpt)
+    state = checkpoint.verify(ckpt)
     dims = ModelDims(**state["model_dims"])
     sd = load_file(str(ckpt / checkpoint.WEIGHTS))
     tok_dir = Path(tokenizer_dir or state["config"]["tokenizer"]["out_dir"])

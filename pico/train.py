@@ -41,6 +41,7 @@ from pico.evaluate import evaluate_model
 from pico.faults import Faults
 from pico.loss import resolve_kernel
 from pico.model import ModelDims, PicoDecoder
+from pico.runlock import RunLock
 from pico.monitor import LossWatch, eval_verdict
 from pico.train_metrics import RunStatus, TrainSummary
 
@@ -171,6 +172,7 @@ class Trainer:
         tokens = TokensDir(params.data.tokens_dir)
         self.rows, self.data_manifest = tokens.open_rows(params.data.seq_len)
         tokens.check_consistent()
+        tokens.verify_train(model_dims(params).vocab_size)
         self.windows = EvalWindows(tokens)
         self.code = codedeps.code_version("train")
         self.fingerprint = run_fingerprint(params, self.data_manifest, self.windows.manifest, self.code, d.world)
@@ -406,11 +408,15 @@ class Trainer:
 def run(params: Params, progress: bool | None = None) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
     d = distributed.setup(params.training.backend)
+    # one trainer per checkpoint folder (rank 0 holds the lock for the job)
+    lock = RunLock(params.training.checkpoint_dir).acquire() if d.is_main else None
     try:
         with distributed.quiet_unless_main(d):
             wants = os.isatty(2) if progress is None else progress
             return Trainer(params, d, wants and d.is_main).fit()
     finally:
+        if lock:
+            lock.release()
         distributed.teardown(d)
 
 

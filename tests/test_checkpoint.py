@@ -97,3 +97,60 @@ def test_restart_from_another_checkpoint_rebases(tmp_path):
     restored = checkpoint.restore(tmp_path / "new", "run-z", str(source), model, opt, Dist())
     assert restored.rebase and restored.state["step"] == 6
     assert json.loads((source / checkpoint.STATE).read_text())["fingerprint"] == "run-a"
+
+
+def _flip(path, n=64):
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_verify_names_flipped_truncated_missing_and_unreadable_files(tmp_path):
+    import pytest
+
+    path = _save(tmp_path, 4)
+    assert checkpoint.verify(path)["step"] == 4
+    state = checkpoint.read_state(path)
+    assert set(state["files"]) == {checkpoint.WEIGHTS, checkpoint.TRAINER}
+    _flip(path / checkpoint.WEIGHTS)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"model.safetensors does not match the sha256"):
+        checkpoint.verify(path)
+    path = _save(tmp_path, 8)
+    (path / checkpoint.TRAINER).write_bytes((path / checkpoint.TRAINER).read_bytes()[:100])
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"trainer.pt has 100 bytes"):
+        checkpoint.verify(path)
+    path = _save(tmp_path, 12)
+    (path / checkpoint.STATE).write_text("{not json")
+    with pytest.raises(checkpoint.DamagedCheckpoint, match=r"state.json is unreadable"):
+        checkpoint.verify(path)
+
+
+def test_restore_skips_damaged_checkpoints_into_quarantine_and_loads_nothing_from_them(tmp_path, capsys):
+    root = tmp_path / "ckpt"
+    _save(root, 4)
+    _save(root, 8)
+    (root / "step_00000008" / checkpoint.TRAINER).write_bytes(b"not a torch file")
+    fresh, fresh_opt, _ = _model_opt(seed=1)
+    restored = checkpoint.restore(root, "run-a", None, fresh, fresh_opt, Dist())
+    assert restored.path.name == "step_00000004"
+    out = capsys.readouterr().out
+    assert "skipped a damaged checkpoint" in out and "trainer.pt has" in out
+    moved = tmp_path / "ckpt.quarantine" / "step_00000008"
+    assert (moved / checkpoint.TRAINER).read_bytes() == b"not a torch file"  # kept, not deleted
+    assert "trainer.pt" in (moved / "QUARANTINED.txt").read_text()
+
+
+def test_a_file_that_does_not_load_leaves_the_model_untouched(tmp_path):
+    import pytest
+
+    path = _save(tmp_path, 4)
+    state = checkpoint.read_state(path)
+    del state["files"]  # as written before checksums: only loading can tell
+    (path / checkpoint.STATE).write_text(json.dumps(state))
+    (path / checkpoint.TRAINER).write_bytes(b"garbage")
+    fresh, fresh_opt, _ = _model_opt(seed=1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="trainer.pt does not load"):
+        checkpoint.load(path, fresh, fresh_opt)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())

@@ -94,3 +94,33 @@ def test_params_yaml_is_the_code_defaults():
 def test_effective_batch_counts_processes():
     p = Params.model_validate({"training": {"micro_batch_size": 4, "grad_accum_steps": 3, "nproc": 2}})
     assert p.training.effective_batch_rows() == 24 and p.training.effective_batch_rows(world=8) == 96
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("training.checkpoint_dir", ".", "folder of its own"),
+    ("training.checkpoint_dir", "..", "folder of its own"),
+    ("training.checkpoint_dir", "/", "folder of its own"),
+    ("training.metrics_dir", "", "folder of its own"),
+    ("embedded.out_dir", "data/../..", "folder of its own"),
+    ("training.checkpoint_dir", "data/tokens/ckpt", "overlap"),
+    ("training.metrics_dir", "checkpoints", "overlap"),
+])
+def test_output_folders_must_be_their_own(key, value, why):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=rf"{key}=.*{why}"):
+        parse_params({section: {name: value}})
+
+
+@pytest.mark.parametrize("section,name,value,message", [
+    ("training", "max_steps", True, "max_steps: True is a boolean"),
+    ("optim", "eps", float("inf"), "finite number"),
+    ("optim", "lr", float("nan"), "finite number"),
+    ("training", "seed", False, "seed: False is a boolean"),
+])
+def test_booleans_and_non_finite_numbers_are_rejected(section, name, value, message):
+    with pytest.raises(ConfigError, match=rf"{section}.*{message}"):
+        parse_params({section: {name: value}})
+
+
+def test_numbers_as_strings_still_parse():  # DVC's -S writes 1e-4, which YAML 1.1 reads as a string
+    assert parse_params({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4

@@ -43,3 +43,28 @@ def test_damaged_manifest_is_named(prepared):
     tokens.file(TRAIN_MANIFEST).write_text("{half")
     with pytest.raises(ValueError, match="train_manifest.json is not valid JSON"):
         tokens.train_manifest()
+
+
+def test_train_data_is_verified_against_its_manifest_and_the_vocabulary(prepared):
+    import hashlib
+
+    from pico import train
+
+    tokens = TokensDir(prepared.data.tokens_dir)
+    vocab = train.model_dims(prepared).vocab_size
+    tokens.verify_train(vocab)
+    path = tokens.file("train.bin")
+    data = bytearray(path.read_bytes())
+    data[10:12] = bytes([data[10] ^ 1, data[11]])  # one flipped bit, same size
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"train.bin does not match the sha256 in .*train_manifest.json"):
+        tokens.verify_train(vocab)
+    with pytest.raises(ValueError, match="train.bin does not match the sha256"):
+        train.run(prepared, progress=False)  # before any step
+    data[10:12] = (vocab + 5).to_bytes(2, "little")  # an id outside the vocabulary, manifest made to agree
+    path.write_bytes(bytes(data))
+    manifest = json.loads(tokens.file(TRAIN_MANIFEST).read_text())
+    manifest["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    tokens.file(TRAIN_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"token id {vocab + 5}, outside the model's vocabulary of {vocab}"):
+        tokens.verify_train(vocab)

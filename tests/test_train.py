@@ -266,3 +266,53 @@ def test_compiled_trunk_trains_like_eager_with_unchanged_checkpoints(params_dict
 
     keys = lambda d: set(safe_open(str(d / "step_00000012/model.safetensors"), "pt").keys())  # noqa: E731
     assert keys(tmp_path / "ckpt_compiled") == keys(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("damage", ["flipped_weights", "truncated_trainer", "state_not_json", "every_checkpoint"])
+def test_a_damaged_checkpoint_falls_back_to_the_last_sound_one_and_ends_identical(prepared, tmp_path, capsys, damage):
+    train.run(prepared, progress=False)  # 12 steps; checkpoints 8 and 12 are kept
+    ckpts = tmp_path / "checkpoints"
+    want_weights = (ckpts / "step_00000012/model.safetensors").read_bytes()
+    want_csv = (tmp_path / "metrics/train.csv").read_text()
+    newest = ckpts / "step_00000012"
+    if damage == "flipped_weights":
+        data = bytearray((newest / "model.safetensors").read_bytes())
+        data[-200:-136] = bytes(b ^ 0xFF for b in data[-200:-136])
+        (newest / "model.safetensors").write_bytes(bytes(data))
+    elif damage == "truncated_trainer":
+        (newest / "trainer.pt").write_bytes((newest / "trainer.pt").read_bytes()[:1000])
+    elif damage == "state_not_json":
+        (newest / "state.json").write_text('{"step": 12, "fingerp')
+    else:
+        for p in (newest, ckpts / "step_00000008"):
+            (p / "trainer.pt").write_bytes(b"")
+    capsys.readouterr()
+    summary = train.run(prepared, progress=False)
+    out = capsys.readouterr().out
+    assert summary.status == "completed" and summary.step == 12
+    assert "skipped a damaged checkpoint" in out
+    assert ("resuming from" not in out) if damage == "every_checkpoint" else f"resuming from {ckpts / 'step_00000008'}" in out
+    assert (ckpts / "step_00000012/model.safetensors").read_bytes() == want_weights
+    assert (tmp_path / "metrics/train.csv").read_text() == want_csv
+    assert (tmp_path / "checkpoints.quarantine/step_00000012/QUARANTINED.txt").is_file()
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused_and_a_dead_holder_is_taken_over(prepared, tmp_path):
+    from pico.errors import TrainingFailed
+    from pico.runlock import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pico.runlock import RunLock; held = RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(tmp_path / "checkpoints")],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TrainingFailed, match=rf"checkpoints is in use by a running trainer \(PID {holder.pid} on "):
+            train.run(prepared, progress=False)
+        assert not (tmp_path / "checkpoints").exists()  # refused before any work
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train.run(prepared, progress=False).status == "completed"  # the dead holder's lock is taken over
+    with RunLock(tmp_path / "checkpoints"):  # and released when the trainer ends
+        pass

@@ -13,6 +13,7 @@ rows for a 2,048 context). That arithmetic lives in ``TokenLayout.row_len`` and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,24 @@ class TokensDir:
                              "rerun the tokenize stage")
         rows = np.memmap(path, dtype=manifest["dtype"], mode="r", shape=(manifest["rows"], manifest["row_len"]))
         return rows, manifest
+
+    def verify_train(self, vocab_size: int) -> None:
+        """Read ``train.bin`` once: its sha256 must be the manifest's (a flipped byte at the same size
+        would otherwise train silently under the same run fingerprint) and every id must be below
+        ``vocab_size``. About a second per GB; a training run does it once at start."""
+        manifest = self.train_manifest()
+        path = self.file(manifest["file"])
+        digest, top = hashlib.sha256(), -1
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 26):
+                digest.update(block)
+                top = max(top, int(np.frombuffer(block, dtype=manifest["dtype"]).max(initial=0)))
+        if digest.hexdigest() != manifest["sha256"]:
+            raise ValueError(f"{path} does not match the sha256 in {self.file(TRAIN_MANIFEST)} (damaged or "
+                             "replaced since it was tokenized); rerun the tokenize stage (dvc repro -f tokenize)")
+        if top >= vocab_size:
+            raise ValueError(f"{path} holds token id {top}, outside the model's vocabulary of {vocab_size}; "
+                             "rerun the tokenize stage with this tokenizer")
 
     def check_consistent(self) -> None:
         """The training rows and evaluation windows come from the same tokenize run: same context
