@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pico.config import Params, load_params, with_overrides
-from pico.train_metrics import TrainSummary, read_summary
+from pico.train_metrics import TrainSummary, read_summary, summary_path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGE = "train"
@@ -75,8 +76,15 @@ def apply_overrides(repo: Path, overrides: dict[str, Any]) -> Params:
     return params
 
 
-def train_summary(repo: Path, params: Params) -> TrainSummary | None:
-    return read_summary(repo / params.training.metrics_dir)
+def train_summary(repo: Path, params: Params, since: float | None = None) -> TrainSummary | None:
+    """The train stage's summary; with ``since`` (a time.time()), only one written after it: the
+    file persists across runs (dvc.yaml), so a train stage that failed before writing its own must
+    not be judged by the last run's verdict."""
+    summary = read_summary(repo / params.training.metrics_dir)
+    path = summary_path(repo / params.training.metrics_dir)
+    if summary is not None and since is not None and path.stat().st_mtime < since:
+        return None
+    return summary
 
 
 def stage_is_current(repo: Path, stage: str) -> bool:
@@ -102,11 +110,11 @@ def run_stage(stage: str, repo: str) -> str:
     return "ran"
 
 
-def _retry_unless_diverged(repo: Path):
+def _retry_unless_diverged(repo: Path, since: float):
     # retrying a diverged run would diverge again at the same step: let the flow branch instead
     def condition(task, task_run, state) -> bool:
         try:
-            summary = train_summary(repo, load_params(repo / "params.yaml"))
+            summary = train_summary(repo, load_params(repo / "params.yaml"), since)
         except Exception:
             return True
         return summary is None or summary.status != "diverged"
@@ -140,12 +148,13 @@ class _Diverged(Exception):
 def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float], outcome: dict[str, str]) -> None:
     for stage in stages:
         options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": delays}
+        started = time.time()
         if stage == TRAIN_STAGE:
-            options["retry_condition_fn"] = _retry_unless_diverged(root)
+            options["retry_condition_fn"] = _retry_unless_diverged(root, started)
         state = run_stage.with_options(**options)(stage, str(root), return_state=True)
         if state.is_failed():
             params = load_params(root / "params.yaml")
-            summary = train_summary(root, params)
+            summary = train_summary(root, params, since=started)
             if stage == TRAIN_STAGE and summary is not None and summary.status == "diverged":
                 outcome[stage] = "diverged"
                 raise _Diverged(summary)

@@ -239,6 +239,8 @@ class Trainer:
         if s.status in ("completed", "early_stopped"):
             print(f"this run already ended ({s.status}{': ' + s.reason if s.reason else ''}); nothing to train")
             return self.finish()
+        if self.d.is_main:  # the params are valid and the data sound: this run's files replace the last run's
+            train_metrics.write(t.metrics_dir, s.history, self.summary())
         if s.step == 0 and t.eval_at_start:
             self.evaluate()
         self.model.train()
@@ -373,11 +375,19 @@ class Trainer:
                                f"{Path(self.t.checkpoint_dir) / (summary.last_good_checkpoint or 'none')}")
 
     def finish(self) -> TrainSummary:
-        s, d = self.state, self.d
+        d = self.d
         identical = None if self.fsdp else d.all_equal(distributed.weights_digest(self.model))  # FSDP: shards
+        summary = self.summary(identical)
+        if d.is_main:
+            self.metrics.close()
+            train_metrics.write(self.t.metrics_dir, self.state.history, summary)
+        return summary
+
+    def summary(self, identical: bool | None = None) -> TrainSummary:
+        s, d = self.state, self.d
         verdict = eval_verdict(s.history["eval"], self.params.early_stop) if s.history["eval"] else None
         final_train = s.history["train"][-1] if s.history["train"] else {}
-        summary = TrainSummary(
+        return TrainSummary(
             status=s.status, reason=s.reason, step=s.step, max_steps=self.t.max_steps,
             final_loss=final_train.get("loss"), final_loss_mean=final_train.get("loss_mean"),
             min_loss_mean=min((r["loss_mean"] for r in s.history["train"]), default=None),
@@ -391,10 +401,6 @@ class Trainer:
             parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code,
             events=s.history.get("events", []),
         )
-        if d.is_main:
-            self.metrics.close()
-            train_metrics.write(self.t.metrics_dir, s.history, summary)
-        return summary
 
     def _announce(self) -> None:
         p, d = self.params, self.d

@@ -81,11 +81,16 @@ def test_queued_sweep(repo):
     ("+optim.learning_rate=0.1", "optim.learning_rate: unknown key"),
 ])
 def test_bad_overrides_fail_before_any_work(repo, override, message):
+    kept = ["metrics/train.csv", "metrics/eval_history.csv", "metrics/perf.csv", "metrics/train_summary.json",
+            "metrics/eval.json"]
+    before = {m: (repo / m).read_bytes() for m in kept}
     proc = sh(repo, "dvc", "exp", "run", "-S", override, check=False)
     sh(repo, "git", "checkout", "--", "params.yaml")
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Running stage 'train'" not in proc.stdout or "error" in proc.stdout + proc.stderr
+    # the committed run's files (uncached: DVC could not restore them) are all still there
+    assert {m: (repo / m).read_bytes() for m in kept} == before
 
 
 def test_exp_apply_then_repro_reproduces_the_metrics(repo):
