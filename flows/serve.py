@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from flows import automations
 from flows.pipeline import REPO, parse_overrides, pipeline
 
 
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parameters = {"repo": args.repo, "overrides": parse_overrides(args.overrides) or None,
                   "experiment": args.experiment, "retries": args.retries, "retry_delay_seconds": args.retry_delay}
     schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
+    made = automations.ensure()  # a run whose process or server goes away is marked Crashed, not left Running
+    print(f"automation {made.name!r} is in place")
     # one run at a time: runs share one repository, and DVC's lock fails a second `dvc repro` in it;
     # a run that comes due while another goes on waits for it instead of starting beside it
     pipeline.serve(name=args.name, parameters=parameters, limit=1, **schedule)

@@ -23,6 +23,7 @@ Only folders this module names (``step_*``, ``best``, ``.tmp-*``) are ever moved
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -120,6 +121,33 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    try:
+        _write(tmp, step, model, optimizer, scheduler, state, weights, optimizer_state)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("unexpected pos")
+        shutil.rmtree(tmp, ignore_errors=True)  # at once: a failed checkpoint must not hold the space
+        raise CheckpointWriteError(_write_failure(root, final, err)) from None
+    replace_dir(tmp, final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, unwritable folder); nothing half-written is left."""
+
+
+def _write_failure(root: Path, final: Path, err: BaseException) -> str:
+    free = shutil.disk_usage(root).free
+    enospc = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or free < (64 << 20)
+    why = (f"no space left on the device ({free / 2**20:,.0f} MiB free)" if enospc
+           else str(err).splitlines()[0][:200] or type(err).__name__)
+    previous = latest_checkpoint(root)
+    resume = f"the run resumes from {previous.name}" if previous else "the run starts from step 0"
+    return f"could not write checkpoint {final}: {why}; free space (or fix the folder) and rerun: {resume}"
+
+
+def _write(tmp: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+           state: dict[str, Any], weights: dict[str, torch.Tensor] | None, optimizer_state: dict[str, Any] | None) -> None:
     tmp.mkdir()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in (weights or model.state_dict()).items()}
     # one metadata key: safetensors stores metadata in a hash map, so several keys come out in any order
@@ -138,10 +166,6 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     for f in (WEIGHTS, TRAINER, STATE):
         fsync_path(tmp / f)
     fsync_path(tmp)
-    replace_dir(tmp, final)
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
-    return final
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

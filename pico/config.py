@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# the project's own folders: no stage output may live in them
+SOURCE_FOLDERS = frozenset({".git", ".dvc", ".venv", "pico", "flows", "tests", "benchmarks", "presets"})
 
 
 class ConfigError(ValueError):
@@ -290,20 +292,27 @@ class Params(_Strict):
     def _output_folders_are_safe(self) -> None:
         """Folders the stages write (and may replace parts of) must each be a folder of their own:
         not the project itself, a parent, or the root, and not inside one another."""
-        folders = {"embedded.out_dir": self.embedded.out_dir, "data.tokens_dir": self.data.tokens_dir,
-                   "tokenizer.out_dir": self.tokenizer.out_dir, "training.checkpoint_dir": self.training.checkpoint_dir,
-                   "training.metrics_dir": self.training.metrics_dir, "report.out_dir": self.report.out_dir}
+        folders = self.output_folders()
         norm = {}
         for key, value in folders.items():
             p = PurePath(os.path.normpath(value)) if value.strip() else PurePath(".")
             if str(p) in (".", "..") or ".." in p.parts or p == PurePath(p.anchor):
                 raise ValueError(f"{key}={value!r} must name a folder of its own (not the project, a parent or the root)")
+            if not p.is_absolute() and p.parts[0] in SOURCE_FOLDERS:
+                raise ValueError(f"{key}={value!r} is inside the project's source folder {p.parts[0]}/; "
+                                 "outputs need a folder of their own")
             norm[key] = p
         keys = list(norm)
         for i, a in enumerate(keys):
             for b in keys[i + 1:]:
                 if norm[a] == norm[b] or norm[a] in norm[b].parents or norm[b] in norm[a].parents:
                     raise ValueError(f"{a}={folders[a]!r} and {b}={folders[b]!r} overlap; give each its own folder")
+
+    def output_folders(self) -> dict[str, str]:
+        """The folders the stages write, by key."""
+        return {"embedded.out_dir": self.embedded.out_dir, "data.tokens_dir": self.data.tokens_dir,
+                "tokenizer.out_dir": self.tokenizer.out_dir, "training.checkpoint_dir": self.training.checkpoint_dir,
+                "training.metrics_dir": self.training.metrics_dir, "report.out_dir": self.report.out_dir}
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections (all when none), stable across runs and machines."""
@@ -349,7 +358,32 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+    params = parse_params(raw, str(path))
+    _outputs_inside_dvc_repo(params, path)
+    return params
+
+
+def dvc_root(start: Path) -> Path | None:
+    """The DVC project holding ``start`` (the nearest folder above it with a ``.dvc/``), or None."""
+    for folder in [start, *start.parents]:
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def _outputs_inside_dvc_repo(params: Params, path: Path) -> None:
+    """In a DVC project every stage output must lie inside it: DVC refuses to save one outside, and
+    would do so only after the stage ran (a whole training run, lost to DVC)."""
+    root = dvc_root(path.resolve().parent)
+    if root is None:
+        return
+    for key, value in params.output_folders().items():
+        if not Path(value).expanduser().is_absolute():  # relative (and without ..): inside the working folder
+            continue
+        where = Path(value).expanduser().resolve()
+        if where != root and root not in where.parents:
+            raise ConfigError(f"{path}: {key}={value!r} is outside the DVC project {root}; DVC cannot track "
+                              "outputs there: use a folder inside the project")
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str = "params") -> tuple[dict, Params]:

@@ -41,8 +41,9 @@ from pico.evaluate import evaluate_model
 from pico.faults import Faults
 from pico.loss import resolve_kernel
 from pico.model import ModelDims, PicoDecoder
-from pico.runlock import RunLock
 from pico.monitor import LossWatch, eval_verdict
+from pico.parentwatch import ParentWatch
+from pico.runlock import RunLock
 from pico.train_metrics import RunStatus, TrainSummary
 
 # Params that change what is trained; logging/checkpoint cadence does not.
@@ -169,10 +170,11 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.t.precision == "bf16"
                          else contextlib.nullcontext())
+        self.dims = model_dims(params)
         tokens = TokensDir(params.data.tokens_dir)
         self.rows, self.data_manifest = tokens.open_rows(params.data.seq_len)
         tokens.check_consistent()
-        tokens.verify_train(model_dims(params).vocab_size)
+        tokens.verify_train(self.dims.vocab_size)
         self.windows = EvalWindows(tokens)
         self.code = codedeps.code_version("train")
         self.fingerprint = run_fingerprint(params, self.data_manifest, self.windows.manifest, self.code, d.world)
@@ -180,6 +182,11 @@ class Trainer:
         if self.t.global_batch_size is not None and self.t.global_batch_size != self.batch_rows:
             raise ValueError(f"training.global_batch_size={self.t.global_batch_size} but micro_batch_size x "
                              f"grad_accum_steps x world size = {self.batch_rows}")
+        if self.batch_rows > len(self.rows):
+            raise ValueError(f"training: an optimizer step takes {self.batch_rows} rows (micro_batch_size x "
+                             f"grad_accum_steps x processes) but {params.data.tokens_dir}/train.bin holds "
+                             f"{len(self.rows)} rows of {params.data.seq_len} tokens; lower training.micro_batch_size "
+                             "or training.grad_accum_steps, or add training data")
         self.tokens_per_step = self.batch_rows * params.data.seq_len
         self.loader = RowLoader(self.rows, self.t.seed, self.t.micro_batch_size, self.t.grad_accum_steps,
                                 d.rank, d.world, self.t.shuffle)
@@ -187,19 +194,18 @@ class Trainer:
         self.metrics = train_metrics.Writer(self.t.metrics_dir) if d.is_main else None
         self._build_model()
         self.faults = Faults(fresh_run=self.restored is None)
+        self.supervisor = ParentWatch() if d.is_main else None  # the dvc that started us, if any
 
     def _build_model(self) -> None:
         """Model, optimizer and lr schedule, restored from a checkpoint when there is one to
         continue, sharded (FSDP) or wrapped (DDP) for several processes, compiled on request."""
         params, d = self.params, self.d
         torch.manual_seed(self.t.seed)
-        self.dims = model_dims(params)
         self.model = PicoDecoder(self.dims).to(self.device)
         self.model.loss_kernel = resolve_kernel(self.t.loss_kernel, self.device)
         self.n_params = self.model.num_parameters()
-        fused = self.fused_optimizer(self.device)
         # fused AdamW can skip a non-finite step on the device, so the host need not read every loss
-        self.guard_on_device = fused
+        self.guard_on_device = fused = self.fused_optimizer(self.device)
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         self.restored = checkpoint.restore(self.t.checkpoint_dir, self.fingerprint, self.t.restart_from,
@@ -288,6 +294,9 @@ class Trainer:
             self.faults.after_step(s.step)
             if stop:
                 break
+            if log_due and not last and self.supervisor_gone():
+                bar.close()
+                self.stop_orphaned(saved=save_due)
         bar.close()
         return self.finish()
 
@@ -355,9 +364,11 @@ class Trainer:
         gathered = {"weights": distributed.full_weights(self.model),
                     "optimizer_state": distributed.full_optimizer_state(self.model, self.optimizer)} if self.fsdp else {}
         if self.d.is_main:
-            self.metrics.flush()  # the metric files are never behind a checkpoint
-            checkpoint.save(self.t.checkpoint_dir, self.state.step, self.model, self.optimizer, self.scheduler,
-                            self.state_json(), self.t.keep_checkpoints, name=name, **gathered)
+            try:
+                self.metrics.flush()  # the metric files are never behind a checkpoint
+            finally:  # and an unwritable metrics folder does not lose the steps: state.json holds the history
+                checkpoint.save(self.t.checkpoint_dir, self.state.step, self.model, self.optimizer, self.scheduler,
+                                self.state_json(), self.t.keep_checkpoints, name=name, **gathered)
         self.d.barrier()
 
     def state_json(self) -> dict[str, Any]:
@@ -368,6 +379,21 @@ class Trainer:
                 "train_data_sha256": self.data_manifest["sha256"]}
 
     # ---- how a run ends ----
+    def supervisor_gone(self) -> bool:
+        """Whether the DVC process that started this trainer has exited (every rank gets rank 0's answer)."""
+        return bool(self.d.broadcast(self.supervisor.gone if self.supervisor else False))
+
+    def stop_orphaned(self, saved: bool) -> None:
+        """Save (unless this step just did) and stop: an orphan would train on unseen, and the
+        next ``dvc repro`` could not take the run folder."""
+        if not saved:
+            self.save()
+        if self.d.is_main:
+            self.metrics.close()
+        who = self.supervisor.describe() if self.supervisor else "DVC"
+        raise TrainingFailed(f"the dvc process that started this trainer ({who}) has exited; stopped at step "
+                             f"{self.state.step} with a checkpoint saved in {self.t.checkpoint_dir}; rerun to continue")
+
     def diverge(self, why: str) -> TrainSummary:
         self.state.status, self.state.reason = "diverged", why
         summary = self.finish()
@@ -379,6 +405,7 @@ class Trainer:
         identical = None if self.fsdp else d.all_equal(distributed.weights_digest(self.model))  # FSDP: shards
         summary = self.summary(identical)
         if d.is_main:
+            self.supervisor.close()
             self.metrics.close()
             train_metrics.write(self.t.metrics_dir, self.state.history, summary)
         return summary

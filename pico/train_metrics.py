@@ -124,7 +124,8 @@ class Writer:
     """``write`` on a background thread: the training loop hands over the history and goes on while
     the files are written and fsynced (a disk can take longer than a GPU step). Only the newest
     snapshot is written; ``flush`` waits for it and raises, in the trainer, an error the thread met
-    (e.g. a full disk), naming the folder."""
+    (e.g. a full disk), naming the folder. The trainer flushes before each checkpoint and writes the
+    checkpoint (whose state.json holds the whole history) even when the flush fails."""
 
     def __init__(self, metrics_dir: str | Path):
         self.metrics_dir = metrics_dir
@@ -138,8 +139,7 @@ class Writer:
 
     def submit(self, history: dict[str, list[dict]]) -> None:
         snapshot = {name: list(rows) for name, rows in history.items()}  # rows are appended, never changed
-        with self._cv:
-            self._raise()
+        with self._cv:  # an earlier write error waits for flush: the trainer saves its checkpoint first
             self._pending = snapshot
             self._cv.notify()
 

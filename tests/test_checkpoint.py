@@ -154,3 +154,40 @@ def test_a_file_that_does_not_load_leaves_the_model_untouched(tmp_path):
     with pytest.raises(checkpoint.DamagedCheckpoint, match="trainer.pt does not load"):
         checkpoint.load(path, fresh, fresh_opt)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_a_full_disk_is_named_and_the_failed_checkpoint_removed_at_once(tmp_path, monkeypatch):
+    """torch.save reports ENOSPC as RuntimeError("unexpected pos ..."); the save says what happened,
+    which checkpoint the run resumes from, and leaves no temp folder holding the space."""
+    import shutil
+
+    import pytest
+
+    _save(tmp_path, 4)
+    before = {p.name: (p / checkpoint.WEIGHTS).read_bytes() for p in checkpoint.list_checkpoints(tmp_path)}
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nunexpected pos 1472 vs 1360")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100 << 30, 100 << 30, 1 << 20))
+    with pytest.raises(checkpoint.CheckpointWriteError) as err:
+        _save(tmp_path, 8)
+    msg = str(err.value)
+    assert "\n" not in msg and "step_00000008" in msg and "no space left on the device (1 MiB free)" in msg
+    assert "resumes from step_00000004" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004"]  # no .tmp-* left, nothing else touched
+    assert {p.name: (p / checkpoint.WEIGHTS).read_bytes() for p in checkpoint.list_checkpoints(tmp_path)} == before
+
+
+def test_an_unwritable_folder_is_named_too(tmp_path, monkeypatch):
+    import pytest
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[1]))
+
+    monkeypatch.setattr(checkpoint, "save_file", denied)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"could not write checkpoint .*step_00000004: .*Permission denied.*starts from step 0"):
+        _save(tmp_path, 4)
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
 import copy
+import shutil
 
 import pytest
 
@@ -104,6 +105,8 @@ def test_effective_batch_counts_processes():
     ("embedded.out_dir", "data/../..", "folder of its own"),
     ("training.checkpoint_dir", "data/tokens/ckpt", "overlap"),
     ("training.metrics_dir", "checkpoints", "overlap"),
+    ("report.out_dir", "pico/reports", "source folder pico/"),
+    ("training.checkpoint_dir", ".git/ckpt", "source folder .git/"),
 ])
 def test_output_folders_must_be_their_own(key, value, why):
     section, name = key.split(".")
@@ -124,3 +127,18 @@ def test_booleans_and_non_finite_numbers_are_rejected(section, name, value, mess
 
 def test_numbers_as_strings_still_parse():  # DVC's -S writes 1e-4, which YAML 1.1 reads as a string
     assert parse_params({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
+
+
+def test_outputs_outside_the_dvc_project_are_refused_before_work(tmp_path, monkeypatch):
+    """DVC refuses to save an output outside the repo only after the stage ran (a whole run lost)."""
+    repo, elsewhere = tmp_path / "repo", tmp_path / "scratch"
+    (repo / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(repo)
+    path = write_params(repo / "params.yaml", {"training": {"checkpoint_dir": str(elsewhere / "ckpt")}})
+    with pytest.raises(ConfigError, match=r"training.checkpoint_dir=.*scratch/ckpt' is outside the DVC project"):
+        load_params(path)
+    write_params(path, {"training": {"checkpoint_dir": str(repo / "ckpt")}})  # absolute, but inside: fine
+    assert load_params(path).training.checkpoint_dir == str(repo / "ckpt")
+    shutil.rmtree(repo / ".dvc")  # no DVC project: a direct `pico train` may write anywhere
+    write_params(path, {"training": {"checkpoint_dir": str(elsewhere / "ckpt")}})
+    assert load_params(path).training.checkpoint_dir == str(elsewhere / "ckpt")

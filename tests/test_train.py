@@ -316,3 +316,37 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_dead_holder_is_tak
     assert train.run(prepared, progress=False).status == "completed"  # the dead holder's lock is taken over
     with RunLock(tmp_path / "checkpoints"):  # and released when the trainer ends
         pass
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_work(params_dict, prepared, tmp_path):
+    """micro_batch_size: 1e9 used to hang; a bound that needs the data is checked at stage start."""
+    raw = copy.deepcopy(params_dict)
+    raw["training"]["micro_batch_size"] = 10**9
+    with pytest.raises(ValueError, match=r"an optimizer step takes 2000000000 rows .* holds \d+ rows of 32 tokens; "
+                                         r"lower training.micro_batch_size"):
+        train.run(parse_params(raw), progress=False)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp_path):
+    """A metrics folder that stops taking writes fails the run at the next checkpoint, which is
+    still written (its state.json holds the whole history), so no step is lost."""
+    from pico import train_metrics
+
+    real, calls = train_metrics.write, []
+
+    def failing(metrics_dir, history, summary=None):
+        calls.append(1)
+        if len(calls) > 2:  # the start-of-run write and the first log line succeed
+            raise OSError(28, "No space left on device")
+        real(metrics_dir, history, summary)
+
+    monkeypatch.setattr(train_metrics, "write", failing)
+    with pytest.raises(OSError, match=r"could not write the metrics in .*metrics: .*No space left on device"):
+        train.run(prepared, progress=False)
+    saved = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
+    state = checkpoint.read_state(saved)
+    assert saved.name == "step_00000004" and [r["step"] for r in state["history"]["train"]] == [2, 4]
+    monkeypatch.setattr(train_metrics, "write", real)
+    assert train.run(prepared, progress=False).status == "completed"  # resumes from step 4
+    assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]

@@ -118,8 +118,15 @@ def expand_paths(patterns: list[str]) -> list[str]:
         if not paths:
             raise FileNotFoundError(f"no documents match {pattern!r}")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        out.extend(p if protocol == "file" else f"{protocol}://{p}" for p in paths)
+        out.extend(_portable(p) if protocol == "file" else f"{protocol}://{p}" for p in paths)
     return out
+
+
+def _portable(path: str) -> str:
+    """A local file as the manifest records it: relative to the working folder (the project) when
+    inside it, so a checkout elsewhere writes the same manifest and DVC the same hashes."""
+    rel = os.path.relpath(path)
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 def parse_line(raw: bytes, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:

@@ -1,0 +1,44 @@
+"""A pipeline run that stops reporting (its process or the Prefect server went away) is marked
+Crashed by the project's automation on a real Prefect server, instead of staying Running forever;
+another flow's runs are left alone."""
+
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _running_run(client, flow_name):
+    from prefect import flow
+    from prefect.states import Running
+
+    run = client.create_flow_run(flow=flow(name=flow_name)(lambda: None), name=f"zombie-{uuid.uuid4().hex[:6]}")
+    client.set_flow_run_state(run.id, Running(), force=True)
+    return run
+
+
+def test_a_run_without_heartbeats_is_crashed(prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+
+    from flows import automations
+
+    made = automations.ensure(within_s=10)
+    assert automations.ensure(within_s=10).id == made.id  # idempotent: updated by name, not duplicated
+    with get_client(sync_client=True) as client:
+        ours = _running_run(client, automations.FLOW_NAME)
+        other = _running_run(client, "someone-elses-flow")
+        for run, flow_name in ((ours, automations.FLOW_NAME), (other, "someone-elses-flow")):
+            emit_event(event="prefect.flow-run.heartbeat",
+                       resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                       related=[{"prefect.resource.id": f"prefect.flow.{run.flow_id}",
+                                 "prefect.resource.role": "flow", "prefect.resource.name": flow_name}])
+        deadline = time.time() + 90
+        while client.read_flow_run(ours.id).state.type.value != "CRASHED":
+            assert time.time() < deadline, "the silent run was not marked Crashed"
+            time.sleep(1)
+        state = client.read_flow_run(ours.id).state
+        assert "no heartbeat" in state.message
+        assert client.read_flow_run(other.id).state.type.value == "RUNNING"
