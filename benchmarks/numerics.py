@@ -47,6 +47,7 @@ SETTINGS: dict[str, dict[str, str]] = {
     "mkl-compatible": {"MKL_CBWR": "COMPATIBLE"},
     "mkl-avx2": {"MKL_CBWR": "AVX2"},
     "mkl-avx512": {"MKL_CBWR": "AVX512"},
+    "mkl-avx2-strict": {"MKL_CBWR": "AVX2,STRICT"},
     "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
     "mkl-dynamic-false": {"MKL_DYNAMIC": "FALSE"},
     "threads-1": {"PICO_NUM_THREADS": "1"},

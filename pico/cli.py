@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from pico import numerics
 from pico.codedeps import STAGE_MODULES
 from pico.config import ConfigError, Params, load_params
 from pico.errors import BadDocumentError, TrainingDiverged, TrainingFailed
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = load_params(args.params)
+        numerics.apply(params.training.numerics)  # before any stage imports torch
         STAGES[args.stage][0](params, args.params)
     except ConfigError as err:
         print(f"error: {describe(err)}", file=sys.stderr)

@@ -173,6 +173,9 @@ class TrainingConfig(_Strict):
     metrics_dir: str = "metrics"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default
+    # CPU kernels: "portable" pins ATen and MKL to their AVX2 code paths so every x86-64 CPU computes
+    # the same bits (pico.numerics); "native" lets them use the widest the CPU has
+    numerics: Literal["portable", "native"] = "portable"
     # Continue from this checkpoint folder with the current params (e.g. a lower lr after a
     # divergence): weights, optimizer, data position and history come from it. null = off.
     restart_from: str | None = None

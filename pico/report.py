@@ -1,11 +1,13 @@
 """The report stage: the training log, written from metric files, never by hand.
 
-Shape of the log: a header (run, date, status, fingerprint), *What we did* (params that differ
-from a baseline, each as a sentence), *The result* (training loss, token-level Paloma perplexity
-and bits per byte first → best → last per source, pico's per-sequence mean beside them, spikes,
-throughput), *What happened* (a diagnosis with its evidence, pico/diagnose.py), *What we do next*
-(recommendations tied to numbers), the config in brief and PNG plots. ``pico compare A B`` writes
-the same log for two runs (git revisions or DVC experiments) side by side.
+Shape of the log: a header (run, status, fingerprint), *What we did* (params that differ from a
+baseline, each as a sentence), *The result* (training loss, token-level Paloma perplexity and bits
+per byte first → best → last per source, pico's per-sequence mean beside them, spikes), *What
+happened* (a diagnosis with its evidence, pico/diagnose.py), *What we do next* (recommendations tied
+to numbers), the config in brief and PNG plots. ``report.md`` is a function of the run's results
+alone, so a rerun anywhere writes the same bytes; the date, machine and speed go to ``run_info.md``
+beside it, which DVC does not hash. ``pico compare A B`` writes the same log for two runs (git
+revisions or DVC experiments) side by side.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from typing import Any
 
 from pico.config import Params
 from pico.diagnose import Diagnosis, diagnose
+from pico import train_metrics
 from pico.fsutil import atomic_write_text
 from pico.plots import make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
 from pico.train_metrics import TrainSummary
+
+RUN_INFO_MD = "run_info.md"
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -81,10 +86,6 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
         lines.append(f"- loss spikes (> {cfg.spike_factor}× the recent mean): {len(d.spikes)}; gradient-norm explosions "
                      f"(> {cfg.grad_explosion_factor}× the median): {len(d.grad_explosions)}; max pre-clip gradient norm "
                      f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}")
-    if run.perf:
-        rates = sorted(r["tokens_per_s"] for r in run.perf)
-        lines.append(f"- throughput {fmt(rates[len(rates) // 2], 5)} tokens/s (median of log intervals); "
-                     f"wall time of the last invocation {fmt(run.perf[-1]['elapsed_s'], 4)} s")
     if s is not None:
         lines.append(f"- {fmt(s.tokens)} tokens seen, {fmt(s.epochs, 3)} epochs over the packed rows")
     return lines
@@ -101,7 +102,31 @@ def diagnosis_sections(d: Diagnosis) -> list[str]:
     return lines
 
 
-def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, date: str,
+def median_rate(perf: list[dict]) -> float | None:
+    rates = sorted(r["tokens_per_s"] for r in perf)
+    return rates[len(rates) // 2] if rates else None
+
+
+def run_info_markdown(run: RunRecord, info: dict[str, Any], date: str) -> str:
+    """When, where and how fast: wall-clock facts, in a file DVC does not hash (report.md links it)."""
+    machine = info.get("machine", {})
+    lines = [f"# When, where, how fast: {run.name}", "", f"- **Report written**: {date}"]
+    if machine:
+        lines.append(f"- **Machine**: {machine.get('cpu')} ({machine.get('cores')} cores), device {machine.get('device')}"
+                     + (f" ({machine['cuda']})" if machine.get("cuda") else "") + f", torch {machine.get('torch')}")
+        lines.append(f"- **CPU numerics**: {machine.get('numerics')} (ATen {machine.get('aten_cpu_capability')}, "
+                     f"MKL_CBWR {machine.get('mkl_cbwr') or 'unset'}, {machine.get('threads')} threads)")
+    if run.perf:
+        lines.append(f"- **Throughput**: {fmt(median_rate(run.perf), 5)} tokens/s (median of log intervals)")
+    calls = info.get("invocations", [])
+    if calls:
+        lines += ["", "| started | steps | status | wall time (s) | tokens/s (median) |", "|---|---|---|---|---|"]
+        lines += [f"| {c.get('started')} | {c.get('from_step')} → {c.get('to_step')} | {c.get('status')} | "
+                  f"{fmt(c.get('wall_s'), 5)} | {fmt(c.get('median_tokens_per_s'), 5)} |" for c in calls]
+    return "\n".join(lines) + "\n"
+
+
+def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, when: str | None,
            plots: list[str], plots_rel: str = "plots") -> str:
     p, s = run.params, run.summary
     m, o, t = p.model, p.optim, p.training
@@ -112,7 +137,7 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
     lines = [
         f"# Training log: {run.name}",
         "",
-        f"- **Date**: {date}",
+        *([f"- **When, where, how fast**: {when}"] if when else []),
         f"- **Status**: {status_line(s, t.max_steps)}",
         f"- **Fingerprint**: `{s.fingerprint if s else None}` (params + data + tokenizer + training code "
         f"`{s.code_version if s else None}`)",
@@ -164,8 +189,12 @@ def run(params: Params, date: str | None = None) -> Path:
     record = load_run(params=params, name=params.report.run_name)
     plots = make_plots(record.train, record.evals, out / "plots")
     changes, base = baseline_changes(params)
-    text = render(record, changes, base, date or dt.date.today().isoformat(), plots)
+    when = (f"[{RUN_INFO_MD}]({RUN_INFO_MD}) (date, machine, speed: wall-clock facts, kept out of DVC's "
+            "hashes so a rerun anywhere hashes the same)")
+    text = render(record, changes, base, when, plots)
     atomic_write_text(out / "report.md", text)
+    info = train_metrics.read_run_info(params.training.metrics_dir)
+    atomic_write_text(out / RUN_INFO_MD, run_info_markdown(record, info, date or dt.date.today().isoformat()))
     print(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return out / "report.md"
 
@@ -175,7 +204,7 @@ def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Pa
     runs = [load_run(a), load_run(b)]
     date = date or dt.date.today().isoformat()
     cols = [render(r, describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
-                   other if r is runs[1] else None, date, []) for r, other in zip(runs, (b, a))]
+                   other if r is runs[1] else None, None, []) for r, other in zip(runs, (b, a))]
     diag = [diagnose(r.train, r.evals, r.summary, r.final_eval, r.params) for r in runs]
 
     def final(r: RunRecord, key: str) -> str:
@@ -187,6 +216,8 @@ def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Pa
         ("token perplexity (macro)", *(final(r, "token_perplexity") for r in runs)),
         ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
         ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),
+        ("tokens seen", *(fmt(r.summary.tokens if r.summary else None) for r in runs)),
+        ("throughput (tokens/s, median)", *(fmt(median_rate(r.perf), 5) for r in runs)),
         ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
     ]
     lines = [f"# Training logs compared: {a} vs {b}", "", f"- **Date**: {date}", "",

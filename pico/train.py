@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint, codedeps, distributed, optim, train_metrics
+from pico import checkpoint, codedeps, distributed, numerics, optim, train_metrics
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.eval_windows import EvalWindows
@@ -49,7 +49,7 @@ from pico.train_metrics import RunStatus, TrainSummary
 # Params that change what is trained; logging/checkpoint cadence does not.
 # (micro-batch and accumulation enter only through the effective batch, so a run may resume on
 # another number of processes with the same effective batch)
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile", "loss_kernel")
+RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile", "loss_kernel", "numerics")
 FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
 
 
@@ -113,11 +113,14 @@ class TrainState:
     history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "eval": [], "perf": [], "events": []})
 
     def state_dict(self) -> dict[str, Any]:
+        # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
+        history = {k: v for k, v in self.history.items() if k != "perf"}
         return {"step": self.step, "position": self.position, "status": self.status, "reason": self.reason,
-                "history": self.history, "loss_running_mean": self.watch.mean}
+                "history": history, "loss_running_mean": self.watch.mean}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.position, self.history = state["step"], state["position"], state["history"]
+        self.step, self.position = state["step"], state["position"]
+        self.history = {**state["history"], "perf": []}
         self.status, self.reason = state.get("status", "running"), state.get("reason")
         self.watch.mean = state.get("loss_running_mean")
 
@@ -229,6 +232,8 @@ class Trainer:
                                                   r.scheduler_state if r else self.scheduler.state_dict())
         if r is not None:
             self.state.load_state_dict(r.state)
+            if d.is_main:  # the wall-clock rows come from perf.csv, up to the checkpoint's step
+                self.state.history["perf"] = train_metrics.read_perf(self.t.metrics_dir, r.state["step"])
         self.forward = self.model if d.world == 1 or self.fsdp else DistributedDataParallel(
             self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
         self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
@@ -247,6 +252,7 @@ class Trainer:
             return self.finish()
         if self.d.is_main:  # the params are valid and the data sound: this run's files replace the last run's
             train_metrics.write(t.metrics_dir, s.history, self.summary())
+            self.record_invocation()
         if s.step == 0 and t.eval_at_start:
             self.evaluate()
         self.model.train()
@@ -390,6 +396,7 @@ class Trainer:
             self.save()
         if self.d.is_main:
             self.metrics.close()
+            self.record_invocation(ended=True)
         who = self.supervisor.describe() if self.supervisor else "DVC"
         raise TrainingFailed(f"the dvc process that started this trainer ({who}) has exited; stopped at step "
                              f"{self.state.step} with a checkpoint saved in {self.t.checkpoint_dir}; rerun to continue")
@@ -408,7 +415,23 @@ class Trainer:
             self.supervisor.close()
             self.metrics.close()
             train_metrics.write(self.t.metrics_dir, self.state.history, summary)
+            self.record_invocation(ended=True)
         return summary
+
+    def record_invocation(self, ended: bool = False) -> None:
+        """This invocation in run_info.json (machine, numerics, steps, wall time): not hashed by DVC."""
+        if not hasattr(self, "invocation"):
+            self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.state.step,
+                               "clock": time.perf_counter()}
+        inv = self.invocation
+        record = {"started": inv["started"], "from_step": inv["from_step"], "to_step": self.state.step,
+                  "status": self.state.status}
+        if ended:
+            rates = sorted(r["tokens_per_s"] for r in self.state.history["perf"] if r["step"] > inv["from_step"])
+            record.update(wall_s=round(time.perf_counter() - inv["clock"], 1),
+                          median_tokens_per_s=rates[len(rates) // 2] if rates else None)
+        machine = {"numerics": self.t.numerics, "device": str(self.device), **numerics.describe()}
+        train_metrics.record_invocation(self.t.metrics_dir, self.fingerprint, machine, record)
 
     def summary(self, identical: bool | None = None) -> TrainSummary:
         s, d = self.state, self.d

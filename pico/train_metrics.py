@@ -5,6 +5,12 @@
     eval_history.csv    step and the macro / per-source evaluation figures (pico.evaluate)
     perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU
     train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
+    run_info.json       where and when: the machine, the CPU numerics in effect, and each
+                        invocation's start, steps and wall time
+
+perf.csv and run_info.json hold wall-clock and machine facts, which differ on every rerun: they
+are not DVC outputs (nor in checkpoints), so DVC's hashes of a run do not depend on when or where
+it ran (git still carries them). A resumed run keeps perf.csv's rows up to its checkpoint.
 
 Written by the trainer (from its history, atomically, so a crash never leaves a half file) — during
 the run on a background thread (``Writer``), since an fsync can take longer than a GPU step; read by
@@ -26,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pico.fsutil import atomic_write_json, atomic_write_text
 
 TRAIN_CSV, EVAL_CSV, PERF_CSV, SUMMARY_JSON = "train.csv", "eval_history.csv", "perf.csv", "train_summary.json"
+RUN_INFO_JSON = "run_info.json"
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
 EVAL_MACRO_KEYS = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
@@ -118,6 +125,43 @@ def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: Trai
     atomic_write_text(d / PERF_CSV, _csv(history["perf"], PERF_COLUMNS))
     if summary is not None:
         atomic_write_json(d / SUMMARY_JSON, json.loads(summary.model_dump_json()))
+
+
+def read_perf(metrics_dir: str | Path, upto_step: int) -> list[dict[str, Any]]:
+    """perf.csv's rows up to a step (where a resumed run continues), as the trainer keeps them."""
+    path = Path(metrics_dir) / PERF_CSV
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    except (OSError, csv.Error):
+        return []
+    kept = []
+    for row in rows:
+        try:
+            if int(row["step"]) <= upto_step:
+                kept.append({k: (v if k == "mfu" and v == "" else float(v) if k != "step" else int(v))
+                             for k, v in row.items() if k in PERF_COLUMNS})
+        except (KeyError, ValueError):
+            continue  # a damaged row is dropped: these are wall-clock figures, not results
+    return kept
+
+
+def read_run_info(metrics_dir: str | Path) -> dict[str, Any]:
+    try:
+        info = json.loads((Path(metrics_dir) / RUN_INFO_JSON).read_text())
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def record_invocation(metrics_dir: str | Path, fingerprint: str, machine: dict[str, Any],
+                      invocation: dict[str, Any]) -> None:
+    """Add (or update, by start time) this invocation in run_info.json; a new run starts a new list."""
+    info = read_run_info(metrics_dir)
+    if info.get("fingerprint") != fingerprint:
+        info = {"fingerprint": fingerprint, "invocations": []}
+    calls = [c for c in info.get("invocations", []) if c.get("started") != invocation["started"]]
+    info.update(machine=machine, invocations=[*calls, {**invocation, "machine": machine}])
+    atomic_write_json(Path(metrics_dir) / RUN_INFO_JSON, info)
 
 
 class Writer:

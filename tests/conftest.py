@@ -173,7 +173,7 @@ def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:
     # every key written out: DVC insists that each param a stage lists exists in params.yaml
     full = parse_params(params).model_dump(mode="json")
     (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
-    (repo / ".gitignore").write_text("__pycache__/\n")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")  # the project's: run locks, moved-aside checkpoints
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     sh(repo, "dvc", "config", "core.analytics", "false")

@@ -36,6 +36,26 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
     assert "Running stage" not in again
 
 
+def test_a_clone_elsewhere_writes_the_same_hashes(dvc_repo, tmp_path):
+    """Outputs depend on neither where the checkout lives nor when it ran: a clone at another path
+    reruns every stage and writes the same dvc.lock and the same report (wall-clock facts live in
+    perf.csv, run_info.json and run_info.md, which DVC does not hash)."""
+    sh(dvc_repo, "git", "add", "-A")
+    sh(dvc_repo, "git", "commit", "-qm", "first run")
+    clone = tmp_path / "somewhere" / "else"
+    sh(tmp_path, "git", "clone", "-q", str(dvc_repo), str(clone))
+    out = sh(clone, "dvc", "repro").stdout
+    for stage in ("embedded_data", "tokenizer", "tokenize", "train"):  # their cached outputs are not in git
+        assert f"Running stage '{stage}'" in out
+    # the retrained checkpoints hash the same, so evaluation and report are already up to date
+    assert "Stage 'evaluate' didn't change" in out and "Stage 'report' didn't change" in out
+    assert (clone / "dvc.lock").read_text() == (dvc_repo / "dvc.lock").read_text()
+    changed = sh(clone, "git", "status", "--porcelain").stdout.split("\n")
+    assert sorted(line[3:] for line in changed if line) == ["metrics/perf.csv", "metrics/run_info.json"]
+    info = json.loads((clone / "metrics/run_info.json").read_text())
+    assert info["machine"]["numerics"] == "portable" and len(info["invocations"]) == 2  # the original + this
+
+
 def changed_stages(repo) -> set[str]:
     return set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
 
@@ -59,7 +79,7 @@ def test_editing_a_module_a_stage_imports_changes_that_stage(dvc_repo, module, s
 
 def test_exp_run_changes_only_training_and_after(dvc_repo):
     sh(dvc_repo, "git", "add", "-A")
-    sh(dvc_repo, "git", "commit", "-qm", "baseline run")
+    sh(dvc_repo, "git", "commit", "-qm", "baseline run", "--allow-empty")
     out = sh(dvc_repo, "dvc", "exp", "run", "-n", "lower-lr", "-S", "optim.lr=1.0e-3").stdout
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     for stage in ("embedded_data", "tokenizer", "tokenize"):
