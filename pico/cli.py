@@ -70,7 +70,29 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--queue", action="store_true", help="queue the experiment (run later with `dvc queue start`)")
     pre.add_argument("--dry-run", action="store_true", help="print the dvc command only")
     pre.add_argument("-n", "--exp-name", help="experiment name (default: the preset's name)")
+    rep = sub.add_parser("reproduce", help="rerun a past run (git revision or DVC experiment) in a scratch clone "
+                                           "and report, per metric, how close it came")
+    rep.add_argument("ref", help="a git revision (HEAD, a tag, a commit) or a DVC experiment name")
+    rep.add_argument("--from", dest="from_stage", help="rerun from this stage on (earlier outputs from the DVC cache)")
+    rep.add_argument("--noise-seeds", type=int, default=1,
+                     help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)")
+    rep.add_argument("--out", help="markdown report (default: reproductions/<REF>.md)")
+    rep.add_argument("--keep", action="store_true", help="keep the scratch clone")
     args = parser.parse_args(argv)
+
+    if args.stage == "reproduce":
+        from pico.reproduce import ReproduceError, reproduce
+
+        try:
+            r = reproduce(args.ref, ".", args.from_stage, args.noise_seeds, args.out, args.keep)
+        except (ReproduceError, OSError, ValueError, ConfigError) as err:
+            print(f"error in reproduce: {describe(err)}", file=sys.stderr)
+            return 2
+        print(r.markdown.split("\n", 1)[0].removeprefix("# "))
+        for v in r.verdicts:
+            print(f"  {v.label}: {v.verdict}")
+        print(f"  first difference: {r.first_difference}")
+        return 0 if r.ok else 1
 
     if args.stage == "preset":
         from pathlib import Path

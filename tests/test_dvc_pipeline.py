@@ -1,6 +1,7 @@
 """The real thing: `dvc repro` of dvc.yaml in a temporary git repo, on a tiny config."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,56 @@ def test_a_clone_elsewhere_writes_the_same_hashes(dvc_repo, tmp_path):
     assert sorted(line[3:] for line in changed if line) == ["metrics/perf.csv", "metrics/run_info.json"]
     info = json.loads((clone / "metrics/run_info.json").read_text())
     assert info["machine"]["numerics"] == "portable" and len(info["invocations"]) == 2  # the original + this
+
+
+def test_reproduce_says_identical_then_names_a_planted_difference(dvc_repo, tmp_path, prefect_server):
+    """`pico reproduce HEAD` reruns the committed run in a scratch clone: every headline metric is
+    identical, with the seed noise measured beside it. Then a commit whose logged numbers came from
+    elsewhere (planted: one loss changed) is *not reproduced* — through the Prefect flow, which fails
+    and publishes the verdicts — and the step is named."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.reproduce import NotReproduced, reproduce_flow
+    import tempfile
+
+    scratch_before = set(Path(tempfile.gettempdir()).glob("pico-reproduce-*"))
+    proc = sh(dvc_repo, "pico", "reproduce", "HEAD", "--noise-seeds", "1", "--out", str(tmp_path / "same.md"), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (tmp_path / "same.md").read_text()
+    assert md.splitlines()[0].endswith(": reproduced"), md
+    assert md.count("| **identical** |") == 7 and "**First difference**: none" in md
+    noise = [line.split("|")[5].strip() for line in md.splitlines() if line.startswith("| macro token perplexity")]
+    assert noise and float(noise[0]) > 0  # another seed moves the metric: the noise scale is measured
+    assert "numerics portable" in md
+
+    csv_path = dvc_repo / "metrics/train.csv"
+    original = csv_path.read_text()
+    rows = original.splitlines()
+    step4 = next(i for i, r in enumerate(rows) if r.startswith("4,"))
+    cells = rows[step4].split(",")
+    cells[1] = repr(float(cells[1]) + 1e-6)
+    rows[step4] = ",".join(cells)
+    csv_path.write_text("\n".join(rows) + "\n")
+    sh(dvc_repo, "git", "commit", "-qam", "numbers logged on another machine")
+    try:
+        with pytest.raises(NotReproduced, match="first logged training loss that differs is at step 4"):
+            reproduce_flow("HEAD", str(dvc_repo), from_stage="train", noise_seeds=0)
+        with get_client(sync_client=True) as client:
+            md = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pico-reproduce"])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)[0].data
+        assert "NOT reproduced" in md.splitlines()[0]
+        assert "the first logged training loss that differs is at step 4" in md
+        assert "| training loss, every logged step (largest difference): step 4 |" in md
+        assert md.count("**not reproduced**") == 1 and md.count("| **identical** |") == 6
+    finally:
+        sh(dvc_repo, "git", "reset", "-q", "--hard", "HEAD~1")
+    assert set(Path(tempfile.gettempdir()).glob("pico-reproduce-*")) == scratch_before  # scratch removed
+    # the flow's report went to the default place, outside every stage's outputs
+    assert sh(dvc_repo, "git", "status", "--porcelain").stdout == "?? reproductions/\n"
+    assert "NOT reproduced" in (dvc_repo / "reproductions/HEAD.md").read_text()
+    shutil.rmtree(dvc_repo / "reproductions")
 
 
 def changed_stages(repo) -> set[str]:
