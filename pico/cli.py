@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--from", dest="from_stage", help="rerun from this stage on (earlier outputs from the DVC cache)")
     rep.add_argument("--noise-seeds", type=int, default=1,
                      help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)")
-    rep.add_argument("--out", help="markdown report (default: reproductions/<REF>.md)")
+    rep.add_argument("--out", help="markdown report (default: reproductions/<REF>-<commit>.md)")
     rep.add_argument("--keep", action="store_true", help="keep the scratch clone")
     args = parser.parse_args(argv)
 

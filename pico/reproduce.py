@@ -13,8 +13,8 @@ changes: ``--noise-seeds N`` trains and evaluates N more times with seeds +1…+
 (the tokens? the tokenizer?), then the first logged training loss that differs (which step). The
 machines of both runs (``metrics/run_info.json``) are set side by side, since CPU numerics differ
 across processors unless ``training.numerics`` is ``portable``. Written as markdown
-(``reproductions/<REF>.md`` by default, outside every stage's outputs); the scratch clone is removed
-afterwards unless ``--keep``.
+(``reproductions/<REF>-<commit>.md`` by default, outside every stage's outputs); the scratch
+clone is removed afterwards unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
     result = Reproduction(ref, commit, verdicts, first, stages, (committed.run_info.get("machine", {}),
                           rerun.run_info.get("machine", {})), noise_seeds, time.perf_counter() - started)
     result.markdown = render(result, str(made) if keep else None)
-    path = Path(out) if out else repo / "reproductions" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}.md"
+    path = Path(out) if out else repo / "reproductions" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}-{commit[:10]}.md"
     atomic_write_text(path, result.markdown)
     return result
 
