@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	$(ACTIVATE) && dvc repro
 
+# two workers, one test file each at a time (module fixtures are built once): the integration tests
+# mostly wait on subprocesses and servers, and the suite doubles as a loaded-machine check
 test: setup
-	$(ACTIVATE) && python -m pytest
+	$(ACTIVATE) && python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	$(ACTIVATE) && python -m pytest -m "not slow"

@@ -101,13 +101,22 @@ def run_stage(stage: str, repo: str) -> str:
     if stage_is_current(Path(repo), stage):
         logger.info("stage '%s' is up to date (dvc status)", stage)
         return "skipped"
-    proc = dvc(Path(repo), "repro", "--single-item", stage)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.strip():
-            logger.info(line)
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage '{stage}' failed with exit code {proc.returncode}")
+    code = dvc_streamed(Path(repo), logger.info, "repro", "--single-item", stage)
+    if code != 0:
+        raise RuntimeError(f"stage '{stage}' failed with exit code {code}")
     return "ran"
+
+
+def dvc_streamed(repo: Path, log: Any, *args: str) -> int:
+    """Run dvc and hand each line of its output (the stage's own, stdout and stderr merged) to
+    ``log`` as it is printed, so a multi-day stage is visible in the Prefect UI while it runs."""
+    env = {**_env(), "PYTHONUNBUFFERED": "1"}  # the stage's prints reach the pipe at once, not per 8 KB
+    with subprocess.Popen(["dvc", *args], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            if line.strip():
+                log(line.rstrip())
+        return proc.wait()
 
 
 def _retry_unless_diverged(repo: Path, since: float):

@@ -94,6 +94,14 @@ def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = F
         model.hidden_states = torch.compile(model.hidden_states, mode=mode)  # shadows the method
 
 
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def pick_device(params: Params, d: Dist) -> torch.device:
     want = params.training.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
@@ -111,18 +119,21 @@ class TrainState:
     status: RunStatus = "running"
     reason: str | None = None
     history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "eval": [], "perf": [], "events": []})
+    # the steps of the log interval a checkpoint fell inside, so a resumed run logs the same interval means
+    unlogged: dict[str, list[float]] = field(default_factory=lambda: {"losses": [], "norms": []})
 
     def state_dict(self) -> dict[str, Any]:
         # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
         history = {k: v for k, v in self.history.items() if k != "perf"}
         return {"step": self.step, "position": self.position, "status": self.status, "reason": self.reason,
-                "history": history, "loss_running_mean": self.watch.mean}
+                "history": history, "loss_running_mean": self.watch.mean, "unlogged": self.unlogged}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.position = state["step"], state["position"]
         self.history = {**state["history"], "perf": []}
         self.status, self.reason = state.get("status", "running"), state.get("reason")
         self.watch.mean = state.get("loss_running_mean")
+        self.unlogged = state.get("unlogged", {"losses": [], "norms": []})
 
 
 class Interval:
@@ -137,6 +148,7 @@ class Interval:
         self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss, norm), unread
         self.losses: list[float] = []
         self.norms: list[float] = []
+        self.carried = 0  # steps of this interval run before a resume (not timed by this clock)
         self.clock = now
 
     def add(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -258,7 +270,9 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress,
                    mininterval=2)
-        interval = Interval()
+        interval = self.interval = Interval()
+        interval.losses, interval.norms = list(s.unlogged["losses"]), list(s.unlogged["norms"])
+        interval.carried = len(interval.losses)
         while s.step < t.max_steps:
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self.forward_backward()
@@ -294,7 +308,7 @@ class Trainer:
             elif last:
                 s.status = "completed"
             if (log_due or stop) and self.d.is_main:
-                self.metrics.submit(s.history)
+                self.metrics.submit(s.history, self.summary())  # `pico report` mid-run reads "running at step k"
             if save_due or stop:
                 self.save()
             self.faults.after_step(s.step)
@@ -336,12 +350,17 @@ class Trainer:
             "lr": lr, "grad_norm": interval.norms[-1], "grad_norm_max": max(interval.norms),
             "tokens": s.step * self.tokens_per_step,
         })
-        rate = len(interval.losses) * self.tokens_per_step / (now - interval.clock)
+        rate = (len(interval.losses) - interval.carried) * self.tokens_per_step / (now - interval.clock)
         flops, peak = self.flops_per_token, self.t.peak_flops
         s.history["perf"].append({"step": s.step, "tokens_per_s": round(rate, 1),
                                   "elapsed_s": round(now - interval.started, 2),
                                   "model_flops_per_s": round(rate * flops),
                                   "mfu": round(rate * flops / (peak * self.d.world), 5) if peak else ""})
+        if not self.progress and self.d.is_main:  # no progress bar (output to a pipe: DVC, Prefect): a line
+            timed = len(interval.losses) - interval.carried
+            eta = (self.t.max_steps - s.step) * (now - interval.clock) / timed
+            print(f"step {s.step}/{self.t.max_steps}: loss {s.history['train'][-1]['loss_mean']:.4f} (interval mean), "
+                  f"lr {lr:.2e}, {rate:,.0f} tokens/s, ETA {duration(eta)}", flush=True)
         interval.reset(now)
 
     def evaluate(self) -> str | None:
@@ -379,6 +398,8 @@ class Trainer:
 
     def state_json(self) -> dict[str, Any]:
         """A checkpoint's state.json: the train state plus what identifies the run."""
+        if hasattr(self, "interval"):  # saves come after the host read the interval's steps
+            self.state.unlogged = {"losses": list(self.interval.losses), "norms": list(self.interval.norms)}
         return {"fingerprint": self.fingerprint, **self.state.state_dict(), "model_dims": self.dims.to_dict(),
                 "config": self.params.model_dump(mode="json"), "code_version": self.code,
                 "tokenizer_sha256": self.data_manifest["tokenizer_sha256"],

@@ -174,17 +174,17 @@ class Writer:
     def __init__(self, metrics_dir: str | Path):
         self.metrics_dir = metrics_dir
         self._cv = threading.Condition()
-        self._pending: dict[str, list[dict]] | None = None
+        self._pending: tuple[dict[str, list[dict]], TrainSummary | None] | None = None
         self._busy = False
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="pico-metrics-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, history: dict[str, list[dict]]) -> None:
+    def submit(self, history: dict[str, list[dict]], summary: TrainSummary | None = None) -> None:
         snapshot = {name: list(rows) for name, rows in history.items()}  # rows are appended, never changed
         with self._cv:  # an earlier write error waits for flush: the trainer saves its checkpoint first
-            self._pending = snapshot
+            self._pending = (snapshot, summary)
             self._cv.notify()
 
     def flush(self) -> None:
@@ -211,9 +211,9 @@ class Writer:
                 self._cv.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return
-                history, self._pending, self._busy = self._pending, None, True
+                (history, summary), self._pending, self._busy = self._pending, None, True
             try:
-                write(self.metrics_dir, history)
+                write(self.metrics_dir, history, summary)
             except Exception as err:  # handed to the trainer at its next submit/flush
                 with self._cv:
                     self._error = err

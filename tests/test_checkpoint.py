@@ -191,3 +191,17 @@ def test_an_unwritable_folder_is_named_too(tmp_path, monkeypatch):
     with pytest.raises(checkpoint.CheckpointWriteError, match=r"could not write checkpoint .*step_00000004: .*Permission denied.*starts from step 0"):
         _save(tmp_path, 4)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stray_empty_state_json_deletes_nothing(tmp_path):
+    """The adversarial case that once deleted every valid checkpoint: a `step_99999999/state.json`
+    holding `{}`. It is quarantined (kept), and the run resumes from its newest real checkpoint."""
+    root = tmp_path / "ckpt"
+    _save(root, 4)
+    stray = root / "step_99999999"
+    stray.mkdir()
+    (stray / checkpoint.STATE).write_text("{}")
+    fresh, fresh_opt, _ = _model_opt(seed=1)
+    assert checkpoint.restore(root, "run-a", None, fresh, fresh_opt, Dist()).path.name == "step_00000004"
+    assert (tmp_path / "ckpt.quarantine/step_99999999" / checkpoint.STATE).read_text() == "{}"
+    assert (root / "step_00000004" / checkpoint.WEIGHTS).is_file()

@@ -31,15 +31,18 @@ def latest_flow_task_runs():
 
 def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 
     from flows.pipeline import pipeline
 
     repo = make_dvc_repo(tmp_path / "repo")
     marker = tmp_path / "failed-once"
     dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
-    # a stage that fails on its first run and succeeds on the retry
-    flaky = {"cmd": f"{sys.executable} -c \"import pathlib,sys; p=pathlib.Path(r'{marker}'); "
-                    f"sys.exit(0 if p.exists() else p.touch() or 1)\""}
+    # a stage that fails on its first run and succeeds on the retry, printing a line 3 s before it ends
+    # (no flush: the flow's PYTHONUNBUFFERED must carry it to the Prefect log while the stage runs)
+    flaky = {"cmd": f"{sys.executable} -c \"import pathlib,sys,time; p=pathlib.Path(r'{marker}'); "
+                    f"first = not p.exists(); p.touch(); print('flaky: working'); "
+                    f"time.sleep(0 if first else 3); sys.exit(1 if first else 0)\""}
     dvc_yaml["stages"] = {"flaky": flaky, **dvc_yaml["stages"]}
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     sh(repo, "git", "add", "-A")
@@ -52,7 +55,11 @@ def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_p
     assert runs["train"].run_count == 1
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[runs["flaky"].id])))
     assert {"pico-report", "pico-metrics"} <= keys
+    # stage output streams into the run's log as it is printed, not when the stage exits
+    working = [log.timestamp for log in logs if log.message == "flaky: working"]
+    assert len(working) == 2 and (runs["flaky"].end_time - working[-1]).total_seconds() > 2
 
     # DVC, not Prefect, decides what is up to date: a second run skips every stage DVC tracks
     again = pipeline(repo=str(repo), retries=0, retry_delay_seconds=0.0)

@@ -347,6 +347,27 @@ def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp
     saved = checkpoint.latest_checkpoint(tmp_path / "checkpoints")
     state = checkpoint.read_state(saved)
     assert saved.name == "step_00000004" and [r["step"] for r in state["history"]["train"]] == [2, 4]
+    # the summary is rewritten at every log line, so a report made mid-run sees where the run is
+    mid = train_metrics.read_summary(tmp_path / "metrics")
+    assert mid.status == "running" and mid.step == 2 and mid.tokens == 2 * 8 * 32
     monkeypatch.setattr(train_metrics, "write", real)
     assert train.run(prepared, progress=False).status == "completed"  # resumes from step 4
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_resume_inside_a_log_interval_logs_the_same_means(params_dict, prepared, tmp_path):
+    """Checkpoints every 3 steps, log lines every 2: resuming from step 9 lands inside the interval
+    8–10, whose loss mean and max gradient norm must still cover steps 9 and 10 (20 random SIGKILLs
+    in benchmarks/kill_resume.py found train.csv differing when they did not)."""
+    import shutil
+
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(checkpoint_every=3, log_every=2, keep_checkpoints=10)
+    params = parse_params(raw)
+    train.run(params, progress=False)
+    want = (tmp_path / "metrics/train.csv").read_text()
+    want_weights = (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "checkpoints/step_00000012")  # as if killed after step 9's checkpoint
+    assert train.run(params, progress=False).status == "completed"
+    assert (tmp_path / "metrics/train.csv").read_text() == want
+    assert (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes() == want_weights
