@@ -35,7 +35,7 @@ def apply(mode: str) -> list[str]:
     Too late once torch is loaded (then the libraries already chose), which is said."""
     if mode != "portable" or not is_x86():
         return []
-    if "avx2" not in _cpu_flags():  # ATen would run AVX2 instructions it was told to use: SIGILL
+    if "avx2" not in _cpuinfo("flags", "avx2").split():  # no /proc (macOS): every x86-64 Mac has AVX2  # ATen would run AVX2 instructions it was told to use: SIGILL
         print("note: this CPU has no AVX2, so training.numerics=portable cannot pin the AVX2 code paths; "
               "its results may differ from other machines'", file=sys.stderr)
         return []
@@ -52,29 +52,19 @@ def describe() -> dict[str, str | int | None]:
     """The numerics this process runs with (call after torch is imported)."""
     import torch
 
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": _cpuinfo("model name", platform.processor() or platform.machine()), "cores": os.cpu_count(), "torch": torch.__version__,
             "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkl_cbwr": os.environ.get("MKL_CBWR"), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str, default: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo, or ``default`` where there is none."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"avx2"}  # no /proc (macOS): every x86-64 Mac since 2013 has AVX2
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return default

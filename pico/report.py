@@ -23,7 +23,7 @@ from pico import train_metrics
 from pico.fsutil import atomic_write_text
 from pico.plots import make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
-from pico.train_metrics import TrainSummary
+from pico.train_metrics import TrainSummary, median_rate
 
 RUN_INFO_MD = "run_info.md"
 
@@ -100,11 +100,6 @@ def diagnosis_sections(d: Diagnosis) -> list[str]:
     lines += ["", "## What we do next", ""]
     lines += [f"- {r}" for r in d.recommendations] or ["- nothing: the run did what it should"]
     return lines
-
-
-def median_rate(perf: list[dict]) -> float | None:
-    rates = sorted(r["tokens_per_s"] for r in perf)
-    return rates[len(rates) // 2] if rates else None
 
 
 def run_info_markdown(run: RunRecord, info: dict[str, Any], date: str) -> str:

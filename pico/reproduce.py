@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from pico import train_metrics
+from pico import runs, train_metrics
 from pico.config import parse_params
 from pico.fsutil import atomic_write_text
 from pico.train_metrics import parse_csv
@@ -104,23 +104,14 @@ def _run(cmd: list[str], cwd: Path, what: str) -> str:
 
 def resolve(repo: Path, ref: str) -> str:
     """REF as a commit: a git revision, or a DVC experiment (refs/exps/…/<name>)."""
-    for candidate in (ref, *(_refs(repo, ref))):
-        proc = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"], cwd=repo,
-                              capture_output=True, text=True)
-        if proc.returncode == 0:
-            return proc.stdout.strip()
-    raise ReproduceError(f"{ref!r} is neither a git revision nor a DVC experiment of {repo}")
+    try:
+        return runs.commit_of(runs.resolve_revision(ref, repo), repo)
+    except ValueError as err:
+        raise ReproduceError(str(err)) from None
 
 
-def _refs(repo: Path, name: str) -> list[str]:
-    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo,
-                         capture_output=True, text=True).stdout
-    return [r for r in out.split() if r.rsplit("/", 1)[-1] == name]
-
-
-def _show(repo: Path, commit: str, path: str) -> str | None:
-    proc = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=repo, capture_output=True, text=True)
-    return proc.stdout if proc.returncode == 0 else None
+def _reader(folder: Path) -> Any:
+    return lambda p: runs.read_file(p, None, folder)
 
 
 def _lookup(data: dict | None, keys: tuple[str, ...]) -> float | None:
@@ -186,7 +177,7 @@ def first_difference(before: RunFiles, after: RunFiles) -> tuple[str, list[tuple
 
 def _noise_runs(scratch: Path, params: dict, seeds: int, runner: Any) -> list[RunFiles]:
     """Train and evaluate again with seeds +1…+N beside the rerun (same data, own folders)."""
-    runs = []
+    found = []
     for k in range(1, seeds + 1):
         raw = copy.deepcopy(params)
         folder = f"noise/seed_plus_{k}"
@@ -198,21 +189,21 @@ def _noise_runs(scratch: Path, params: dict, seeds: int, runner: Any) -> list[Ru
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         for stage in ("train", "evaluate"):
             runner([sys.executable, "-m", "pico.cli", "--params", str(path), stage], scratch, f"noise run (seed +{k}) {stage}")
-        runs.append(RunFiles.read(lambda p: (scratch / p).read_text() if (scratch / p).is_file() else None, raw))
-    return runs
+        found.append(RunFiles.read(_reader(scratch), raw))
+    return found
 
 
 def curve_verdict(committed: list[dict], rerun: list[dict], noise: list[list[dict]]) -> Verdict:
     """The logged training loss at every step, judged at the step where the two runs differ most."""
     def losses(rows: list[dict]) -> dict[int, float]:
         return {int(r["step"]): r["loss"] for r in rows if "loss" in r}
-    old, new = losses(committed), losses(rerun)
+    old, new, others = losses(committed), losses(rerun), [losses(n) for n in noise]
     common = sorted(set(old) & set(new))
     label = "training loss, every logged step (largest difference)"
     if not common:
         return Verdict(label, None, None, None)
     worst = max(common, key=lambda k: abs(new[k] - old[k]))
-    spreads = [abs(losses(n)[k] - new[k]) for n in noise for k in common if k in losses(n)]
+    spreads = [abs(other[k] - new[k]) for other in others for k in common if k in other]
     return Verdict(f"{label}: step {worst}", old[worst], new[worst], max(spreads) if spreads else None)
 
 
@@ -225,10 +216,10 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
     repo = Path(repo).resolve()
     started = time.perf_counter()
     commit = resolve(repo, ref)
-    params = yaml.safe_load(_show(repo, commit, "params.yaml") or "null")
+    params = yaml.safe_load(runs.read_file("params.yaml", commit, repo) or "null")
     if not isinstance(params, dict):
         raise ReproduceError(f"{ref} has no params.yaml")
-    committed = RunFiles.read(lambda p: _show(repo, commit, p), params)
+    committed = RunFiles.read(lambda p: runs.read_file(p, commit, repo), params)
     if not committed.lock:
         raise ReproduceError(f"{ref} has no dvc.lock: nothing was recorded to reproduce")
     made = Path(tempfile.mkdtemp(prefix="pico-reproduce-"))
@@ -248,7 +239,7 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
             runner(["dvc", "repro", "--force", "--no-commit", "--downstream", from_stage], scratch, "dvc repro")
         else:
             runner(["dvc", "repro", "--force", "--no-commit"], scratch, "dvc repro")
-        rerun = RunFiles.read(lambda p: (scratch / p).read_text() if (scratch / p).is_file() else None, params)
+        rerun = RunFiles.read(_reader(scratch), params)
         noise_runs = _noise_runs(scratch, params, noise_seeds, runner) if noise_seeds else []
     finally:
         if not keep:

@@ -28,27 +28,32 @@ class RunRecord:
     final_eval: dict[str, Any]
 
 
-def _git(*args: str) -> str | None:
-    proc = subprocess.run(["git", *args], capture_output=True, text=True)
+def _git(*args: str, repo: str | Path | None = None) -> str | None:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     return proc.stdout if proc.returncode == 0 else None
 
 
-def resolve_revision(name: str) -> str:
-    """A git revision, or a DVC experiment name (refs/exps/.../<name>)."""
-    if _git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"):
+def resolve_revision(name: str, repo: str | Path | None = None) -> str:
+    """A git revision, or a DVC experiment name (refs/exps/.../<name>), of ``repo`` (default: here)."""
+    if _git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", repo=repo):
         return name
-    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps") or ""
+    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps", repo=repo) or ""
     matches = [r for r in refs.split() if r.rsplit("/", 1)[-1] == name]
     if not matches:
         raise ValueError(f"{name!r} is neither a git revision nor a DVC experiment in this repository")
     return matches[0]
 
 
-def read_file(path: str, revision: str | None) -> str | None:
+def commit_of(revision: str, repo: str | Path | None = None) -> str:
+    """The commit a revision resolved by ``resolve_revision`` names."""
+    return (_git("rev-parse", f"{revision}^{{commit}}", repo=repo) or "").strip()
+
+
+def read_file(path: str, revision: str | None, repo: str | Path | None = None) -> str | None:
     if revision is None:
-        p = Path(path)
+        p = Path(repo or ".") / path
         return p.read_text() if p.exists() else None
-    return _git("show", f"{revision}:{Path(path).as_posix()}")
+    return _git("show", f"{revision}:{Path(path).as_posix()}", repo=repo)
 
 
 def load_params_at(source: str) -> dict:

@@ -448,9 +448,9 @@ class Trainer:
         record = {"started": inv["started"], "from_step": inv["from_step"], "to_step": self.state.step,
                   "status": self.state.status}
         if ended:
-            rates = sorted(r["tokens_per_s"] for r in self.state.history["perf"] if r["step"] > inv["from_step"])
+            ran = [r for r in self.state.history["perf"] if r["step"] > inv["from_step"]]
             record.update(wall_s=round(time.perf_counter() - inv["clock"], 1),
-                          median_tokens_per_s=rates[len(rates) // 2] if rates else None)
+                          median_tokens_per_s=train_metrics.median_rate(ran))
         machine = {"numerics": self.t.numerics, "device": str(self.device), **numerics.describe()}
         train_metrics.record_invocation(self.t.metrics_dir, self.fingerprint, machine, record)
 

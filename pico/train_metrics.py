@@ -128,21 +128,20 @@ def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: Trai
 
 
 def read_perf(metrics_dir: str | Path, upto_step: int) -> list[dict[str, Any]]:
-    """perf.csv's rows up to a step (where a resumed run continues), as the trainer keeps them."""
-    path = Path(metrics_dir) / PERF_CSV
+    """perf.csv's rows up to a step (where a resumed run continues), values kept as written so they
+    are written back unchanged; a damaged row is dropped (wall-clock figures, not results)."""
     try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        rows = list(csv.DictReader(io.StringIO((Path(metrics_dir) / PERF_CSV).read_text())))
     except (OSError, csv.Error):
         return []
-    kept = []
-    for row in rows:
-        try:
-            if int(row["step"]) <= upto_step:
-                kept.append({k: (v if k == "mfu" and v == "" else float(v) if k != "step" else int(v))
-                             for k, v in row.items() if k in PERF_COLUMNS})
-        except (KeyError, ValueError):
-            continue  # a damaged row is dropped: these are wall-clock figures, not results
-    return kept
+    return [{**row, "step": int(row["step"])} for row in rows
+            if str(row.get("step", "")).isdigit() and int(row["step"]) <= upto_step]
+
+
+def median_rate(perf: list[dict[str, Any]]) -> float | None:
+    """The median tokens/s over perf rows (log intervals)."""
+    rates = sorted(float(r["tokens_per_s"]) for r in perf)
+    return rates[len(rates) // 2] if rates else None
 
 
 def read_run_info(metrics_dir: str | Path) -> dict[str, Any]:
