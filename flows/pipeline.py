@@ -183,6 +183,17 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
 
         moved = move_aside(root / params.training.checkpoint_dir, "fresh-start")
         logger.info("fresh start requested: moved the checkpoints of %s to %s", params.training.checkpoint_dir, moved)
+    asked = (root / "params.yaml").read_bytes()  # what the person asked for; recovery edits are undone
+    try:
+        return _pipeline(root, params, experiment, bool(overrides), retries, retry_delay_seconds, logger)
+    finally:
+        if (root / "params.yaml").read_bytes() != asked:
+            (root / "params.yaml").write_bytes(asked)
+            logger.info("params.yaml restored: the recovery's restart point and lr live in its DVC experiment")
+
+
+def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bool, retries: int,
+              retry_delay_seconds: float, logger: Any) -> dict[str, str]:
     delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
     stages = dvc_stages(root)
     outcome: dict[str, str] = {}
@@ -205,6 +216,7 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
             restart = str(Path(params.training.checkpoint_dir) / div.summary.last_good_checkpoint)
             logger.warning("training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
                            div.summary.reason, attempt, rec.max_attempts, restart, new_lr)
+            # written into params.yaml for DVC to run and `dvc exp save` to keep with the experiment, then undone
             params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
             experiment = f"{base_name}-recovery-{attempt}"
             pending = stages[stages.index(TRAIN_STAGE):]
@@ -212,7 +224,7 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
     if summary is not None and summary.status == "early_stopped":
         logger.info("training stopped early at step %s (%s); evaluated the best checkpoint (step %s)",
                     summary.step, summary.reason, summary.best_eval_step)
-    if experiment or overrides:
+    if experiment or overridden:
         args = ["exp", "save", "--force"] + (["-n", experiment] if experiment else [])
         saved = dvc(root, *args)
         if saved.returncode != 0:

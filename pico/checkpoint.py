@@ -261,17 +261,36 @@ def _newest_sound(root: Path, d: Any) -> tuple[Path, dict] | None:
     return None
 
 
+def find_restart_point(source: Path) -> Path:
+    """``training.restart_from``: the checkpoint itself, or — once the recovered run has moved the
+    run it restarted from aside — that checkpoint in ``<checkpoint_dir>.superseded/`` (newest first)."""
+    if (source / STATE).is_file():
+        return source
+    aside = superseded_dir(source.parent, None).parent  # <checkpoint_dir>.superseded beside the named folder
+    found = sorted(aside.glob(f"*/{source.name}/{STATE}"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if aside.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"training.restart_from: no checkpoint at {source} (nor {aside}/*/{source.name})")
+    print(f"training.restart_from: {source} was moved aside; using {found[0].parent}")
+    return found[0].parent
+
+
 def restore(root: str | Path, fingerprint: str, restart_from: str | None, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, d: Any) -> Restored | None:
+            optimizer: torch.optim.Optimizer, d: Any, max_step: int | None = None) -> Restored | None:
     """Resume the same run from its newest sound checkpoint, or restart from ``restart_from``, or
-    None (step 0). ``d`` is the process group (``pico.distributed.Dist``): only rank 0 changes the
-    folder; every rank reads what it needs first."""
+    None (step 0). A checkpoint beyond ``max_step`` (the plan was shortened below where the run
+    got) cannot be continued: that run is moved aside like another run's. ``d`` is the process
+    group (``pico.distributed.Dist``): only rank 0 changes the folder; every rank reads what it
+    needs first."""
     root = Path(root)
     if d.is_main:
         for name in remove_partial(root):
             print(f"removed an incomplete checkpoint left by a crash: {root / name}")
     d.barrier()
-    while (newest := _newest_sound(root, d)) is not None and newest[1]["fingerprint"] == fingerprint:
+    def same_run(state: dict) -> bool:
+        return state["fingerprint"] == fingerprint and (max_step is None or state["step"] <= max_step)
+
+    while (newest := _newest_sound(root, d)) is not None and same_run(newest[1]):
         latest = newest[0]
         try:
             state, sched = load(latest, model, optimizer)
@@ -286,9 +305,7 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
     latest, found = (newest[0], newest[1]["fingerprint"]) if newest else (None, None)
     restored = None
     if restart_from:
-        source = Path(restart_from)
-        if not (source / STATE).is_file():
-            raise FileNotFoundError(f"training.restart_from: no checkpoint at {source}")
+        source = find_restart_point(Path(restart_from))
         try:
             verify(source)
             state, sched = load(source, model, optimizer)
@@ -298,7 +315,40 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
     d.barrier()  # every rank has read what it needs before rank 0 moves the old run aside
     if latest is not None and d.is_main:
         dest = move_aside(root, found)
-        print(f"{latest} belongs to another run (fingerprint {found} != {fingerprint}); starting fresh. "
-              f"Its checkpoints were moved to {dest} (delete that folder when you no longer need them)")
+        why = (f"belongs to another run (fingerprint {found} != {fingerprint})" if found != fingerprint else
+               f"is at step {newest[1]['step']}, beyond training.max_steps={max_step}")
+        print(f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} "
+              "(listed by `pico checkpoints`; `pico checkpoints --remove NAME` deletes them)")
     d.barrier()
     return restored
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe_folders(root: str | Path) -> str:
+    """``pico checkpoints``: this run's checkpoints, the runs moved aside and the quarantined ones."""
+    root = Path(root)
+    lines = [f"{root}: {len(list_checkpoints(root))} checkpoint(s) of the current run"]
+    for p in [*list_checkpoints(root), *([root / BEST] if (root / BEST / STATE).is_file() else [])]:
+        lines.append(f"  {p.name}  step {read_state(p).get('step')}  {_folder_size(p) / 2**20:,.1f} MiB")
+    for kind, base in (("set aside (another run, or a plan shortened below its step)", superseded_dir(root, None).parent),
+                       ("quarantined (damaged)", root.resolve().with_name(f"{root.resolve().name}.quarantine"))):
+        runs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        lines.append(f"{base}: {len(runs)} {kind}")
+        for run in runs:
+            steps = ", ".join(p.name for p in list_checkpoints(run)) or "-"
+            lines.append(f"  {run.name}  {_folder_size(run) / 2**20:,.1f} MiB  {steps}")
+    return "\n".join(lines)
+
+
+def remove_set_aside(root: str | Path, name: str) -> Path:
+    """Delete one run that ``move_aside`` or ``quarantine`` put aside (nothing else): the user's call."""
+    root = Path(root).resolve()
+    for base in (superseded_dir(root, None).parent, root.with_name(f"{root.name}.quarantine")):
+        target = base / name
+        if name not in ("", ".", "..") and "/" not in name and target.is_dir():
+            shutil.rmtree(target)
+            return target
+    raise ValueError(f"no set-aside run named {name!r} next to {root} (see `pico checkpoints`)")

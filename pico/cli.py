@@ -78,7 +78,23 @@ def main(argv: list[str] | None = None) -> int:
                      help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)")
     rep.add_argument("--out", help="markdown report (default: reproductions/<REF>-<commit>.md)")
     rep.add_argument("--keep", action="store_true", help="keep the scratch clone")
+    ck = sub.add_parser("checkpoints", help="list the run's checkpoints and the runs moved aside; remove one of those")
+    ck.add_argument("--remove", metavar="NAME", help="delete a set-aside or quarantined folder (as listed)")
     args = parser.parse_args(argv)
+
+    if args.stage == "checkpoints":
+        from pico.checkpoint import describe_folders, remove_set_aside
+
+        try:
+            root = load_params(args.params).training.checkpoint_dir
+            if args.remove:
+                print(f"deleted {remove_set_aside(root, args.remove)}")
+            else:
+                print(describe_folders(root))
+        except (ConfigError, OSError, ValueError) as err:
+            print(f"error: {describe(err)}", file=sys.stderr)
+            return 2
+        return 0
 
     if args.stage == "reproduce":
         from pico.reproduce import ReproduceError, reproduce

@@ -46,10 +46,13 @@ from pico.parentwatch import ParentWatch
 from pico.runlock import RunLock
 from pico.train_metrics import RunStatus, TrainSummary
 
-# Params that change what is trained; logging/checkpoint cadence does not.
-# (micro-batch and accumulation enter only through the effective batch, so a run may resume on
-# another number of processes with the same effective batch)
-RUN_DEFINING_TRAINING_KEYS = ("max_steps", "seed", "shuffle", "precision", "compile", "loss_kernel", "numerics")
+# Params that define the trajectory so far: changing one starts a new run (the old one's checkpoints
+# are moved aside, never deleted). Micro-batch and accumulation enter only through the effective
+# batch, so a run may resume on another number of processes with the same effective batch.
+RUN_DEFINING_TRAINING_KEYS = ("seed", "shuffle", "precision", "compile", "loss_kernel", "numerics")
+# Params that only extend or watch a run (its plan): changing them continues the same run from its
+# newest checkpoint, recorded as a new plan segment in its lineage (``continue_plan``).
+PLAN_TRAINING_KEYS = ("max_steps", "log_every", "eval_every", "eval_at_start", "checkpoint_every", "keep_checkpoints")
 FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
 
 
@@ -76,10 +79,51 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, co
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
         "tokenizer": data_manifest["tokenizer_sha256"],
         "code": code,
-        "early_stop": params.early_stop.model_dump(mode="json"),
         "restart_from": params.training.restart_from,
     }
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_plan(params: Params) -> dict[str, Any]:
+    """The params that extend or watch a run without changing its trajectory so far, flat."""
+    t = params.training.model_dump()
+    return {**{f"training.{k}": t[k] for k in PLAN_TRAINING_KEYS},
+            **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()}}
+
+
+def _plan_of_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {**{f"training.{k}": config["training"].get(k) for k in PLAN_TRAINING_KEYS},
+            **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()}}
+
+
+def continue_plan(params: Params, state: dict[str, Any]) -> str | None:
+    """Bring a checkpoint's state.json (``plan``, ``lineage``, status) to the current plan; returns
+    what changed, saying exactly what happens to the lr, or None when the plan is the same."""
+    step = state["step"]
+    old = state.get("plan") or _plan_of_config(state["config"])  # a checkpoint written before plans
+    lineage = state.get("lineage") or [{"step": 0, "max_steps": old["training.max_steps"], "kind": "retarget"}]
+    new = run_plan(params)
+    changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    state["plan"], state["lineage"] = new, lineage
+    if not changed:
+        return None
+    o, max_steps = params.optim, params.training.max_steps
+    if "training.max_steps" in changed:
+        seg = optim.continued_segment(params, lineage, step, max_steps)
+        lineage.append(seg)
+        lr_now = o.lr * seg["factor_at_step"]
+        if seg["kind"] == "retarget" or o.schedule == "constant":
+            lr = f"the lr schedule ({o.schedule}, warmup {o.warmup_steps}) now ends at step {max_steps}"
+        elif seg["factor_at_step"] <= o.min_lr_ratio:
+            lr = f"the lr stays at {lr_now:.3g} (the schedule had reached its floor)"
+        else:
+            lr = f"the lr decays ({o.schedule}) from {lr_now:.3g} at step {step} to {o.lr * o.min_lr_ratio:.3g} at step {max_steps}"
+    else:
+        lr = "the lr schedule is unchanged"
+    if state.get("status") in ("completed", "early_stopped") and step < max_steps:
+        state["status"], state["reason"] = "running", None
+    what = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changed.items())
+    return f"continued at step {step} under a changed plan: {what}; {lr}"
 
 
 def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = False) -> None:
@@ -121,12 +165,15 @@ class TrainState:
     history: dict[str, list[dict]] = field(default_factory=lambda: {"train": [], "eval": [], "perf": [], "events": []})
     # the steps of the log interval a checkpoint fell inside, so a resumed run logs the same interval means
     unlogged: dict[str, list[float]] = field(default_factory=lambda: {"losses": [], "norms": []})
+    plan: dict[str, Any] = field(default_factory=dict)  # run_plan of the params now in effect
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.optim.continued_segment)
 
     def state_dict(self) -> dict[str, Any]:
         # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
         history = {k: v for k, v in self.history.items() if k != "perf"}
         return {"step": self.step, "position": self.position, "status": self.status, "reason": self.reason,
-                "history": history, "loss_running_mean": self.watch.mean, "unlogged": self.unlogged}
+                "history": history, "loss_running_mean": self.watch.mean, "unlogged": self.unlogged,
+                "plan": self.plan, "lineage": self.lineage}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.position = state["step"], state["position"]
@@ -134,6 +181,7 @@ class TrainState:
         self.status, self.reason = state.get("status", "running"), state.get("reason")
         self.watch.mean = state.get("loss_running_mean")
         self.unlogged = state.get("unlogged", {"losses": [], "norms": []})
+        self.plan, self.lineage = state["plan"], state["lineage"]  # set by continue_plan
 
 
 class Interval:
@@ -205,7 +253,8 @@ class Trainer:
         self.tokens_per_step = self.batch_rows * params.data.seq_len
         self.loader = RowLoader(self.rows, self.t.seed, self.t.micro_batch_size, self.t.grad_accum_steps,
                                 d.rank, d.world, self.t.shuffle)
-        self.state = TrainState(LossWatch(params.early_stop))
+        self.state = TrainState(LossWatch(params.early_stop), plan=run_plan(params),
+                                lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}])
         self.metrics = train_metrics.Writer(self.t.metrics_dir) if d.is_main else None
         self._build_model()
         self.faults = Faults(fresh_run=self.restored is None)
@@ -224,7 +273,7 @@ class Trainer:
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         self.restored = checkpoint.restore(self.t.checkpoint_dir, self.fingerprint, self.t.restart_from,
-                                           self.model, self.optimizer, d)
+                                           self.model, self.optimizer, d, max_step=self.t.max_steps)
         self.fsdp = d.world > 1 and (self.t.parallelism == "fsdp" or
                                      (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
         if self.t.compile:  # before sharding, as torchtitan
@@ -236,12 +285,18 @@ class Trainer:
         r = self.restored
         if r is not None and r.rebase:
             self.scheduler = optim.rebased_scheduler(self.optimizer, params, r.state["step"])
+            r.state.update(plan=self.state.plan, lineage=self.state.lineage)  # a new run: a fresh plan
             r.state["history"].setdefault("events", []).append(
                 {"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"})
             print(f"restarting from {r.path} (step {r.state['step']}) with lr {params.optim.lr:g}")
         elif r is not None or self.fsdp:
+            change = continue_plan(params, r.state) if r else None
+            if change:
+                r.state["history"].setdefault("events", []).append({"step": r.state["step"], "event": change})
+                print(change)
             self.scheduler = optim.make_scheduler(self.optimizer, params,
-                                                  r.scheduler_state if r else self.scheduler.state_dict())
+                                                  r.scheduler_state if r else self.scheduler.state_dict(),
+                                                  r.state["lineage"] if r else None)
         if r is not None:
             self.state.load_state_dict(r.state)
             if d.is_main:  # the wall-clock rows come from perf.csv, up to the checkpoint's step

@@ -99,6 +99,34 @@ def test_restart_from_another_checkpoint_rebases(tmp_path):
     assert json.loads((source / checkpoint.STATE).read_text())["fingerprint"] == "run-a"
 
 
+def test_a_restart_point_moved_aside_is_found_there(tmp_path, capsys):
+    root = tmp_path / "checkpoints"
+    _save(root, 4)
+    model, opt, _ = _model_opt(seed=3)
+    restored = checkpoint.restore(root, "run-recovered", str(root / "step_00000004"), model, opt, Dist())
+    assert restored.rebase and not (root / "step_00000004").exists()  # the old run was moved aside
+    _save(root, 6, fingerprint="run-recovered")
+    model, opt, _ = _model_opt(seed=3)  # the recovered experiment rerun on a fresh checkout
+    restored = checkpoint.restore(tmp_path / "fresh", "run-recovered", str(root / "step_00000004"), model, opt, Dist())
+    assert restored.path == tmp_path / "checkpoints.superseded/run-a/step_00000004"
+    assert "was moved aside; using" in capsys.readouterr().out
+
+
+def test_checkpoints_command_lists_and_removes_only_set_aside_runs(tmp_path, capsys):
+    import pytest
+
+    root = tmp_path / "checkpoints"
+    _save(root, 4)
+    checkpoint.restore(root, "run-b", None, *_model_opt()[:2], Dist())
+    _save(root, 2, fingerprint="run-b")
+    listing = checkpoint.describe_folders(root)
+    assert "step_00000002" in listing and "run-a" in listing and "step_00000004" in listing
+    with pytest.raises(ValueError, match="no set-aside run named"):
+        checkpoint.remove_set_aside(root, "step_00000002")
+    removed = checkpoint.remove_set_aside(root, "run-a")
+    assert not removed.exists() and (root / "step_00000002").is_dir()
+
+
 def _flip(path, n=64):
     data = bytearray(path.read_bytes())
     mid = len(data) // 2

@@ -124,12 +124,24 @@ def test_diverged_run_recovers_with_lower_lr(prefect_server, tmp_path, monkeypat
     monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
     outcome = pipeline(repo=str(repo), experiment="nan", retries=0)
     assert outcome["status"] == "completed" and outcome["experiment"] == "nan-recovery-1"
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    # the restart point and lr travel as the experiment's own params; the checkout's params.yaml is untouched
+    assert sh(repo, "git", "diff", "--stat", "params.yaml").stdout == ""
+    exps = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    [recovered] = [e for row in exps for e in row.get("experiments") or [] if e.get("name") == "nan-recovery-1"]
+    params = recovered["revs"][0]["data"]["params"]["params.yaml"]["data"]
     assert params["optim"]["lr"] == pytest.approx(1.5e-3)
     assert params["training"]["restart_from"] == "checkpoints/step_00000004"
     summary = json.loads((repo / "metrics/train_summary.json").read_text())
     assert summary["events"][0]["step"] == 4 and "restarted from" in summary["events"][0]["event"]
-    assert "nan-recovery-1" in sh(repo, "dvc", "exp", "show", "--json").stdout
+    # the next experiment from this checkout runs (the recovered run's checkpoints are moved aside, kept)
+    monkeypatch.delenv("PICO_FAULT_NAN_AT_STEP")
+    sh(repo, "dvc", "exp", "run", "-S", "optim.lr=1.0e-3")
+    assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
+    assert list((repo / "checkpoints.superseded").glob("*/step_00000008"))
+    # and the recovered experiment still reproduces: its restart point is found where it was moved
+    sh(repo, "dvc", "exp", "apply", "nan-recovery-1")
+    sh(repo, "dvc", "repro", "--force", "train")
+    assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
 
 
 def test_scheduled_deployment_fires(prefect_server, tmp_path):

@@ -371,3 +371,62 @@ def test_a_resume_inside_a_log_interval_logs_the_same_means(params_dict, prepare
     assert train.run(params, progress=False).status == "completed"
     assert (tmp_path / "metrics/train.csv").read_text() == want
     assert (tmp_path / "checkpoints/step_00000012/model.safetensors").read_bytes() == want_weights
+
+
+def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict, prepared, tmp_path, capsys):
+    """The training log's own next steps on a running run ("train longer", "add early stopping")
+    continue it from its newest checkpoint — no step repeated or lost, nothing deleted — with the
+    lr schedule stretched from where it was, recorded in the checkpoint's lineage."""
+    import shutil
+
+    from pico.optim import lr_lambda
+
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(keep_checkpoints=10)  # checkpoints every 4, log lines every 2, eval every 6
+    first = parse_params(raw)
+    train.run(first, progress=False)
+    shutil.rmtree(tmp_path / "checkpoints/step_00000012")  # as if killed after step 8's checkpoint
+    kept = {p.name: (p / "model.safetensors").read_bytes() for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")}
+    assert list(kept) == ["step_00000004", "step_00000008"]
+
+    raw["training"]["max_steps"] = 20
+    raw["early_stop"] = {"enabled": True, "patience": 50}
+    longer = parse_params(raw)
+    capsys.readouterr()
+    summary = train.run(longer, progress=False)
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "step_00000008" in out
+    lr8 = first.optim.lr * lr_lambda(first)(8)  # the lr step 9 would have run at under the old plan
+    floor = first.optim.lr * first.optim.min_lr_ratio
+    assert (f"continued at step 8 under a changed plan: training.max_steps 12 -> 20, early_stop.enabled false -> true, "
+            f"early_stop.patience 3 -> 50; the lr decays (cosine) from {lr8:.3g} at step 8 to {floor:.3g} at step 20") in out
+    assert summary.status == "completed" and summary.step == 20
+    assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == list(range(2, 21, 2))
+    assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/eval_history.csv")] == [0, 6, 12, 18, 20]
+    for name, weights in kept.items():  # the old checkpoints are still there, untouched
+        assert (tmp_path / "checkpoints" / name / "model.safetensors").read_bytes() == weights
+    state = checkpoint.read_state(tmp_path / "checkpoints/step_00000020")
+    assert [(s["step"], s["max_steps"], s["kind"]) for s in state["lineage"]] == [(0, 12, "retarget"), (8, 20, "stretch")]
+    assert summary.events[-1]["step"] == 8 and summary.events[-1]["event"].startswith("continued at step 8")
+    f = lr_lambda(longer, state["lineage"])
+    assert f(8) == lr_lambda(first)(8) and f(20) == pytest.approx(first.optim.min_lr_ratio)
+    assert f(7) == lr_lambda(first)(7)  # the steps before the change keep their lr
+    lrs = [float(r["lr"]) for r in read_csv(tmp_path / "metrics/train.csv")]
+    assert lrs[4:] == sorted(lrs[4:], reverse=True)  # still decaying after the change, no jump back up
+
+    # the continued run, killed and resumed, ends identical: the lineage travels in its checkpoints
+    want_csv = (tmp_path / "metrics/train.csv").read_text()
+    want = (tmp_path / "checkpoints/step_00000020/model.safetensors").read_bytes()
+    shutil.rmtree(tmp_path / "checkpoints/step_00000020")
+    shutil.rmtree(tmp_path / "checkpoints/step_00000016")
+    assert train.run(longer, progress=False).status == "completed"
+    assert (tmp_path / "metrics/train.csv").read_text() == want_csv
+    assert (tmp_path / "checkpoints/step_00000020/model.safetensors").read_bytes() == want
+
+    # a plan shortened below where the run got is a new run: the old one is moved aside, not deleted
+    raw["training"]["max_steps"] = 6
+    capsys.readouterr()
+    assert train.run(parse_params(raw), progress=False).step == 6
+    assert "beyond training.max_steps=6" in capsys.readouterr().out
+    aside = list((tmp_path / "checkpoints.superseded").iterdir())
+    assert len(aside) == 1 and (aside[0] / "step_00000020/model.safetensors").read_bytes() == want
