@@ -20,6 +20,7 @@ time in ``dvc.yaml`` order because DVC holds a repository lock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -30,11 +31,12 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 
 from pico.config import Params, load_params, with_overrides
-from pico.train_metrics import TrainSummary, read_summary, summary_path
+from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary, summary_path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGE = "train"
@@ -101,10 +103,64 @@ def run_stage(stage: str, repo: str) -> str:
     if stage_is_current(Path(repo), stage):
         logger.info("stage '%s' is up to date (dvc status)", stage)
         return "skipped"
-    code = dvc_streamed(Path(repo), logger.info, "repro", "--single-item", stage)
+    live = LiveView(Path(repo), logger) if stage == TRAIN_STAGE else None
+    code = dvc_streamed(Path(repo), live or logger.info, "repro", "--single-item", stage)
+    if live:
+        live.close()
     if code != 0:
         raise RuntimeError(f"stage '{stage}' failed with exit code {code}")
     return "ran"
+
+
+class LiveView:
+    """The train stage's output, as it is printed, turned into what a person watching the run in
+    the Prefect UI needs: every line in the task's log; a progress artifact (``pico-train-progress``:
+    step / max_steps, tokens/s, ETA) updated at each of the trainer's log intervals; and the
+    training log (``pico-training-log``, ``pico.live``) published anew after each evaluation. A
+    failure to publish is logged and never stops the stage."""
+
+    def __init__(self, repo: Path, logger: Any):
+        self.repo, self.logger = repo, logger
+        self.progress_id = None
+        self.eval_pending = False  # an evaluation was printed; its row is in the files by the next line
+
+    def __call__(self, line: str) -> None:
+        self.logger.info(line)
+        progress = parse_progress(line)
+        if progress is not None:
+            self._publish(self._progress, progress)
+            if self.eval_pending:
+                self._publish(self._training_log)
+        elif parse_eval(line) is not None:
+            self.eval_pending = True
+
+    def close(self) -> None:
+        if self.eval_pending:
+            self._publish(self._training_log)
+
+    def _publish(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as err:  # the run matters more than its artifacts
+            self.logger.warning("could not publish a live artifact: %s", str(err).splitlines()[0][:200])
+
+    def _progress(self, p: dict[str, Any]) -> None:
+        done = round(100.0 * p["step"] / p["max_steps"], 2)
+        text = (f"step {p['step']:,} of {p['max_steps']:,} · {p['tokens_per_s']:,.0f} tokens/s · ETA {p['eta']} · "
+                f"training loss {p['loss']:.4f}")
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(done, key="pico-train-progress", description=text)
+        else:
+            update_progress_artifact(self.progress_id, done, description=text)
+
+    def _training_log(self) -> None:
+        from pico.live import training_log
+
+        self.eval_pending = False
+        with contextlib.chdir(self.repo):  # params' paths are relative to the repository
+            params = load_params("params.yaml")
+            md = training_log(params)
+        create_markdown_artifact(md, key="pico-training-log", description="training log, refreshed at each evaluation")
 
 
 def dvc_streamed(repo: Path, log: Any, *args: str) -> int:

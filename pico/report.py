@@ -23,7 +23,7 @@ from pico import train_metrics
 from pico.fsutil import atomic_write_text
 from pico.plots import make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
-from pico.train_metrics import TrainSummary, median_rate
+from pico.train_metrics import TrainSummary, duration, median_rate
 
 RUN_INFO_MD = "run_info.md"
 
@@ -53,8 +53,10 @@ def first_best_last(rows: list[dict], key: str, best=min) -> str:
 def status_line(summary: TrainSummary | None, max_steps: int) -> str:
     if summary is None:
         return f"unknown (no train summary yet) of {max_steps} steps"
-    text = {"early_stopped": "early-stopped", "running": "running"}.get(summary.status, summary.status)
+    text = {"early_stopped": "early-stopped", "running": "in progress"}.get(summary.status, summary.status)
     line = f"{text} at step {summary.step} of {max_steps}"
+    if summary.status == "running" and summary.eta_s is not None:
+        line += f", ETA {duration(summary.eta_s)} (at the last interval's rate)"
     return line + (f" because {summary.reason}" if summary.reason else "")
 
 

@@ -138,14 +138,6 @@ def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = F
         model.hidden_states = torch.compile(model.hidden_states, mode=mode)  # shadows the method
 
 
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def pick_device(params: Params, d: Dist) -> torch.device:
     want = params.training.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
@@ -411,11 +403,11 @@ class Trainer:
                                   "elapsed_s": round(now - interval.started, 2),
                                   "model_flops_per_s": round(rate * flops),
                                   "mfu": round(rate * flops / (peak * self.d.world), 5) if peak else ""})
+        timed = len(interval.losses) - interval.carried
+        self.eta_s = round((self.t.max_steps - s.step) * (now - interval.clock) / timed, 1)
         if not self.progress and self.d.is_main:  # no progress bar (output to a pipe: DVC, Prefect): a line
-            timed = len(interval.losses) - interval.carried
-            eta = (self.t.max_steps - s.step) * (now - interval.clock) / timed
-            print(f"step {s.step}/{self.t.max_steps}: loss {s.history['train'][-1]['loss_mean']:.4f} (interval mean), "
-                  f"lr {lr:.2e}, {rate:,.0f} tokens/s, ETA {duration(eta)}", flush=True)
+            print(train_metrics.progress_line(s.step, self.t.max_steps, s.history["train"][-1]["loss_mean"], lr, rate,
+                                              self.eta_s), flush=True)
         interval.reset(now)
 
     def evaluate(self) -> str | None:
@@ -429,9 +421,7 @@ class Trainer:
                 metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
                                          self.params.evaluation.max_windows_per_source, self.device)
             s.history["eval"].append(train_metrics.eval_row(s.step, metrics))
-            mac = metrics["macro"]
-            tqdm.write(f"step {s.step}: eval loss {mac['loss']:.4f}, token ppl {mac['token_perplexity']:.3f}, "
-                       f"bits/byte {mac['bits_per_byte']:.4f} (pico per-seq mean {mac['pico_mean_seq_perplexity']:.4g})")
+            tqdm.write(train_metrics.eval_line(s.step, metrics["macro"]))
             verdict = eval_verdict(s.history["eval"], es)
         is_best, stop = self.d.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)
         if es.enabled and is_best:
@@ -525,7 +515,7 @@ class Trainer:
             processes=d.world, parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
             weights_identical_across_ranks=identical if d.world > 1 else None,
             parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code,
-            events=s.history.get("events", []),
+            events=s.history.get("events", []), eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
         )
 
     def _announce(self) -> None:

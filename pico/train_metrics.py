@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +69,48 @@ class TrainSummary(BaseModel):
     fingerprint: str
     code_version: str
     events: list[dict[str, Any]] = []
+    eta_s: float | None = None  # while running: seconds to max_steps at the last interval's rate
+
+
+# The trainer's one line per log interval when it has no progress bar (under DVC, Prefect): the
+# Prefect flow parses it into the run's progress artifact, so its format is owned here.
+PROGRESS_RE = re.compile(r"^step (?P<step>\d+)/(?P<max_steps>\d+): loss (?P<loss>\S+) \(interval mean\), "
+                         r"lr (?P<lr>\S+), (?P<tokens_per_s>[\d,.]+) tokens/s, ETA (?P<eta>\S+)$")
+EVAL_RE = re.compile(r"^step (?P<step>\d+): eval loss (?P<loss>\S+), token ppl (?P<token_perplexity>\S+), ")
+
+
+def duration(seconds: float) -> str:
+    """3m05s, 2h07m, 1d04h: a wall time or an ETA at a glance."""
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_line(step: int, max_steps: int, loss_mean: float, lr: float, tokens_per_s: float, eta_s: float) -> str:
+    return (f"step {step}/{max_steps}: loss {loss_mean:.4f} (interval mean), lr {lr:.2e}, "
+            f"{tokens_per_s:,.0f} tokens/s, ETA {duration(eta_s)}")
+
+
+def eval_line(step: int, macro: dict[str, float]) -> str:
+    return (f"step {step}: eval loss {macro['loss']:.4f}, token ppl {macro['token_perplexity']:.3f}, "
+            f"bits/byte {macro['bits_per_byte']:.4f} (pico per-seq mean {macro['pico_mean_seq_perplexity']:.4g})")
+
+
+def parse_progress(line: str) -> dict[str, Any] | None:
+    """A progress line's fields (step, max_steps, loss, lr, tokens_per_s as numbers; eta as printed)."""
+    m = PROGRESS_RE.match(line.strip())
+    if not m:
+        return None
+    return {"step": int(m["step"]), "max_steps": int(m["max_steps"]), "loss": float(m["loss"]), "lr": float(m["lr"]),
+            "tokens_per_s": float(m["tokens_per_s"].replace(",", "")), "eta": m["eta"]}
+
+
+def parse_eval(line: str) -> int | None:
+    """The step of an evaluation line, or None."""
+    m = EVAL_RE.match(line.strip())
+    return int(m["step"]) if m else None
 
 
 def summary_path(metrics_dir: str | Path) -> Path:

@@ -172,3 +172,44 @@ def test_scheduled_deployment_fires(prefect_server, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
+    """While the train task runs: its progress artifact moves (step / max_steps, tokens/s, ETA), a
+    training-log artifact says "in progress", and the trainer's own lines are in the task's log."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter
+
+    repo = make_dvc_repo(tmp_path / "repo", {"training": {"max_steps": 24, "log_every": 2, "eval_every": 6}})
+    sh(repo, "dvc", "repro", "tokenize")
+    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
+           "PICO_FAULT_STEP_SECONDS": "0.5", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo", str(repo), "--retries", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen_progress, seen_logs, training_logs, trainer_lines = {}, set(), {}, {}
+    try:
+        with get_client(sync_client=True) as client:
+            while proc.poll() is None:
+                now = time.time()
+                for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+                        key=ArtifactFilterKey(any_=["pico-train-progress", "pico-training-log"]))):
+                    if a.key == "pico-train-progress":
+                        seen_progress.setdefault(a.data, now)
+                    elif a.id not in seen_logs:
+                        seen_logs.add(a.id)
+                        training_logs[a.id] = (now, a.data)
+                for log in client.read_logs(log_filter=LogFilter()):
+                    if log.message.startswith("step ") and "tokens/s, ETA" in log.message:
+                        trainer_lines.setdefault(log.message, now)
+                time.sleep(0.3)
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out
+        train_end = latest_flow_task_runs()["train"].end_time.timestamp()
+    finally:
+        proc.kill()
+    during = [v for v, t in seen_progress.items() if t < train_end and v < 100]
+    assert len(during) >= 3, seen_progress  # >= 3 updates observed through the API before the task ended
+    mid_logs = [md for t, md in training_logs.values() if t < train_end and "**in progress" in md]
+    assert mid_logs, training_logs
+    assert "| step | tokens | eval loss |" in mid_logs[0]
+    assert any(t < train_end for t in trainer_lines.values()), trainer_lines
