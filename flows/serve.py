@@ -5,15 +5,28 @@
     python -m flows.serve --cron "0 3 * * *" --name nightly [--set optim.lr=1.0e-4] [--exp nightly-lr]
 
 The process registers the deployment and then runs its scheduled (and UI-triggered) flow runs
-until it is stopped, one at a time. Each run is the same flow as `python -m flows.pipeline`.
+until it is stopped. Each run is the same flow as `python -m flows.pipeline`.
+
+**One run at a time.** Runs share one checkout (DVC's lock would fail a second `dvc repro`, and
+two runs would edit one params.yaml), so the deployment has a server-side concurrency limit of one:
+a run that comes due — or is started from the UI — while another is in progress waits for it
+(``--on-overlap wait``, Prefect's "AwaitingConcurrencySlot") or is cancelled with a message saying
+why (``--on-overlap skip``, the default for schedules: a nightly run must not pile up behind a
+multi-day one). SIGTERM (or Ctrl-C) cancels the run in progress — the trainer saves nothing new
+but resumes from its newest checkpoint next time — and the process exits within seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
 from flows import automations
 from flows.pipeline import REPO, parse_overrides, pipeline
+
+ON_OVERLAP = {"wait": ConcurrencyLimitStrategy.ENQUEUE, "skip": ConcurrencyLimitStrategy.CANCEL_NEW}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,15 +40,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exp", dest="experiment", help="save each run as this DVC experiment")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-delay", type=float, default=10.0)
+    ap.add_argument("--on-overlap", choices=sorted(ON_OVERLAP), default="skip",
+                    help="a run that comes due while another runs: wait for it, or skip it (default)")
     args = ap.parse_args(argv)
     parameters = {"repo": args.repo, "overrides": parse_overrides(args.overrides) or None,
                   "experiment": args.experiment, "retries": args.retries, "retry_delay_seconds": args.retry_delay}
     schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
     made = automations.ensure()  # a run whose process or server goes away is marked Crashed, not left Running
     print(f"automation {made.name!r} is in place")
-    # one run at a time: runs share one repository, and DVC's lock fails a second `dvc repro` in it;
-    # a run that comes due while another goes on waits for it instead of starting beside it
-    pipeline.serve(name=args.name, parameters=parameters, limit=1, **schedule)
+    # one run at a time, enforced by the server (so UI-triggered runs and other serve processes obey it)
+    limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ON_OVERLAP[args.on_overlap])
+    deployment = pipeline.to_deployment(name=args.name, parameters=parameters, concurrency_limit=limit, **schedule)
+    print(f"serving {pipeline.name}/{args.name}: one run at a time, overlapping runs {args.on_overlap}")
+    serve(deployment, print_starting_message=False)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -144,34 +145,74 @@ def test_diverged_run_recovers_with_lower_lr(prefect_server, tmp_path, monkeypat
     assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
 
 
-def test_scheduled_deployment_fires(prefect_server, tmp_path):
+def _session_processes(sid: int) -> list[str]:
+    """Command lines of the live processes in a session (what a stopped service left behind)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_server, tmp_path):
+    """A deployment every 2 s whose first run trains for ~10 s, on a machine kept busy by a
+    CPU-bound process: runs that come due meanwhile are skipped (cancelled, saying why), no two
+    runs overlap, the trained run completes, and SIGTERM stops the service within seconds,
+    leaving no process behind."""
     from prefect.client.orchestration import get_client
 
     repo = make_dvc_repo(tmp_path / "repo")
-    sh(repo, "dvc", "repro")  # up to date: each scheduled run is a quick no-op
+    sh(repo, "dvc", "repro", "tokenize")
     env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
-           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen([sys.executable, "-m", "flows.serve", "--name", "every-5s", "--interval", "5",
-                               "--repo", str(repo), "--retries", "0"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "PICO_FAULT_STEP_SECONDS": "1.0", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]  # another CPU-heavy process
+    server = subprocess.Popen([sys.executable, "-m", "flows.serve", "--name", "every-2s", "--interval", "2",
+                               "--repo", str(repo), "--retries", "0", "--set", "training.log_every=4"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
     try:
-        deadline = time.time() + 180
-        completed = []
-        while time.time() < deadline and not completed:
+        deadline = time.time() + 240
+        runs = []
+        while time.time() < deadline:
             time.sleep(2)
             assert server.poll() is None, server.stdout.read()
             with get_client(sync_client=True) as client:
                 try:
-                    dep = client.read_deployment_by_name("pico-pipeline/every-5s")
+                    dep = client.read_deployment_by_name("pico-pipeline/every-2s")
                 except Exception:
                     continue
-                runs = client.read_flow_runs()
-                completed = [r for r in runs if r.deployment_id == dep.id and r.state and r.state.is_completed()]
-        assert completed, "no scheduled run completed within 180 s"
-        assert dep.schedules and dep.schedules[0].schedule.interval.total_seconds() == 5
-    finally:
+                runs = [r for r in client.read_flow_runs() if r.deployment_id == dep.id and r.state]
+            assert sum(r.state.is_running() for r in runs) <= 1
+            done = [r for r in runs if r.state.is_completed()]
+            if len(done) >= 2 and any(r.state.is_cancelled() for r in runs):
+                break
+        else:
+            pytest.fail(f"states after 240 s: {[(r.name, r.state.type.value) for r in runs]}")
+        assert dep.global_concurrency_limit.limit == 1
+        skipped = [r for r in runs if r.state.is_cancelled()]
+        assert skipped and all("concurrency" in (r.state.message or "").lower() for r in skipped), \
+            [r.state.message for r in skipped]
+        ran = sorted((r for r in runs if r.state.is_completed()), key=lambda r: r.start_time)
+        for a, b in zip(ran, ran[1:]):
+            assert a.end_time <= b.start_time  # one at a time
+        assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
+        assert yaml.safe_load((repo / "params.yaml").read_text())["training"]["log_every"] == 4
+
+        started = time.time()
         server.terminate()
         server.wait(timeout=30)
+        assert time.time() - started < 10, "flows.serve took more than 10 s to stop on SIGTERM"
+        time.sleep(1)
+        assert _session_processes(server.pid) == []
+    finally:
+        for p in hogs:
+            p.kill()
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
 
 
 def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
