@@ -9,6 +9,12 @@ like a failed one: the train stage resumes from its newest checkpoint. This is P
 recipe (docs: "Detect and respond to zombie flows"), limited to this project's flow so it never
 touches other flows on a shared server.
 
+**Pause a deployment whose run diverged.** The flow emits ``pico.training.diverged`` (and
+``pico.training.completed`` / ``pico.training.early-stopped`` / ``pico.metric.pathology``, see
+``flows.pipeline.emit``); this automation pauses the deployment the diverged run came from, so a
+nightly schedule does not re-run a diverging config until a person has looked (resume it in the
+UI or with ``prefect deployment resume``). Runs started by hand have no deployment: nothing to pause.
+
     python -m flows.automations          # against $PREFECT_API_URL; flows.serve does this at start
 """
 
@@ -17,12 +23,14 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 
-from prefect.automations import Automation, ChangeFlowRunState, EventTrigger, Posture
+from prefect.automations import Automation, ChangeFlowRunState, EventTrigger, PauseDeployment, Posture
 from prefect.client.schemas.objects import StateType
 from prefect.settings import get_current_settings
 
 FLOW_NAME = "pico-pipeline"
 CRASH_ZOMBIES = "pico-pipeline: crash runs that stopped reporting"
+PAUSE_DIVERGED = "pico-pipeline: pause the deployment of a diverged run"
+DIVERGED_EVENT = "pico.training.diverged"
 FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed")
 
@@ -50,11 +58,26 @@ def crash_zombies_automation(within_s: float | None = None) -> Automation:
     )
 
 
+def pause_diverged_automation() -> Automation:
+    return Automation(
+        name=PAUSE_DIVERGED,
+        description=f"Pauses the deployment of a {FLOW_NAME} run whose training diverged ({DIVERGED_EVENT}).",
+        trigger=EventTrigger(expect={DIVERGED_EVENT}, posture=Posture.Reactive, threshold=1,
+                             match={"prefect.resource.id": "pico.run.*"}),
+        actions=[PauseDeployment(source="inferred")],
+    )
+
+
 def ensure(within_s: float | None = None) -> Automation:
-    """Create the automation, or bring an existing one of the same name up to date."""
-    wanted = crash_zombies_automation(within_s)
+    """Create the automations, or bring existing ones of the same names up to date; returns the
+    zombie-crashing one (``ensure_one`` for each)."""
+    ensure_one(pause_diverged_automation())
+    return ensure_one(crash_zombies_automation(within_s))
+
+
+def ensure_one(wanted: Automation) -> Automation:
     try:
-        existing = Automation.read(name=CRASH_ZOMBIES)
+        existing = Automation.read(name=wanted.name)
     except ValueError:  # Automation.read raises ValueError when no automation has the name
         existing = None
     if existing is None:
@@ -70,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--within", type=float, help="seconds without a heartbeat before a run is crashed "
                                                   "(default: 3 x PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
     args = ap.parse_args(argv)
-    made = ensure(args.within)
-    print(f"automation {made.name!r} ({made.id}) is in place")
+    ensure(args.within)
+    for name in (CRASH_ZOMBIES, PAUSE_DIVERGED):
+        print(f"automation {name!r} ({Automation.read(name=name).id}) is in place")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from pico.config import Params, load_params, with_overrides
 from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary, summary_path
@@ -204,6 +205,17 @@ def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str 
                                           f"stages: {outcome}")
 
 
+def emit(kind: str, summary: TrainSummary | None, params: Params, **payload: Any) -> None:
+    """A Prefect event about the run (``pico.training.diverged`` / ``completed`` / ``early-stopped``,
+    ``pico.metric.pathology``) for automations to react to; Prefect relates it to this flow run and
+    its deployment. The run is the resource, named by its fingerprint."""
+    fingerprint = summary.fingerprint if summary else "unknown"
+    body = {**({"step": summary.step, "max_steps": summary.max_steps, "reason": summary.reason,
+                "last_good_checkpoint": summary.last_good_checkpoint} if summary else {}), **payload}
+    emit_event(event=kind, resource={"prefect.resource.id": f"pico.run.{fingerprint}",
+                                     "prefect.resource.name": params.report.run_name}, payload=body)
+
+
 class _Diverged(Exception):
     def __init__(self, summary: TrainSummary):
         super().__init__(summary.reason)
@@ -222,6 +234,7 @@ def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float]
             summary = train_summary(root, params, since=started)
             if stage == TRAIN_STAGE and summary is not None and summary.status == "diverged":
                 outcome[stage] = "diverged"
+                emit("pico.training.diverged", summary, params)
                 raise _Diverged(summary)
             state.result()  # re-raise the stage's error
         outcome[stage] = state.result()
@@ -288,8 +301,22 @@ def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bo
         logger.info("saved as DVC experiment %s", experiment or saved.stdout.strip())
         outcome["experiment"] = experiment or saved.stdout.strip()
     outcome["status"] = summary.status if summary is not None else "unknown"
+    if summary is not None and summary.status in ("completed", "early_stopped"):
+        emit(f"pico.training.{summary.status.replace('_', '-')}", summary, params)
+    ratio = _pathology_ratio(root, params)
+    if ratio is not None and ratio > params.report.diagnosis.pathology_ratio:
+        emit("pico.metric.pathology", summary, params, seq_mean_over_token_ratio=ratio,
+             threshold=params.report.diagnosis.pathology_ratio)
+        logger.warning("metric pathology: pico's per-sequence mean perplexity is %.3g x the token-level one", ratio)
     publish(str(root), params, outcome, experiment)
     return outcome
+
+
+def _pathology_ratio(root: Path, params: Params) -> float | None:
+    try:
+        return float(json.loads((root / params.evaluation.out).read_text())["macro"]["seq_mean_over_token_ratio"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parameters = {"repo": args.repo, "overrides": parse_overrides(args.overrides) or None,
                   "experiment": args.experiment, "retries": args.retries, "retry_delay_seconds": args.retry_delay}
     schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
-    made = automations.ensure()  # a run whose process or server goes away is marked Crashed, not left Running
-    print(f"automation {made.name!r} is in place")
+    automations.ensure()  # runs that stop reporting are Crashed; a diverged run pauses its deployment
+    print(f"automations {automations.CRASH_ZOMBIES!r} and {automations.PAUSE_DIVERGED!r} are in place")
     # one run at a time, enforced by the server (so UI-triggered runs and other serve processes obey it)
     limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ON_OVERLAP[args.on_overlap])
     deployment = pipeline.to_deployment(name=args.name, parameters=parameters, concurrency_limit=limit, **schedule)

@@ -42,3 +42,28 @@ def test_a_run_without_heartbeats_is_crashed(prefect_server):
         state = client.read_flow_run(ours.id).state
         assert "no heartbeat" in state.message
         assert client.read_flow_run(other.id).state.type.value == "RUNNING"
+
+
+def test_a_diverged_run_pauses_its_deployment(prefect_server):
+    """The flow's ``pico.training.diverged`` event, related to a deployment as Prefect relates a
+    deployment's runs, pauses that deployment; another deployment is left alone."""
+    from prefect.client.orchestration import get_client
+    from prefect.events import emit_event
+
+    from flows import automations
+    from flows.pipeline import pipeline
+
+    automations.ensure(within_s=10)
+    with get_client(sync_client=True) as client:
+        ids = {name: pipeline.to_deployment(name=name, interval=3600).apply() for name in ("diverges", "healthy")}
+        assert not client.read_deployment(ids["diverges"]).paused
+        emit_event(event=automations.DIVERGED_EVENT,
+                   resource={"prefect.resource.id": "pico.run.0123456789abcdef", "prefect.resource.name": "test run"},
+                   related=[{"prefect.resource.id": f"prefect.deployment.{ids['diverges']}",
+                             "prefect.resource.role": "deployment"}],
+                   payload={"step": 6, "reason": "training loss is nan at step 6"})
+        deadline = time.time() + 90
+        while not client.read_deployment(ids["diverges"]).paused:
+            assert time.time() < deadline, "the diverged run's deployment was not paused"
+            time.sleep(1)
+        assert not client.read_deployment(ids["healthy"]).paused

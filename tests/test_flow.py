@@ -116,6 +116,23 @@ def test_diverged_run_fails_with_reason(prefect_server, tmp_path, monkeypatch):
     with pytest.raises(PipelineFailed, match=r"training loss is nan at step 6.*recovery is off"):
         pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
     assert latest_flow_task_runs()["train"].run_count == 1  # a diverged run is not retried blindly
+    [event] = _events("pico.training.diverged")  # for automations (flows.automations pauses its deployment)
+    assert event["payload"]["step"] == 5 and "nan at step 6" in event["payload"]["reason"]  # 5: the last applied
+    assert any(r["prefect.resource.role"] == "flow-run" for r in event["related"])
+
+
+def _events(name: str, timeout: float = 30.0) -> list[dict]:
+    """Events of one name, from the server's events API (they arrive asynchronously)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.time() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            response = client.request("POST", "/events/filter", json={"filter": {"event": {"name": [name]}}})
+        found = response.json()["events"]
+        if found or time.time() > deadline:
+            return found
+        time.sleep(1)
 
 
 def test_diverged_run_recovers_with_lower_lr(prefect_server, tmp_path, monkeypatch):
