@@ -189,20 +189,45 @@ def _retry_unless_diverged(repo: Path, since: float):
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str | None) -> None:
+    """The report (plots embedded, since the UI cannot resolve the report's relative image links)
+    and the final metrics as a rounded table."""
     root = Path(repo)
     report = root / params.report.out_dir / "report.md"
     if report.exists():
-        create_markdown_artifact(report.read_text(), key="pico-report",
+        create_markdown_artifact(embed_images(report.read_text(), report.parent), key="pico-report",
                                  description=f"training report{f' of {experiment}' if experiment else ''}")
     eval_path = root / params.evaluation.out
     if eval_path.exists():
         ev = json.loads(eval_path.read_text())
-        table = [{"source": name, "token_perplexity": m["token_perplexity"], "bits_per_byte": m["bits_per_byte"],
-                  "pico_mean_seq_perplexity": m["pico_mean_seq_perplexity"], "tokens": m.get("tokens")}
-                 for name, m in [*ev["sources"].items(), ("macro", ev["macro"])]]
+        table = [{"source": name, "token perplexity": _round(m["token_perplexity"]),
+                  "bits per byte": _round(m["bits_per_byte"]),
+                  "pico per-seq mean perplexity": _round(m["pico_mean_seq_perplexity"]), "tokens": m.get("tokens")}
+                 for name, m in [*ev["sources"].items(), ("macro (mean over sources)", ev["macro"])]]
+        stages = ", ".join(f"{k} {v}" for k, v in outcome.items())
         create_table_artifact(table, key="pico-metrics",
-                              description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); "
-                                          f"stages: {outcome}")
+                              description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); {stages}")
+
+
+def _round(x: Any, digits: int = 4) -> Any:
+    try:
+        return float(f"{float(x):.{digits}g}")
+    except (TypeError, ValueError):
+        return x
+
+
+def embed_images(markdown: str, folder: Path) -> str:
+    """Relative PNG links (``![x](plots/loss.png)``) as data URIs, so the markdown shows its plots
+    where the files are not reachable (the Prefect UI)."""
+    import base64
+    import re
+
+    def inline(m: re.Match) -> str:
+        path = folder / m["path"]
+        if not path.is_file():
+            return m[0]
+        return f"![{m['alt']}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[(?P<alt>[^\]]*)\]\((?P<path>[^):]+\.png)\)", inline, markdown)
 
 
 def emit(kind: str, summary: TrainSummary | None, params: Params, **payload: Any) -> None:

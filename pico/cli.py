@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="the training log of two runs (git revisions or DVC experiments) side by side")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")
-    cmp_.add_argument("--out", default="reports/compare.md")
+    cmp_.add_argument("--out", help="markdown file (default: comparisons/<A>-vs-<B>/compare.md, plots beside it)")
     pre = sub.add_parser("preset", help="run a named preset (presets/*.yaml) as a DVC experiment")
     pre.add_argument("name", help="v1, v2, v1-full, v2-full, ...")
     pre.add_argument("--queue", action="store_true", help="queue the experiment (run later with `dvc queue start`)")
@@ -78,10 +78,28 @@ def main(argv: list[str] | None = None) -> int:
                      help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)")
     rep.add_argument("--out", help="markdown report (default: reproductions/<REF>-<commit>.md)")
     rep.add_argument("--keep", action="store_true", help="keep the scratch clone")
+    pl = sub.add_parser("plan", help="what the run will cost: tokens, epochs, FLOPs, projected wall time, disk, "
+                                     "device-hours (calibrated on this machine)")
+    pl.add_argument("--device", help="project from a stored figure for this device (h100, h200, a100, l4) instead")
     ck = sub.add_parser("checkpoints", help="list the run's checkpoints and the runs moved aside; remove one of those")
     ck.add_argument("--remove", metavar="NAME", help="delete a set-aside or quarantined folder (as listed)")
     args = parser.parse_args(argv)
 
+    if args.stage == "plan":
+        try:
+            params = load_params(args.params)
+            numerics.apply(params.training.numerics)  # calibrate with the numerics the run will use
+            from pico import plan
+
+            plan.run(params, args.device)
+        except ConfigError as err:
+            print(f"error: {describe(err)}", file=sys.stderr)
+            return 2
+        except (OSError, ValueError) as err:
+            print(f"error in plan: {describe(err)} (the plan needs the tokenize stage's output: "
+                  "`dvc repro tokenize`)", file=sys.stderr)
+            return 1
+        return 0
     if args.stage == "checkpoints":
         from pico.checkpoint import describe_folders, remove_set_aside
 

@@ -264,6 +264,7 @@ class ReportConfig(_Strict):
     # what "What we did" compares with: a params file, a git revision or a DVC experiment name;
     # null = the committed params.yaml (HEAD)
     baseline: str | None = None
+    device_hour_price: float | None = Field(None, ge=0.0)  # one device-hour's price: pico plan, planned vs actual
     diagnosis: DiagnosisConfig = DiagnosisConfig()
 
 

@@ -20,12 +20,13 @@ from typing import Any
 from pico.config import Params
 from pico.diagnose import Diagnosis, diagnose
 from pico import train_metrics
-from pico.fsutil import atomic_write_text
-from pico.plots import make_plots
+from pico.fsutil import atomic_write_json, atomic_write_text
+from pico.plots import compare_plots, make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
 from pico.train_metrics import TrainSummary, duration, median_rate
 
 RUN_INFO_MD = "run_info.md"
+HEADLINE_JSON = "headline.json"
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -115,12 +116,68 @@ def run_info_markdown(run: RunRecord, info: dict[str, Any], date: str) -> str:
                      f"MKL_CBWR {machine.get('mkl_cbwr') or 'unset'}, {machine.get('threads')} threads)")
     if run.perf:
         lines.append(f"- **Throughput**: {fmt(median_rate(run.perf), 5)} tokens/s (median of log intervals)")
+    lines += ["", *cost_table([run])]
     calls = info.get("invocations", [])
     if calls:
         lines += ["", "| started | steps | status | wall time (s) | tokens/s (median) |", "|---|---|---|---|---|"]
         lines += [f"| {c.get('started')} | {c.get('from_step')} → {c.get('to_step')} | {c.get('status')} | "
                   f"{fmt(c.get('wall_s'), 5)} | {fmt(c.get('median_tokens_per_s'), 5)} |" for c in calls]
     return "\n".join(lines) + "\n"
+
+
+def cost(run: RunRecord) -> dict[str, float | None]:
+    """Planned (``pico plan``) and actual wall time, tokens/s and device-hours of a run."""
+    plan, calls = run.plan or {}, run.run_info.get("invocations", [])
+    walls = [c["wall_s"] for c in calls if c.get("wall_s") is not None]
+    actual = sum(walls) if walls else None
+    procs = run.summary.processes if run.summary else 1
+    per_step = plan.get("seconds_per_step")
+    price = run.params.report.device_hour_price
+    return {
+        "planned_wall_s": plan.get("wall_s"), "actual_wall_s": actual,
+        "planned_tokens_per_s": plan["tokens_per_step"] / per_step if per_step else None,
+        "actual_tokens_per_s": median_rate(run.perf),
+        "planned_device_hours": plan.get("device_hours"),
+        "actual_device_hours": actual * procs / 3600 if actual is not None else None,
+        "price": price,
+    }
+
+
+def cost_table(runs: list[RunRecord]) -> list[str]:
+    """Planned vs actual, one column per run (markdown)."""
+    costs = [cost(r) for r in runs]
+
+    def cell(c: dict, key: str, as_time: bool = False) -> str:
+        p, a = c[f"planned_{key}"], c[f"actual_{key}"]
+        show = (lambda x: duration(x) if as_time else fmt(x, 4))
+        text = f"{show(p) if p is not None else 'no plan'} → {show(a) if a is not None else 'n/a'}"
+        return text + (f" ({a / p - 1:+.0%})" if p and a is not None else "")
+
+    rows = [("wall time (planned → actual)", [cell(c, "wall_s", True) for c in costs]),
+            ("tokens/s (planned → actual median)", [cell(c, "tokens_per_s") for c in costs]),
+            ("device-hours (planned → actual)", [cell(c, "device_hours") for c in costs])]
+    if any(c["price"] is not None for c in costs):
+        rows.append(("cost (actual device-hours x report.device_hour_price)",
+                     [fmt(c["actual_device_hours"] * c["price"], 4) if c["price"] is not None and
+                      c["actual_device_hours"] is not None else "n/a" for c in costs]))
+    head = "| | " + " | ".join(r.name for r in runs) + " |"
+    return [head, "|---" * (len(runs) + 1) + "|"] + [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]
+
+
+def headline(run: RunRecord) -> dict[str, Any]:
+    """``metrics/headline.json``, what `dvc exp show` and `dvc metrics diff` list: a few short,
+    rounded columns. Wall time included, so the file is not a stage output (DVC does not hash it);
+    the full figures stay in eval.json and train_summary.json."""
+    s, macro = run.summary, run.final_eval.get("macro", {})
+
+    def r(x: Any, digits: int = 5) -> Any:
+        return float(f"{float(x):.{digits}g}") if isinstance(x, (int, float)) and math.isfinite(float(x)) else x
+
+    wall = cost(run)["actual_wall_s"]
+    return {"status": s.status if s else None, "step": s.step if s else None,
+            "loss": r(s.final_loss_mean) if s else None, "ppl": r(macro.get("token_perplexity")),
+            "bpb": r(macro.get("bits_per_byte"), 4), "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
+            "tokens": s.tokens if s else None, "wall_h": r(wall / 3600, 3) if wall is not None else None}
 
 
 def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, when: str | None,
@@ -184,7 +241,9 @@ def baseline_changes(params: Params) -> tuple[list[str] | None, str | None]:
 def run(params: Params, date: str | None = None) -> Path:
     out = Path(params.report.out_dir)
     record = load_run(params=params, name=params.report.run_name)
-    plots = make_plots(record.train, record.evals, out / "plots")
+    per_step = record.summary.effective_batch_tokens if record.summary else None
+    plots = make_plots(record.train, record.evals, out / "plots", params.report.run_name, per_step,
+                       params.optim.max_grad_norm)
     changes, base = baseline_changes(params)
     when = (f"[{RUN_INFO_MD}]({RUN_INFO_MD}) (date, machine, speed: wall-clock facts, kept out of DVC's "
             "hashes so a rerun anywhere hashes the same)")
@@ -192,13 +251,20 @@ def run(params: Params, date: str | None = None) -> Path:
     atomic_write_text(out / "report.md", text)
     info = train_metrics.read_run_info(params.training.metrics_dir)
     atomic_write_text(out / RUN_INFO_MD, run_info_markdown(record, info, date or dt.date.today().isoformat()))
+    atomic_write_json(Path(params.training.metrics_dir) / HEADLINE_JSON, headline(record))
     print(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return out / "report.md"
 
 
-def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Path:
-    """The training log of two runs (git revisions or DVC experiments), side by side."""
+def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None = None) -> Path:
+    """The training log of two runs (git revisions or DVC experiments), side by side, with their
+    curves drawn together by tokens seen; written to ``comparisons/<a>-vs-<b>/`` (outside every
+    stage's outputs) unless ``out_path`` names the markdown file."""
     runs = [load_run(a), load_run(b)]
+    out_path = Path(out_path) if out_path else Path("comparisons") / f"{_slug(a)}-vs-{_slug(b)}" / "compare.md"
+    plots = compare_plots([(r.name, r.train, r.evals, r.summary.effective_batch_tokens if r.summary else
+                            r.params.data.seq_len * r.params.training.effective_batch_rows()) for r in runs],
+                          out_path.parent / "plots")
     date = date or dt.date.today().isoformat()
     cols = [render(r, describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
                    other if r is runs[1] else None, None, []) for r, other in zip(runs, (b, a))]
@@ -214,16 +280,20 @@ def compare(a: str, b: str, out_path: str | Path, date: str | None = None) -> Pa
         ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
         ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),
         ("tokens seen", *(fmt(r.summary.tokens if r.summary else None) for r in runs)),
-        ("throughput (tokens/s, median)", *(fmt(median_rate(r.perf), 5) for r in runs)),
         ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
     ]
     lines = [f"# Training logs compared: {a} vs {b}", "", f"- **Date**: {date}", "",
              f"| | {a} | {b} |", "|---|---|---|"] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
+    lines += ["", "## Time and cost", "", *cost_table(runs), "", "## Curves, by tokens seen", ""]
+    lines += [f"![{p}](plots/{p})" for p in plots]
     lines += ["", f"## What changed from {a} to {b}", ""]
     lines += [f"- {c}" for c in describe_changes(runs[1].params, load_params_at(a))] or ["- nothing"]
     for name, text in zip((a, b), cols):
         body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
         lines += ["", "---", "", f"## {name}", body]
-    out_path = Path(out_path)
     atomic_write_text(out_path, "\n".join(lines) + "\n")
     return out_path
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class RunRecord:
     perf: list[dict[str, float]]
     summary: TrainSummary | None  # None: training has not written one yet
     final_eval: dict[str, Any]
+    run_info: dict[str, Any] = field(default_factory=dict)  # metrics/run_info.json: machine, invocations
+    plan: dict[str, Any] | None = None  # metrics/plan.json, written by `pico plan`
 
 
 def _git(*args: str, repo: str | Path | None = None) -> str | None:
@@ -83,7 +85,17 @@ def load_run(revision: str | None = None, params: Params | None = None, name: st
         perf=parse_csv(read_file(str(m / train_metrics.PERF_CSV), rev)),
         summary=train_metrics.parse_summary(summary, f"{summary_file} at {revision or 'the workspace'}") if summary else None,
         final_eval=json.loads(final_eval) if final_eval else {},
+        run_info=_json_or_none(read_file(str(m / train_metrics.RUN_INFO_JSON), rev)) or {},
+        plan=_json_or_none(read_file(str(m / "plan.json"), rev)),
     )
+
+
+def _json_or_none(text: str | None) -> Any:
+    """Wall-clock side files (run_info.json, plan.json): informative, so a damaged one reads as absent."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 # Human names of the params a training log talks about; anything else is named by its key.

@@ -420,7 +420,7 @@ class Trainer:
             with eager:
                 metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
                                          self.params.evaluation.max_windows_per_source, self.device)
-            s.history["eval"].append(train_metrics.eval_row(s.step, metrics))
+            s.history["eval"].append(train_metrics.eval_row(s.step, s.step * self.tokens_per_step, metrics))
             tqdm.write(train_metrics.eval_line(s.step, metrics["macro"]))
             verdict = eval_verdict(s.history["eval"], es)
         is_best, stop = self.d.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)
@@ -525,6 +525,11 @@ class Trainer:
               f"{self.tokens_per_step:,} tokens/step; {len(self.rows)} rows of data; device {self.device}"
               + (f"; {d.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if d.world > 1 else ""))
         print(f"run fingerprint {self.fingerprint} (params, data, tokenizer, training code {self.code})")
+        if d.is_main and self.state.step < self.t.max_steps:
+            from pico.plan import make_plan
+
+            for line in make_plan(p, calibrate_s=None, sizes=(self.n_params, self.flops_per_token)).lines():
+                print(line)
 
 
 def run(params: Params, progress: bool | None = None) -> TrainSummary:

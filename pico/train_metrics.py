@@ -2,7 +2,7 @@
 
     train.csv           step, loss (this step), loss_mean (over the log interval), lr, grad_norm
                         (before clipping), grad_norm_max, tokens
-    eval_history.csv    step and the macro / per-source evaluation figures (pico.evaluate)
+    eval_history.csv    step, tokens seen and the macro / per-source evaluation figures (pico.evaluate)
     perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU
     train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
     run_info.json       where and when: the machine, the CPU numerics in effect, and each
@@ -134,9 +134,11 @@ def parse_summary(text: str, where: str) -> TrainSummary:
                          "rerun the train stage") from None
 
 
-def eval_row(step: int, metrics: dict) -> dict:
-    """One eval_history.csv row from ``pico.evaluate.evaluate_model``'s result."""
-    row = {"step": step}
+def eval_row(step: int, tokens: int, metrics: dict) -> dict:
+    """One eval_history.csv row from ``pico.evaluate.evaluate_model``'s result: the step, the
+    training tokens seen by then (runs with different batches compare per token), the figures.
+    (Wall-clock time is perf.csv's ``elapsed_s`` by step: here it would change DVC's hash.)"""
+    row = {"step": step, "tokens": tokens}
     for key in EVAL_MACRO_KEYS:
         row[key] = metrics["macro"][key]
     for name, m in metrics["sources"].items():

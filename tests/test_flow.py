@@ -58,6 +58,13 @@ def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_p
         keys = {a.key for a in client.read_artifacts()}
         logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[runs["flaky"].id])))
     assert {"pico-report", "pico-metrics"} <= keys
+    with get_client(sync_client=True) as client:
+        report = next(a for a in client.read_artifacts() if a.key == "pico-report")
+        metrics = next(a for a in client.read_artifacts() if a.key == "pico-metrics")
+    # the UI cannot fetch the report's relative image links: the plots travel inside the markdown
+    assert report.data.count("](data:image/png;base64,") == 4 and "](plots/" not in report.data
+    assert "{" not in metrics.description and all(len(repr(row["token perplexity"])) <= 8
+                                                   for row in json.loads(metrics.data))
     # stage output streams into the run's log as it is printed, not when the stage exits
     working = [log.timestamp for log in logs if log.message == "flaky: working"]
     assert len(working) == 2 and (runs["flaky"].end_time - working[-1]).total_seconds() > 2
