@@ -26,7 +26,6 @@ from pico.runs import RunRecord, describe_changes, load_params_at, load_run
 from pico.train_metrics import TrainSummary, duration, median_rate
 
 RUN_INFO_MD = "run_info.md"
-HEADLINE_JSON = "headline.json"
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -165,19 +164,8 @@ def cost_table(runs: list[RunRecord]) -> list[str]:
 
 
 def headline(run: RunRecord) -> dict[str, Any]:
-    """``metrics/headline.json``, what `dvc exp show` and `dvc metrics diff` list: a few short,
-    rounded columns. Wall time included, so the file is not a stage output (DVC does not hash it);
-    the full figures stay in eval.json and train_summary.json."""
-    s, macro = run.summary, run.final_eval.get("macro", {})
-
-    def r(x: Any, digits: int = 5) -> Any:
-        return float(f"{float(x):.{digits}g}") if isinstance(x, (int, float)) and math.isfinite(float(x)) else x
-
-    wall = cost(run)["actual_wall_s"]
-    return {"status": s.status if s else None, "step": s.step if s else None,
-            "loss": r(s.final_loss_mean) if s else None, "ppl": r(macro.get("token_perplexity")),
-            "bpb": r(macro.get("bits_per_byte"), 4), "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
-            "tokens": s.tokens if s else None, "wall_h": r(wall / 3600, 3) if wall is not None else None}
+    """The final ``metrics/headline.json``: evaluate's figures and the run's whole wall time."""
+    return train_metrics.headline(run.summary, run.final_eval.get("macro", {}), cost(run)["actual_wall_s"])
 
 
 def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, when: str | None,
@@ -251,7 +239,7 @@ def run(params: Params, date: str | None = None) -> Path:
     atomic_write_text(out / "report.md", text)
     info = train_metrics.read_run_info(params.training.metrics_dir)
     atomic_write_text(out / RUN_INFO_MD, run_info_markdown(record, info, date or dt.date.today().isoformat()))
-    atomic_write_json(Path(params.training.metrics_dir) / HEADLINE_JSON, headline(record))
+    atomic_write_json(Path(params.training.metrics_dir) / train_metrics.HEADLINE_JSON, headline(record))
     print(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return out / "report.md"
 

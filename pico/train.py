@@ -310,8 +310,8 @@ class Trainer:
             print(f"this run already ended ({s.status}{': ' + s.reason if s.reason else ''}); nothing to train")
             return self.finish()
         if self.d.is_main:  # the params are valid and the data sound: this run's files replace the last run's
-            train_metrics.write(t.metrics_dir, s.history, self.summary())
             self.record_invocation()
+            train_metrics.write(t.metrics_dir, s.history, self.summary(), self.wall_s())
         if s.step == 0 and t.eval_at_start:
             self.evaluate()
         self.model.train()
@@ -355,7 +355,8 @@ class Trainer:
             elif last:
                 s.status = "completed"
             if (log_due or stop) and self.d.is_main:
-                self.metrics.submit(s.history, self.summary())  # `pico report` mid-run reads "running at step k"
+                # `pico report` mid-run reads "in progress at step k", `dvc exp show` this run's headline
+                self.metrics.submit(s.history, self.summary(), self.wall_s())
             if save_due or stop:
                 self.save()
             self.faults.after_step(s.step)
@@ -480,15 +481,22 @@ class Trainer:
         if d.is_main:
             self.supervisor.close()
             self.metrics.close()
-            train_metrics.write(self.t.metrics_dir, self.state.history, summary)
             self.record_invocation(ended=True)
+            train_metrics.write(self.t.metrics_dir, self.state.history, summary, self.wall_s())
         return summary
+
+    def wall_s(self) -> float:
+        """The run's wall time so far: earlier invocations of this run plus this one."""
+        return round(self.invocation["before_s"] + time.perf_counter() - self.invocation["clock"], 1)
 
     def record_invocation(self, ended: bool = False) -> None:
         """This invocation in run_info.json (machine, numerics, steps, wall time): not hashed by DVC."""
         if not hasattr(self, "invocation"):
+            info = train_metrics.read_run_info(self.t.metrics_dir)
+            before = sum(c.get("wall_s") or 0 for c in info.get("invocations", [])) \
+                if info.get("fingerprint") == self.fingerprint else 0.0
             self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.state.step,
-                               "clock": time.perf_counter()}
+                               "clock": time.perf_counter(), "before_s": before}
         inv = self.invocation
         record = {"started": inv["started"], "from_step": inv["from_step"], "to_step": self.state.step,
                   "status": self.state.status}

@@ -7,8 +7,12 @@
     train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
     run_info.json       where and when: the machine, the CPU numerics in effect, and each
                         invocation's start, steps and wall time
+    headline.json       what `dvc exp show` lists (``headline``): status, step, final loss, macro
+                        token perplexity, bits/byte, pico's number, tokens, wall hours — rounded;
+                        the trainer keeps it current during the run (latest evaluation), the report
+                        stage writes the final one (evaluate's figures)
 
-perf.csv and run_info.json hold wall-clock and machine facts, which differ on every rerun: they
+perf.csv, run_info.json and headline.json hold wall-clock and machine facts, which differ on every rerun: they
 are not DVC outputs (nor in checkpoints), so DVC's hashes of a run do not depend on when or where
 it ran (git still carries them). A resumed run keeps perf.csv's rows up to its checkpoint.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import threading
 from pathlib import Path
@@ -34,6 +39,7 @@ from pico.fsutil import atomic_write_json, atomic_write_text
 
 TRAIN_CSV, EVAL_CSV, PERF_CSV, SUMMARY_JSON = "train.csv", "eval_history.csv", "perf.csv", "train_summary.json"
 RUN_INFO_JSON = "run_info.json"
+HEADLINE_JSON = "headline.json"
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
 PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
 EVAL_MACRO_KEYS = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
@@ -161,8 +167,22 @@ def parse_csv(text: str | None) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
 
 
-def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: TrainSummary | None = None) -> None:
-    """Rewrite the files from the run's history (cheap at these sizes, and atomic)."""
+def headline(summary: TrainSummary | None, macro: dict[str, Any], wall_s: float | None) -> dict[str, Any]:
+    """headline.json: a few short, rounded columns (the full figures stay in eval.json,
+    eval_history.csv and train_summary.json)."""
+    def r(x: Any, digits: int = 5) -> Any:
+        return float(f"{float(x):.{digits}g}") if isinstance(x, (int, float)) and math.isfinite(float(x)) else x
+
+    return {"status": summary.status if summary else None, "step": summary.step if summary else None,
+            "loss": r(summary.final_loss_mean) if summary else None, "ppl": r(macro.get("token_perplexity")),
+            "bpb": r(macro.get("bits_per_byte"), 4), "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
+            "tokens": summary.tokens if summary else None, "wall_h": r(wall_s / 3600, 3) if wall_s is not None else None}
+
+
+def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: TrainSummary | None = None,
+          wall_s: float | None = None) -> None:
+    """Rewrite the files from the run's history (cheap at these sizes, and atomic); with a summary,
+    the headline too (from the newest evaluation: the run in progress, as `dvc exp show` sees it)."""
     d = Path(metrics_dir)
     atomic_write_text(d / TRAIN_CSV, _csv(history["train"], TRAIN_COLUMNS))
     eval_cols: tuple[str, ...] = tuple(history["eval"][0]) if history["eval"] else ("step",)
@@ -170,6 +190,7 @@ def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: Trai
     atomic_write_text(d / PERF_CSV, _csv(history["perf"], PERF_COLUMNS))
     if summary is not None:
         atomic_write_json(d / SUMMARY_JSON, json.loads(summary.model_dump_json()))
+        atomic_write_json(d / HEADLINE_JSON, headline(summary, history["eval"][-1] if history["eval"] else {}, wall_s))
 
 
 def read_perf(metrics_dir: str | Path, upto_step: int) -> list[dict[str, Any]]:
@@ -218,17 +239,18 @@ class Writer:
     def __init__(self, metrics_dir: str | Path):
         self.metrics_dir = metrics_dir
         self._cv = threading.Condition()
-        self._pending: tuple[dict[str, list[dict]], TrainSummary | None] | None = None
+        self._pending: tuple[dict[str, list[dict]], TrainSummary | None, float | None] | None = None
         self._busy = False
         self._error: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="pico-metrics-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, history: dict[str, list[dict]], summary: TrainSummary | None = None) -> None:
+    def submit(self, history: dict[str, list[dict]], summary: TrainSummary | None = None,
+               wall_s: float | None = None) -> None:
         snapshot = {name: list(rows) for name, rows in history.items()}  # rows are appended, never changed
         with self._cv:  # an earlier write error waits for flush: the trainer saves its checkpoint first
-            self._pending = (snapshot, summary)
+            self._pending = (snapshot, summary, wall_s)
             self._cv.notify()
 
     def flush(self) -> None:
@@ -255,9 +277,9 @@ class Writer:
                 self._cv.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return
-                (history, summary), self._pending, self._busy = self._pending, None, True
+                (history, summary, wall_s), self._pending, self._busy = self._pending, None, True
             try:
-                write(self.metrics_dir, history, summary)
+                write(self.metrics_dir, history, summary, wall_s)
             except Exception as err:  # handed to the trainer at its next submit/flush
                 with self._cv:
                     self._error = err
