@@ -153,6 +153,11 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
     kind = params.evaluation.checkpoint
     if kind == "auto":
         kind = "best" if status == "early_stopped" else "latest"
+        if kind == "best" and not (root / checkpoint.BEST / checkpoint.STATE).is_file():
+            # early stopping turned on mid-run (a continued plan) after the best evaluation: not kept
+            print(f"evaluate: no best checkpoint in {root} (early stopping was enabled after the best "
+                  "evaluation); evaluating the latest")
+            kind = "latest"
     if kind == "best":
         if not (root / checkpoint.BEST / checkpoint.STATE).is_file():
             raise FileNotFoundError(f"no best checkpoint in {root} (it is kept when early_stop.enabled is true)")

@@ -335,11 +335,11 @@ def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp
 
     real, calls = train_metrics.write, []
 
-    def failing(metrics_dir, history, summary=None):
+    def failing(metrics_dir, history, summary=None, wall_s=None):
         calls.append(1)
         if len(calls) > 2:  # the start-of-run write and the first log line succeed
             raise OSError(28, "No space left on device")
-        real(metrics_dir, history, summary)
+        real(metrics_dir, history, summary, wall_s)
 
     monkeypatch.setattr(train_metrics, "write", failing)
     with pytest.raises(OSError, match=r"could not write the metrics in .*metrics: .*No space left on device"):
@@ -349,7 +349,11 @@ def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp
     assert saved.name == "step_00000004" and [r["step"] for r in state["history"]["train"]] == [2, 4]
     # the summary is rewritten at every log line, so a report made mid-run sees where the run is
     mid = train_metrics.read_summary(tmp_path / "metrics")
-    assert mid.status == "running" and mid.step == 2 and mid.tokens == 2 * 8 * 32
+    assert mid.status == "running" and mid.step == 2 and mid.tokens == 2 * 8 * 32 and mid.eta_s > 0
+    head = json.loads((tmp_path / "metrics/headline.json").read_text())  # what `dvc exp show` lists mid-run
+    assert head["status"] == "running" and head["step"] == 2 and head["ppl"] > 1 and head["wall_h"] > 0
+    md = report.run(prepared).read_text()  # a report made mid-run says where the run is
+    assert "in progress at step 2 of 12, ETA" in md
     monkeypatch.setattr(train_metrics, "write", real)
     assert train.run(prepared, progress=False).status == "completed"  # resumes from step 4
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
