@@ -50,24 +50,21 @@ def make_plots(train: list[dict], evals: list[dict], out_dir: Path, run_name: st
         _save(fig, out_dir / "loss.png")
         made.append("loss.png")
 
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.plot(steps, [r["lr"] for r in train], label="learning rate (at the logged step)")
-        ax.set_title(f"Learning rate{who}"), ax.set_xlabel("optimizer step"), ax.set_ylabel("learning rate")
-        ax.legend(), ax.grid(alpha=0.3)
-        _tokens_axis(ax, tokens_per_step)
-        _save(fig, out_dir / "lr.png")
-        made.append("lr.png")
-
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.plot(steps, [r["grad_norm"] for r in train], label="gradient norm before clipping (logged step)")
-        ax.plot(steps, [r["grad_norm_max"] for r in train], alpha=0.5, label="max over the log interval")
-        if clip is not None:
-            ax.axhline(clip, color="red", linestyle="--", linewidth=1, label=f"clipping threshold ({clip:g})")
-        ax.set_title(f"Gradient norm{who}"), ax.set_xlabel("optimizer step"), ax.set_ylabel("L2 norm")
-        ax.set_yscale("log"), ax.legend(), ax.grid(alpha=0.3)
-        _tokens_axis(ax, tokens_per_step)
-        _save(fig, out_dir / "grad_norm.png")
-        made.append("grad_norm.png")
+        for name, title, ylabel in (("lr", "Learning rate", "learning rate"), ("grad_norm", "Gradient norm", "L2 norm")):
+            fig, ax = plt.subplots(figsize=(7, 3))
+            if name == "lr":
+                ax.plot(steps, [r["lr"] for r in train], label="learning rate (at the logged step)")
+            else:
+                ax.plot(steps, [r["grad_norm"] for r in train], label="gradient norm before clipping (logged step)")
+                ax.plot(steps, [r["grad_norm_max"] for r in train], alpha=0.5, label="max over the log interval")
+                if clip is not None:
+                    ax.axhline(clip, color="red", linestyle="--", linewidth=1, label=f"clipping threshold ({clip:g})")
+                ax.set_yscale("log")
+            ax.set_title(f"{title}{who}"), ax.set_xlabel("optimizer step"), ax.set_ylabel(ylabel)
+            ax.legend(), ax.grid(alpha=0.3)
+            _tokens_axis(ax, tokens_per_step)
+            _save(fig, out_dir / f"{name}.png")
+            made.append(f"{name}.png")
     if evals:
         fig, ax = plt.subplots(figsize=(7, 4))
         steps = [r["step"] for r in evals]
