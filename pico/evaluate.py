@@ -25,6 +25,7 @@ import torch
 from pico import checkpoint
 from pico.config import Params
 from pico.data.eval_windows import EvalWindows
+from pico.data.tokens_dir import TokensDir
 from pico.fsutil import atomic_write_json
 from pico.model import ModelDims, PicoDecoder
 from pico.train_metrics import read_summary
@@ -83,7 +84,8 @@ def summarize(nll: np.ndarray, n_tokens: np.ndarray, n_bytes: np.ndarray) -> dic
 
 
 def aggregate(nll: np.ndarray, table: np.ndarray, sources: list[str], subdomains: list[str]) -> dict[str, Any]:
-    """Per-source, per-subdomain, macro and overall metrics from per-window NLL sums."""
+    """Per-source, per-subdomain, macro (the mean of each figure over sources, and over
+    subdomains: Paloma's domain macro) and overall metrics from per-window NLL sums."""
     n_tokens = table["length"].astype(np.int64) - 1
     n_bytes = table["n_bytes"].astype(np.int64)
     per_source = {}
@@ -100,7 +102,10 @@ def aggregate(nll: np.ndarray, table: np.ndarray, sources: list[str], subdomains
     dominant = dominant_windows(nll, n_tokens, table, sources, subdomains)
     macro = {k: math.fsum(v[k] for v in per_source.values()) / len(per_source) for k in keys}
     macro["seq_mean_over_token_ratio"] = macro["pico_mean_seq_perplexity"] / macro["token_perplexity"]
-    return {"macro": macro, "overall": summarize(nll, n_tokens, n_bytes),
+    # Paloma's own convention averages over domains (subdomains), so a source with many small
+    # domains weighs by its domains; the source macro above stays the pipeline's headline
+    domains = {k: math.fsum(v[k] for v in per_sub.values()) / len(per_sub) for k in keys} if per_sub else {}
+    return {"macro": macro, "macro_domains": {**domains, "domains": len(per_sub)}, "overall": summarize(nll, n_tokens, n_bytes),
             "sources": per_source, "subdomains": per_sub, "per_sequence_dominance": dominant}
 
 
@@ -177,7 +182,8 @@ def run(params: Params) -> dict[str, Any]:
     print(f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
     result = {"step": state["step"], "checkpoint": str(ckpt), "checkpoint_kind": kind, "train_status": train_status,
-              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"), **metrics}
+              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"), **metrics,
+              "contamination": TokensDir(params.data.tokens_dir).contamination()}
     atomic_write_json(Path(params.evaluation.out), json_safe(result))
     for name, m in metrics["sources"].items():
         print(f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "

@@ -70,7 +70,7 @@ def make_plots(train: list[dict], evals: list[dict], out_dir: Path, run_name: st
         steps = [r["step"] for r in evals]
         for key in sorted(k for k in evals[0] if k.startswith("token_perplexity/")):
             ax.plot(steps, [r[key] for r in evals], "o-", label=f"source {key.split('/', 1)[1]}")
-        ax.plot(steps, [r["token_perplexity"] for r in evals], "k--", label="macro (mean loss over sources)")
+        ax.plot(steps, [r["token_perplexity"] for r in evals], "k--", label="macro (mean over sources)")
         ax.set_title(f"Evaluation perplexity{who}"), ax.set_xlabel("optimizer step")
         ax.set_ylabel("token-level perplexity"), ax.set_yscale("log"), ax.legend(), ax.grid(alpha=0.3)
         _tokens_axis(ax, tokens_per_step)

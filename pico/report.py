@@ -78,8 +78,14 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
                          f"{first_best_last(evals, f'bits_per_byte/{name}')} | {fmt(m.get('pico_mean_seq_perplexity'))} | "
                          f"{fmt(m.get('seq_mean_over_token_ratio'), 3)}× |")
         mac = fe.get("macro", {})
-        lines.append(f"| **macro** | {first_best_last(evals, 'token_perplexity')} | {first_best_last(evals, 'bits_per_byte')} "
-                     f"| {fmt(mac.get('pico_mean_seq_perplexity'))} | {fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+        lines.append(f"| **macro** (mean over sources) | {first_best_last(evals, 'token_perplexity')} | "
+                     f"{first_best_last(evals, 'bits_per_byte')} | {fmt(mac.get('pico_mean_seq_perplexity'))} | "
+                     f"{fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+        dom = fe.get("macro_domains") or {}
+        if dom.get("domains"):
+            lines.append(f"| macro over {dom['domains']} domains (Paloma's convention, final) | "
+                         f"{fmt(dom['token_perplexity'])} | {fmt(dom['bits_per_byte'])} | "
+                         f"{fmt(dom['pico_mean_seq_perplexity'])} | |")
         lines += ["", f"Final figures are of the {fe.get('checkpoint_kind', 'latest')} checkpoint (step {fe.get('step')})."
                   + (" Training stopped early, so that is the **best** checkpoint, not the last."
                      if fe.get("checkpoint_kind") == "best" else "")]
@@ -90,6 +96,11 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
                      f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}")
     if s is not None:
         lines.append(f"- {fmt(s.tokens)} tokens seen, {fmt(s.epochs, 3)} epochs over the packed rows")
+    c = fe.get("contamination")
+    if c:
+        per = ", ".join(f"{name} {v['contaminated']}/{v['documents']}" for name, v in c["by_source"].items())
+        lines.append(f"- contamination: {c['contaminated_documents']} of {c['documents']} evaluation documents share a "
+                     f"{c['ngram']}-token n-gram with the training rows ({per})")
     return lines
 
 

@@ -51,6 +51,12 @@ def test_aggregate_per_source_subdomain_and_macro():
     assert out["subdomains"]["a/y"]["tokens"] == 4
     assert out["macro"]["token_perplexity"] == pytest.approx((math.exp(1.0) + math.exp(0.5)) / 2)
     assert out["overall"]["loss"] == pytest.approx(7.0 / 8)
+    # Paloma's domain macro, by hand: a/x 2 nats / 2 tokens, a/y 4 / 4, b/z 1 / 2; bytes 4, 8, 2
+    dom = out["macro_domains"]
+    assert dom["domains"] == 3
+    assert dom["token_perplexity"] == pytest.approx((math.e + math.e + math.exp(0.5)) / 3)
+    assert dom["bits_per_byte"] == pytest.approx((2 / 4 + 4 / 8 + 1 / 2) / math.log(2) / 3)
+    assert dom["token_perplexity"] != pytest.approx(out["macro"]["token_perplexity"])  # a has two domains
 
 
 def test_overflow_is_reported_not_crashed():

@@ -16,7 +16,8 @@ from pico.config import Params
 from pico.data import pretokenized
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import HF_PREFIX, ReadStats, expand_paths, iter_documents
-from pico.data.eval_windows import write_eval_windows
+from pico.data import contamination
+from pico.data.eval_windows import EvalWindows, write_eval_windows
 from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
 from pico.data.tokens_dir import TokenLayout, TokensDir
@@ -44,7 +45,13 @@ def run(params: Params, progress: bool | None = None) -> dict:
         ev = write_eval_windows(docs, stats, tok, out, layout, d.encode_batch_size, progress)
     print(f"eval: {ev['documents']} documents, {len(ev['sources'])} sources -> {ev['windows']} windows, "
           f"{ev['predicted_tokens']:,} predicted tokens, {ev['bytes']:,} bytes, skipped {ev['skipped']}")
-    return {"train": train, "eval": ev}
+    rows, _ = out.open_rows(d.seq_len)
+    windows = EvalWindows(out)
+    found = contamination.count(rows, windows.tokens, windows.table, windows.sources)
+    out.write_contamination(found)
+    print(f"contamination: {found['contaminated_documents']} of {found['documents']} evaluation documents share a "
+          f"{found['ngram']}-token n-gram with the training rows")
+    return {"train": train, "eval": ev, "contamination": found}
 
 
 def _tokenize_train(params: Params, tok, out: TokensDir, layout: TokenLayout, progress: bool) -> dict:

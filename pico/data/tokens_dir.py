@@ -25,6 +25,7 @@ from pico.fsutil import atomic_write_json
 
 TRAIN_BIN, TRAIN_MANIFEST = "train.bin", "train_manifest.json"
 EVAL_BIN, EVAL_WINDOWS, EVAL_MANIFEST = "eval.bin", "eval_windows.npy", "eval_manifest.json"
+CONTAMINATION = "contamination.json"  # pico.data.contamination: eval documents sharing 13-grams with train
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -113,6 +114,14 @@ class TokensDir:
         }
         atomic_write_json(self.file(EVAL_MANIFEST), manifest)
         return manifest
+
+    def write_contamination(self, report: dict[str, Any]) -> None:
+        atomic_write_json(self.file(CONTAMINATION), report)
+
+    def contamination(self) -> dict[str, Any] | None:
+        """The contamination count, or None for a tokens folder written before it existed."""
+        path = self.file(CONTAMINATION)
+        return json.loads(path.read_text()) if path.is_file() else None
 
     # ---- readers ----
     def open_rows(self, seq_len: int | None = None) -> tuple[np.memmap, dict[str, Any]]:
