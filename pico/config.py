@@ -240,6 +240,9 @@ class RecoveryConfig(_Strict):
 class EvaluationConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     max_windows_per_source: int | None = Field(None, ge=1)  # cap for in-training evaluation
+    # already-seen training rows scored in eval mode (dropout off) at each in-training evaluation, beside
+    # the held-out windows: overfitting shows as held-out loss rising while these fall (0 = off)
+    seen_rows: int = Field(64, ge=0)
     # auto: the best checkpoint when training stopped early, else the newest
     checkpoint: Literal["auto", "latest", "best"] = "auto"
     out: str = "metrics/eval.json"

@@ -83,6 +83,16 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
     best, last = evals[best_i], evals[-1]
     if last["loss"] <= best["loss"] * (1 + cfg.overfit_min_rise):
         return None
+    if "seen_loss" in best and "seen_loss" in last:
+        # the honest comparison: the same model, in eval mode, on training rows it has seen
+        s_best, s_last = best["seen_loss"], last["seen_loss"]
+        if s_last >= s_best:
+            return None  # held-out worse, seen rows not better: not memorisation (a dropout-only gap is not it)
+        ev = [f"token-level held-out loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to "
+              f"{g(last['loss'])} (step {int(last['step'])}) over {len(after)} evaluations while the loss on "
+              f"already-seen training rows (eval mode, no dropout) fell {g(s_best)} → {g(s_last)}",
+              f"the held-out − seen gap grew {g(best['loss'] - s_best)} → {g(last['loss'] - s_last)} nats/token"]
+        return ev + _epochs_evidence(last, summary)
     t_best, t_last = _train_mean_at(train, best["step"]), _train_mean_at(train, last["step"])
     if t_best is None or t_last is None or t_last >= t_best:
         return None  # eval worse but train not better: not overfitting
@@ -91,11 +101,16 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
         return None
     ev = [f"token-level eval loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to {g(last['loss'])} "
           f"(step {int(last['step'])}) over {len(after)} evaluations while training loss fell {g(t_best)} → {g(t_last)}",
-          f"the eval − train gap grew {g(gap0)} → {g(gap1)} nats/token"]
-    epochs = summary.epochs if summary is not None else None
-    if epochs is not None:
-        ev.append(f"{epochs:.2f} epochs over the training data" + (" (repeated data)" if epochs > 1 else ""))
-    return ev
+          f"the eval − train gap grew {g(gap0)} → {g(gap1)} nats/token (training loss is measured with dropout "
+          "on; no seen-rows loss was recorded to confirm it)"]
+    return ev + _epochs_evidence(last, summary)
+
+
+def _epochs_evidence(last: dict, summary: TrainSummary | None) -> list[str]:
+    epochs = last.get("epochs", summary.epochs if summary is not None else None)
+    if epochs is None:
+        return []
+    return [f"{epochs:.2f} epochs over the training rows by then" + (" (repeated data)" if epochs > 1 else "")]
 
 
 def _plateau(train, evals, cfg) -> list[str] | None:

@@ -44,6 +44,10 @@ def make_plots(train: list[dict], evals: list[dict], out_dir: Path, run_name: st
         ax.plot(steps, [r["loss_mean"] for r in train], label="train loss (mean over log interval, dropout on)")
         if evals:
             ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss (token-level, macro)")
+            seen = [r for r in evals if "seen_loss" in r]
+            if seen:
+                ax.plot([r["step"] for r in seen], [r["seen_loss"] for r in seen], "s--",
+                        label="already-seen training rows (eval mode)")
         ax.set_title(f"Loss{who}"), ax.set_xlabel("optimizer step"), ax.set_ylabel("cross-entropy (nats/token)")
         ax.legend(), ax.grid(alpha=0.3)
         _tokens_axis(ax, tokens_per_step)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -33,7 +34,7 @@ from pico import checkpoint, codedeps, distributed, numerics, optim, train_metri
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.eval_windows import EvalWindows
-from pico.data.loader import RowLoader
+from pico.data.loader import GlobalRowOrder, RowLoader
 from pico.data.tokens_dir import TokensDir
 from pico.distributed import Dist
 from pico.errors import TrainingDiverged, TrainingFailed
@@ -77,6 +78,7 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, co
         "train_data": data_manifest["sha256"],
         "eval_data": eval_manifest["sha256"],
         "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
+        "eval_seen_rows": params.evaluation.seen_rows,
         "tokenizer": data_manifest["tokenizer_sha256"],
         "code": code,
         "restart_from": params.training.restart_from,
@@ -231,6 +233,10 @@ class Trainer:
         tokens.check_consistent()
         tokens.verify_train(self.dims.vocab_size)
         self.windows = EvalWindows(tokens)
+        # the first rows of the global order: a fixed sample every evaluation after they were trained on
+        # scores in eval mode, so a train/held-out gap is not confounded with dropout
+        n_seen = min(params.evaluation.seen_rows, len(self.rows))
+        self.seen_rows = np.sort(GlobalRowOrder(len(self.rows), self.t.seed, self.t.shuffle).indices(0, n_seen))
         self.code = codedeps.code_version("train")
         self.fingerprint = run_fingerprint(params, self.data_manifest, self.windows.manifest, self.code, d.world)
         self.batch_rows = self.t.effective_batch_rows(d.world)
@@ -421,13 +427,29 @@ class Trainer:
             with eager:
                 metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
                                          self.params.evaluation.max_windows_per_source, self.device)
-            s.history["eval"].append(train_metrics.eval_row(s.step, s.step * self.tokens_per_step, metrics))
+                seen = self.seen_loss() if len(self.seen_rows) and s.position >= len(self.seen_rows) else None
+            s.history["eval"].append(train_metrics.eval_row(s.step, s.step * self.tokens_per_step,
+                                                            s.position / len(self.rows), metrics, seen))
             tqdm.write(train_metrics.eval_line(s.step, metrics["macro"]))
             verdict = eval_verdict(s.history["eval"], es)
         is_best, stop = self.d.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)
         if es.enabled and is_best:
             self.save(checkpoint.BEST)
         return stop
+
+    @torch.no_grad()
+    def seen_loss(self) -> float:
+        """Mean token loss of the fixed sample of already-seen training rows, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        bs = self.params.evaluation.batch_size
+        for i in range(0, len(self.seen_rows), bs):
+            batch = torch.from_numpy(np.asarray(self.rows[self.seen_rows[i:i + bs]], dtype=np.int64)).to(self.device)
+            with self.autocast:
+                total += self.model(batch[:, :-1], batch[:, 1:]).double() * len(batch)
+        self.model.train(was_training)
+        return float(total) / len(self.seen_rows)
 
     def save(self, name: str | None = None) -> None:
         """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal; FSDP gathers them

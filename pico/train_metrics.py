@@ -140,13 +140,16 @@ def parse_summary(text: str, where: str) -> TrainSummary:
                          "rerun the train stage") from None
 
 
-def eval_row(step: int, tokens: int, metrics: dict) -> dict:
+def eval_row(step: int, tokens: int, epochs: float, metrics: dict, seen_loss: float | None) -> dict:
     """One eval_history.csv row from ``pico.evaluate.evaluate_model``'s result: the step, the
-    training tokens seen by then (runs with different batches compare per token), the figures.
-    (Wall-clock time is perf.csv's ``elapsed_s`` by step: here it would change DVC's hash.)"""
-    row = {"step": step, "tokens": tokens}
+    training tokens and epochs seen by then (runs with different batches compare per token), the
+    figures, and ``seen_loss``: the eval-mode loss of a fixed sample of already-seen training rows
+    (empty until all of them were trained on). (Wall-clock time is perf.csv's ``elapsed_s`` by
+    step: here it would change DVC's hash.)"""
+    row = {"step": step, "tokens": tokens, "epochs": round(epochs, 6)}
     for key in EVAL_MACRO_KEYS:
         row[key] = metrics["macro"][key]
+    row["seen_loss"] = seen_loss
     for name, m in metrics["sources"].items():
         row[f"token_perplexity/{name}"] = m["token_perplexity"]
         row[f"bits_per_byte/{name}"] = m["bits_per_byte"]

@@ -73,7 +73,7 @@ def test_overfitting():
                  summary(status="completed", epochs=3.2), final(5.2), params())
     assert d.verdict == "overfitting"
     assert "rose from its best 4 (step 400) to 5.2 (step 1000) over 3 evaluations" in d.evidence[0]
-    assert "3.20 epochs over the training data (repeated data)" in d.evidence[2]
+    assert "3.20 epochs over the training rows by then (repeated data)" in d.evidence[2]
     assert any("stop early" in r and "step 400" in r for r in d.recommendations)
     assert any("more data" in r for r in d.recommendations)
 
@@ -146,3 +146,31 @@ def test_golden_training_log():
     text = render(run, changes, "v1", None, ["loss.png"])
     golden = GOLDEN / "training_log_v2.md"
     assert text == golden.read_text(), f"report changed; if intended, regenerate {golden}"
+
+
+def _with_seen(evals, seen, epochs):
+    return [{**e, "seen_loss": x, "epochs": ep} for e, x, ep in zip(evals, seen, epochs)]
+
+
+def test_memorisation_with_seen_rows_is_overfitting():
+    """Held-out loss rises while the eval-mode loss of already-seen rows keeps falling: memorising."""
+    evals = _with_seen(eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]), [7.0, 4.9, 3.8, 3.0, 2.2, 1.5],
+                       [0.0, 0.8, 1.6, 2.4, 3.2, 4.0])
+    d = diagnose(train_rows(linspace(8.0, 2.0, 20)), evals, summary(status="completed", epochs=4.0), final(5.2), params())
+    assert d.verdict == "overfitting"
+    assert "while the loss on already-seen training rows (eval mode, no dropout) fell 3.8 → 1.5" in d.evidence[0]
+    assert "4.00 epochs over the training rows by then (repeated data)" in d.evidence[-1]
+
+
+def test_a_dropout_only_gap_is_not_overfitting():
+    """Training loss (dropout on) falls below a held-out loss that drifts up a little, but the same
+    model in eval mode scores seen rows no better than held-out ones: the gap is dropout, not memory.
+    Without the seen rows the old rule (train falling, gap growing) called this overfitting."""
+    held_out = [7.0, 5.0, 4.0, 4.1, 4.15, 4.2]
+    train = train_rows(linspace(8.0, 3.0, 20))
+    without = diagnose(train, eval_rows(held_out), summary(status="completed", epochs=0.5), final(4.2), params())
+    assert without.verdict == "overfitting"  # confounded
+    seen = [7.0, 5.0, 4.0, 4.1, 4.16, 4.2]
+    d = diagnose(train, _with_seen(eval_rows(held_out), seen, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+                 summary(status="completed", epochs=0.5), final(4.2), params())
+    assert d.verdict != "overfitting"

@@ -40,7 +40,7 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo):
 def test_a_clone_elsewhere_writes_the_same_hashes(dvc_repo, tmp_path):
     """Outputs depend on neither where the checkout lives nor when it ran: a clone at another path
     reruns every stage and writes the same dvc.lock and the same report (wall-clock facts live in
-    perf.csv, run_info.json and run_info.md, which DVC does not hash)."""
+    perf.csv, run_info.json, headline.json and run_info.md, which DVC does not hash)."""
     sh(dvc_repo, "git", "add", "-A")
     sh(dvc_repo, "git", "commit", "-qm", "first run")
     clone = tmp_path / "somewhere" / "else"
@@ -52,7 +52,9 @@ def test_a_clone_elsewhere_writes_the_same_hashes(dvc_repo, tmp_path):
     assert "Stage 'evaluate' didn't change" in out and "Stage 'report' didn't change" in out
     assert (clone / "dvc.lock").read_text() == (dvc_repo / "dvc.lock").read_text()
     changed = sh(clone, "git", "status", "--porcelain").stdout.split("\n")
-    assert sorted(line[3:] for line in changed if line) == ["metrics/perf.csv", "metrics/run_info.json"]
+    # wall-clock files only (headline.json: its wall_h)
+    assert sorted(line[3:] for line in changed if line) == ["metrics/headline.json", "metrics/perf.csv",
+                                                            "metrics/run_info.json"]
     info = json.loads((clone / "metrics/run_info.json").read_text())
     assert info["machine"]["numerics"] == "portable" and len(info["invocations"]) == 2  # the original + this
 
