@@ -256,6 +256,7 @@ class DiagnosisConfig(_Strict):
     divergence_factor: float = Field(1.5, gt=1.0)  # final train loss above its minimum x this
     plateau_fraction: float = Field(0.25, gt=0.0, le=1.0)  # the tail of training that is judged
     plateau_min_improvement: float = Field(0.01, ge=0.0)  # relative loss drop over that tail
+    plateau_lr_fraction: float = Field(0.25, ge=0.0, le=1.0)  # tail lr at most this x its peak: the schedule's flat
     spike_factor: float = Field(1.5, gt=1.0)  # a logged loss above this x the recent median
     grad_explosion_factor: float = Field(10.0, gt=1.0)  # interval max grad norm above this x the median
     pathology_ratio: float = Field(10.0, gt=1.0)  # pico per-seq mean / token perplexity above this

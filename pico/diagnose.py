@@ -113,6 +113,20 @@ def _epochs_evidence(last: dict, summary: TrainSummary | None) -> list[str]:
     return [f"{epochs:.2f} epochs over the training rows by then" + (" (repeated data)" if epochs > 1 else "")]
 
 
+def schedule_flattened(train: list[dict], tail: list[dict], cfg: Any) -> str | None:
+    """Why a flat tail is the lr schedule's doing, or None: over the tail the lr was at most
+    ``plateau_lr_fraction`` of its peak (a linear-to-zero or cosine decay ending), so small steps,
+    not a model that stopped learning, flattened the loss."""
+    peak = max((r.get("lr", 0.0) for r in train), default=0.0)
+    tail_lr = math.fsum(r.get("lr", 0.0) for r in tail) / len(tail)
+    if peak <= 0 or tail_lr > cfg.plateau_lr_fraction * peak:
+        return None
+    return (f"the training loss flattened while the lr schedule decayed (mean lr {g(tail_lr)} over steps "
+            f"{int(tail[0]['step'])}–{int(tail[-1]['step'])}, {tail_lr / peak * 100:.0f} % of its peak {g(peak)}): "
+            "a schedule effect, not a plateau of the model; raising training.max_steps continues the run with "
+            "the decay stretched")
+
+
 def _plateau(train, evals, cfg) -> list[str] | None:
     if len(train) < 8:
         return None
@@ -121,6 +135,8 @@ def _plateau(train, evals, cfg) -> list[str] | None:
     rel = (first - last) / abs(first) if first else 0.0
     if rel >= cfg.plateau_min_improvement:
         return None
+    if schedule_flattened(train, tail, cfg):
+        return None  # the lr had decayed: the schedule flattened the curve, not the model (diagnose says so)
     ev = [f"training loss moved {g(first)} → {g(last)} ({-rel * 100:+.2f} %) over the last "
           f"{cfg.plateau_fraction * 100:.0f} % of training (steps {int(tail[0]['step'])}–{int(tail[-1]['step'])})"]
     tail_evals = [e for e in evals if e["step"] >= tail[0]["step"]]
@@ -215,6 +231,9 @@ def diagnose(train: list[dict], evals: list[dict], summary: TrainSummary | None,
         evidence = []
         if train:
             evidence.append(f"training loss fell {g(train[0]['loss_mean'])} → {g(train[-1]['loss_mean'])}")
+            flat = len(train) >= 8 and schedule_flattened(train, train[int(len(train) * (1 - cfg.plateau_fraction)):], cfg)
+            if flat:
+                evidence.append(flat)
         if evals:
             best = min(evals, key=lambda e: e["loss"])
             evidence.append(f"token-level eval loss {g(evals[0]['loss'])} → {g(evals[-1]['loss'])} "

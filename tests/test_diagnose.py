@@ -96,6 +96,20 @@ def test_plateau():
     assert d.verdict == "plateau"
 
 
+def test_a_flat_tail_under_a_decayed_lr_is_the_schedule_not_a_plateau():
+    """The scaled v1 run of the training log: linear decay to zero, the loss flattens, eval still
+    falls a little — the schedule's doing, not a plateau of the model (a constant lr would be one)."""
+    losses = linspace(8.0, 4.0, 12) + [4.0, 3.99, 4.01, 3.99, 3.98] + [3.98] * 3
+    decayed = train_rows(losses)
+    for i, row in enumerate(decayed):
+        row["lr"] = 1e-4 * (1 - i / len(decayed))  # linear to zero: ~20 % of the peak over the last quarter
+    evals = eval_rows([7.0, 4.5, 4.2, 4.2, 4.19, 4.19])
+    d = diagnose(decayed, evals, summary(status="completed"), final(4.19), params())
+    assert d.verdict == "healthy"
+    assert any("a schedule effect, not a plateau of the model" in e and "% of its peak" in e for e in d.evidence)
+    assert diagnose(train_rows(losses), evals, summary(status="completed"), final(4.19), params()).verdict == "plateau"
+
+
 def test_spikes_and_gradient_explosions_are_counted():
     rows = train_rows(linspace(8.0, 4.0, 20))
     rows[12]["loss"] = 12.0
