@@ -127,14 +127,23 @@ def schedule_flattened(train: list[dict], tail: list[dict], cfg: Any) -> str | N
             "the decay stretched")
 
 
-def _plateau(train, evals, cfg) -> list[str] | None:
+def _flat_tail(train: list[dict], cfg: Any) -> list[dict] | None:
+    """The last ``plateau_fraction`` of the log when the training loss improved less than
+    ``plateau_min_improvement`` over it, else None."""
     if len(train) < 8:
         return None
     tail = train[int(len(train) * (1 - cfg.plateau_fraction)):]
     first, last = tail[0]["loss_mean"], tail[-1]["loss_mean"]
     rel = (first - last) / abs(first) if first else 0.0
-    if rel >= cfg.plateau_min_improvement:
+    return tail if rel < cfg.plateau_min_improvement else None
+
+
+def _plateau(train, evals, cfg) -> list[str] | None:
+    tail = _flat_tail(train, cfg)
+    if tail is None:
         return None
+    first, last = tail[0]["loss_mean"], tail[-1]["loss_mean"]
+    rel = (first - last) / abs(first) if first else 0.0
     if schedule_flattened(train, tail, cfg):
         return None  # the lr had decayed: the schedule flattened the curve, not the model (diagnose says so)
     ev = [f"training loss moved {g(first)} → {g(last)} ({-rel * 100:+.2f} %) over the last "
@@ -231,7 +240,8 @@ def diagnose(train: list[dict], evals: list[dict], summary: TrainSummary | None,
         evidence = []
         if train:
             evidence.append(f"training loss fell {g(train[0]['loss_mean'])} → {g(train[-1]['loss_mean'])}")
-            flat = len(train) >= 8 and schedule_flattened(train, train[int(len(train) * (1 - cfg.plateau_fraction)):], cfg)
+            tail = _flat_tail(train, cfg)
+            flat = tail is not None and schedule_flattened(train, tail, cfg)
             if flat:
                 evidence.append(flat)
         if evals:
