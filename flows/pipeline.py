@@ -277,17 +277,22 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
 
         moved = move_aside(root / params.training.checkpoint_dir, "fresh-start")
         logger.info("fresh start requested: moved the checkpoints of %s to %s", params.training.checkpoint_dir, moved)
-    asked = (root / "params.yaml").read_bytes()  # what the person asked for; recovery edits are undone
+    path = root / "params.yaml"
+    asked = path.read_bytes()  # what the person asked for; recovery edits are undone
+    recovery: dict[str, bytes] = {}  # what recovery last wrote into params.yaml
     try:
-        return _pipeline(root, params, experiment, bool(overrides), retries, retry_delay_seconds, logger)
+        return _pipeline(root, params, experiment, bool(overrides), retries, retry_delay_seconds, logger, recovery)
     finally:
-        if (root / "params.yaml").read_bytes() != asked:
-            (root / "params.yaml").write_bytes(asked)
-            logger.info("params.yaml restored: the recovery's restart point and lr live in its DVC experiment")
+        if "wrote" in recovery:
+            if path.read_bytes() == recovery["wrote"]:
+                path.write_bytes(asked)
+                logger.info("params.yaml restored: the recovery's restart point and lr live in its DVC experiment")
+            else:  # someone edited it during the run: theirs wins
+                logger.warning("params.yaml was edited during the run; left as it is (not restored)")
 
 
 def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bool, retries: int,
-              retry_delay_seconds: float, logger: Any) -> dict[str, str]:
+              retry_delay_seconds: float, logger: Any, recovery: dict[str, bytes]) -> dict[str, str]:
     delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
     stages = dvc_stages(root)
     outcome: dict[str, str] = {}
@@ -312,6 +317,7 @@ def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bo
                            div.summary.reason, attempt, rec.max_attempts, restart, new_lr)
             # written into params.yaml for DVC to run and `dvc exp save` to keep with the experiment, then undone
             params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
+            recovery["wrote"] = (root / "params.yaml").read_bytes()
             experiment = f"{base_name}-recovery-{attempt}"
             pending = stages[stages.index(TRAIN_STAGE):]
     summary = train_summary(root, params)
