@@ -18,7 +18,8 @@ to ``<checkpoint_dir>.quarantine/`` (never deleting it) and saying which and why
 ``restore`` decides where a run starts: the newest checkpoint of the *same* run (same
 fingerprint), or ``training.restart_from``, or step 0. Checkpoints of another run are never
 resumed and never deleted: they are moved aside to ``<checkpoint_dir>.superseded/<fingerprint>/``.
-Only folders this module names (``step_*``, ``best``, ``.tmp-*``) are ever moved or removed.
+Only folders this module names (``step_*``, ``best``, ``learning_dynamics``, ``.tmp-*``) are ever
+moved, and only ``.tmp-*`` and pruned ``step_*`` removed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pico.fsutil import fsync_path, replace_dir
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 WEIGHTS, TRAINER, STATE = "model.safetensors", "trainer.pt", "state.json"
 BEST = "best"  # the best-evaluating checkpoint of a run with early stopping; never pruned
+LEARNING_DYNAMICS = "learning_dynamics"  # pico.dynamics' captures of the run; never pruned, moved aside with it
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -229,7 +231,7 @@ def move_aside(root: Path, fingerprint: str | None) -> Path:
         dest = dest.with_name(f"{dest.name}-{n}")
     dest.mkdir(parents=True)
     for p in sorted(root.iterdir()):
-        if p.is_dir() and (STEP_DIR.match(p.name) or p.name == BEST):
+        if p.is_dir() and (STEP_DIR.match(p.name) or p.name in (BEST, LEARNING_DYNAMICS)):
             os.replace(p, dest / p.name)
     fsync_path(root)
     return dest

@@ -83,7 +83,42 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--device", help="project from a stored figure for this device (h100, h200, a100, l4) instead")
     ck = sub.add_parser("checkpoints", help="list the run's checkpoints and the runs moved aside; remove one of those")
     ck.add_argument("--remove", metavar="NAME", help="delete a set-aside or quarantined folder (as listed)")
+    ea = sub.add_parser("export-analysis", help="lay a run's learning dynamics out for pico-analyze "
+                                               "(OUT/checkpoints/step_<N>/learning_dynamics, OUT/training_config.yaml)")
+    ea.add_argument("out_dir", help="a new folder (or an earlier export), used as pico-analyze's --run_path")
+    ea.add_argument("--checkpoint-dir", help="the run's checkpoint folder (default: training.checkpoint_dir; "
+                                             "a set-aside run: checkpoints.superseded/<fingerprint>)")
+    imp = sub.add_parser("import-pico", help="a pico-train run folder or Hugging Face checkpoint as a checkpoint of "
+                                             "this pipeline, for `pico evaluate` and the report")
+    imp.add_argument("source", help="pico-train's runs/<run>/checkpoints/step_<N> (or latest), or an HF "
+                                    "checkpoint folder (config.json + model.safetensors / pytorch_model.bin)")
+    imp.add_argument("--out", help="checkpoint folder to write into (default: training.checkpoint_dir)")
     args = parser.parse_args(argv)
+
+    if args.stage == "export-analysis":
+        from pico.dynamics import export_analysis
+
+        try:
+            root = args.checkpoint_dir or load_params(args.params).training.checkpoint_dir
+            out, steps = export_analysis(root, args.out_dir)
+        except (ConfigError, OSError, ValueError) as err:
+            print(f"error in export-analysis: {describe(err)}", file=sys.stderr)
+            return 1
+        print(f"exported learning dynamics of steps {', '.join(map(str, steps))} -> {out} "
+              f"(pico-analyze: analyze --config_path CONFIG --run_path {out})")
+        return 0
+    if args.stage == "import-pico":
+        from pico.import_pico import import_pico
+
+        try:
+            params = load_params(args.params)
+            path = import_pico(args.source, args.out or params.training.checkpoint_dir, params)
+        except (ConfigError, OSError, ValueError, KeyError) as err:
+            print(f"error in import-pico: {describe(err)}", file=sys.stderr)
+            return 1
+        print(f"imported {args.source} -> {path}; `pico evaluate` scores it on data.tokens_dir "
+              "(which must be tokenized with the model's tokenizer)")
+        return 0
 
     if args.stage == "plan":
         try:

@@ -117,6 +117,10 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_std: float = Field(0.02, gt=0.0)
+    # how the weights start: normal = N(0, init_std), residual projections scaled by 1/sqrt(2 n_layers);
+    # pico = pico-train's PyTorch module defaults (Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))), whose
+    # first loss sits far above ln(vocab) (the training log's 10.98)
+    init: Literal["normal", "pico"] = "normal"
 
     @property
     def dim(self) -> int:
@@ -146,6 +150,9 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(20, ge=0)
     schedule: Literal["linear", "cosine", "constant"] = "cosine"  # pico-train: linear to 0
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    # warmup's first step: (step + 1) / warmup_steps, or pico-train's step / warmup_steps ("pico"),
+    # whose first optimizer step runs at lr 0
+    warmup_start: Literal["first_step", "pico"] = "first_step"
 
     @field_validator("betas")
     @classmethod
@@ -228,6 +235,18 @@ class EarlyStopConfig(_Strict):
     spike_warmup_steps: int = Field(20, ge=0)  # no spike test before this step
 
 
+class LearningDynamicsConfig(_Strict):
+    """Activations, weights and gradients of chosen layers at chosen steps, in the files pico-analyze
+    reads (pico/dynamics.py; `pico export-analysis OUT` lays them out for it). Off by default."""
+
+    enabled: bool = False
+    every: int | None = Field(None, ge=1)  # steps between captures (and step 0, the last); null = checkpoint_every
+    # modules whose name contains one of these are hooked (pico-train's defaults)
+    layer_suffixes: list[str] = Field(["attention.v_proj", "attention.o_proj", "swiglu.w_2"], min_length=1)
+    val_windows: int | None = Field(64, ge=1)  # evaluation windows of the val split, over all sources; null = all
+    batch_size: int = Field(8, ge=1)  # sub-batch rows: gradients are the sum of sub-batch mean-loss gradients
+
+
 class RecoveryConfig(_Strict):
     """What the Prefect flow does with a diverged run: restart from the last good checkpoint
     with the learning rate scaled by lr_factor, at most max_attempts times."""
@@ -280,6 +299,7 @@ class Params(_Strict):
     optim: OptimConfig = OptimConfig()
     training: TrainingConfig = TrainingConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    learning_dynamics: LearningDynamicsConfig = LearningDynamicsConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     report: ReportConfig = ReportConfig()

@@ -173,12 +173,26 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
     return latest, kind, status
 
 
+def check_tokenizer(ckpt: Path, state: dict[str, Any], windows: EvalWindows, tokens_dir: str) -> None:
+    """Scores mean something only on data tokenized with the model's own tokenizer."""
+    want, have = state.get("tokenizer_sha256"), windows.manifest.get("tokenizer_sha256")
+    if want and have and want != have:
+        raise ValueError(f"{ckpt} was trained with tokenizer {want[:12]} but {tokens_dir} is tokenized with "
+                         f"{have[:12]}; tokenize the evaluation data with the model's tokenizer (tokenizer.source)")
+    vocab = state["model_dims"]["vocab_size"]
+    top = int(windows.tokens.max()) if len(windows.tokens) else 0
+    if top >= vocab:
+        raise ValueError(f"{tokens_dir} holds token id {top}, beyond the vocabulary of {ckpt} ({vocab}); "
+                         "tokenize the evaluation data with the model's tokenizer")
+
+
 def run(params: Params) -> dict[str, Any]:
     ckpt, kind, train_status = pick_checkpoint(params)
     state = checkpoint.verify(ckpt)  # a damaged file is named, not scored
     model = PicoDecoder(ModelDims(**state["model_dims"]))  # the checkpoint says what it holds
     checkpoint.load_weights(ckpt, model)
     windows = EvalWindows(params.data.tokens_dir)
+    check_tokenizer(ckpt, state, windows, params.data.tokens_dir)
     print(f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
     result = {"step": state["step"], "checkpoint": str(ckpt), "checkpoint_kind": kind, "train_status": train_status,

@@ -6,7 +6,8 @@ grouped-query attention through ``F.scaled_dot_product_attention``.
 
 Differences from pico-train, on purpose: optional residual/MLP dropout and attention dropout
 (the training log's v2 run), and N(0, init_std) initialisation of embeddings and linears instead
-of PyTorch's defaults (pico's N(0,1) embedding starts the loss far above ln(vocab)).
+of PyTorch's defaults (pico's N(0,1) embedding starts the loss far above ln(vocab)); ``init:
+"pico"`` restores pico-train's initialisation (the modules' own defaults, drawn in the same order).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ModelDims:
     dropout: float = 0.0
     attention_dropout: float = 0.0
     init_std: float = 0.02
+    init: Literal["normal", "pico"] = "normal"
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, tokenizer_vocab: int) -> "ModelDims":
@@ -47,7 +49,7 @@ class ModelDims:
             vocab_size=vocab, d_model=cfg.dim, hidden_dim=cfg.hidden, n_layers=cfg.n_layers,
             n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, max_seq_len=cfg.max_seq_len,
             norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout, init_std=cfg.init_std,
+            attention_dropout=cfg.attention_dropout, init_std=cfg.init_std, init=cfg.init,
         )
 
     @property
@@ -146,9 +148,19 @@ class PicoDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.loss_kernel: Literal["torch", "liger"] = "torch"  # how the loss is computed, not what (pico.loss)
-        self.reset_parameters()
+        if dims.init != "pico":  # pico: the modules drew their defaults above, in pico-train's order
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.dims.init == "pico":
+            # pico-train keeps PyTorch's defaults, drawn at construction in this same order
+            # (embedding, then per block q, k, v, o, w_0, w_1, w_2, then the head)
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    m.reset_parameters()
+                elif isinstance(m, RMSNorm):
+                    nn.init.ones_(m.weight)
+            return
         std = self.dims.init_std
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):

@@ -1,6 +1,7 @@
 """AdamW, parameter groups and the learning-rate schedule, built from ``optim.*``.
 
-Warmup is ``(step + 1) / warmup`` (pico's ``step / warmup`` runs its first step at lr 0), then
+Warmup is ``(step + 1) / warmup`` (``optim.warmup_start: pico`` gives pico-train's ``step / warmup``,
+whose first step runs at lr 0), then
 ``optim.schedule``: linear to ``min_lr_ratio`` (pico decays to 0), cosine, or constant. Weight
 decay applies to matrices and embeddings, not to RMSNorm gains (pico decays everything).
 """
@@ -20,7 +21,7 @@ def base_factor(params: Params, total: int, step: int) -> float:
     o = params.optim
     warmup, floor = o.warmup_steps, o.min_lr_ratio
     if step < warmup:
-        return (step + 1) / warmup  # pico uses step/warmup, whose first step runs at lr 0
+        return (step + (o.warmup_start != "pico")) / warmup  # pico-train: step/warmup, first step at lr 0
     if o.schedule == "constant" or total <= warmup:
         return 1.0
     progress = min(1.0, (step - warmup) / (total - warmup))
@@ -47,7 +48,7 @@ def continued_segment(params: Params, lineage: list[dict[str, Any]], step: int, 
 
 
 def lr_lambda(params: Params, lineage: list[dict[str, Any]] | None = None):
-    """Multiplier of optim.lr after ``step`` optimizer steps; step 0 is already > 0. ``lineage``:
+    """Multiplier of optim.lr after ``step`` optimizer steps (step 0 is > 0 unless warmup_start is pico). ``lineage``:
     the run's plan segments (``continued_segment``), oldest first; none = one plan of max_steps."""
     segments = lineage or [{"step": 0, "max_steps": params.training.max_steps, "kind": "retarget"}]
     floor, schedule = params.optim.min_lr_ratio, params.optim.schedule

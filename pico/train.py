@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint, codedeps, distributed, numerics, optim, train_metrics
+from pico import checkpoint, codedeps, distributed, dynamics, numerics, optim, train_metrics
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.eval_windows import EvalWindows
@@ -90,12 +90,14 @@ def run_plan(params: Params) -> dict[str, Any]:
     """The params that extend or watch a run without changing its trajectory so far, flat."""
     t = params.training.model_dump()
     return {**{f"training.{k}": t[k] for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()}}
+            **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()},
+            **{f"learning_dynamics.{k}": v for k, v in params.learning_dynamics.model_dump(mode="json").items()}}
 
 
 def _plan_of_config(config: dict[str, Any]) -> dict[str, Any]:
     return {**{f"training.{k}": config["training"].get(k) for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()}}
+            **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()},
+            **{f"learning_dynamics.{k}": v for k, v in config.get("learning_dynamics", {}).items()}}
 
 
 def continue_plan(params: Params, state: dict[str, Any]) -> str | None:
@@ -255,6 +257,7 @@ class Trainer:
                                 lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}])
         self.metrics = train_metrics.Writer(self.t.metrics_dir) if d.is_main else None
         self._build_model()
+        self.dynamics = self._dynamics_capture()
         self.faults = Faults(fresh_run=self.restored is None)
         self.supervisor = ParentWatch() if d.is_main else None  # the dvc that started us, if any
 
@@ -303,6 +306,24 @@ class Trainer:
             self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
         self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
 
+    def _dynamics_capture(self) -> dynamics.Capture | None:
+        if not self.params.learning_dynamics.enabled:
+            return None
+        if self.d.world > 1:  # a replica's backward outside DDP's wrapper would stall its gradient sync
+            raise ValueError("learning_dynamics.enabled needs a one-process run (training.nproc 1); "
+                             f"this run has {self.d.world} processes")
+        dynamics.hooked_modules(self.model, self.params.learning_dynamics.layer_suffixes)  # fail now, not at step 1000
+        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader.order, self.batch_rows,
+                                self.t.micro_batch_size, self.device, self.autocast)
+
+    def capture_dynamics(self) -> None:
+        """pico-analyze's activations, weights and gradients at this step (pico.dynamics)."""
+        started = time.perf_counter()
+        eager = torch.compiler.set_stance("force_eager") if self.t.compile else contextlib.nullcontext()
+        with eager:
+            folder = self.dynamics(self.model, self.state.step, self.state.position)
+        tqdm.write(f"learning dynamics at step {self.state.step}: {folder} ({time.perf_counter() - started:.2f} s)")
+
     @staticmethod
     def fused_optimizer(device: torch.device) -> bool:
         """Fused AdamW on GPUs; on CPUs the foreach implementation, whose results the committed runs hold."""
@@ -320,6 +341,8 @@ class Trainer:
             train_metrics.write(t.metrics_dir, s.history, self.summary(), self.wall_s())
         if s.step == 0 and t.eval_at_start:
             self.evaluate()
+        if s.step == 0 and self.dynamics:
+            self.capture_dynamics()
         self.model.train()
         bar = tqdm(total=t.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress,
                    mininterval=2)
@@ -363,6 +386,8 @@ class Trainer:
             if (log_due or stop) and self.d.is_main:
                 # `pico report` mid-run reads "in progress at step k", `dvc exp show` this run's headline
                 self.metrics.submit(s.history, self.summary(), self.wall_s())
+            if self.dynamics and (self.dynamics.due(s.step) or stop):
+                self.capture_dynamics()  # before the checkpoint: a saved step has its capture
             if save_due or stop:
                 self.save()
             self.faults.after_step(s.step)
@@ -501,6 +526,10 @@ class Trainer:
         identical = None if self.fsdp else d.all_equal(distributed.weights_digest(self.model))  # FSDP: shards
         summary = self.summary(identical)
         if d.is_main:
+            if self.dynamics and self.dynamics.seconds:
+                print(f"learning dynamics: {self.dynamics.seconds:.1f} s of this invocation's "
+                      f"{time.perf_counter() - self.invocation['clock']:.1f} s, in "
+                      f"{dynamics.store(self.t.checkpoint_dir)} (`pico export-analysis OUT` for pico-analyze)")
             self.supervisor.close()
             self.metrics.close()
             self.record_invocation(ended=True)

@@ -1,0 +1,161 @@
+"""Learning dynamics: the files pico-analyze reads, their shapes, their values, and a run that
+trains the same bits with capture on."""
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pico import checkpoint, dynamics, train
+from pico.config import parse_params
+from pico.data.eval_windows import EvalWindows
+from pico.model import PicoDecoder, ModelDims
+
+
+def feature_space_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """pico-analyze's CKA (lib/cka.py, Kornblith et al. 2019): centred features, linear kernel."""
+    x, y = x - x.mean(0, keepdims=True), y - y.mean(0, keepdims=True)
+    dot = np.linalg.norm(x.T @ y) ** 2
+    return float(dot / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def condition_number(w: torch.Tensor) -> float:
+    """pico-analyze's condition number: largest over smallest singular value."""
+    s = torch.linalg.svdvals(w)
+    return float(s.max() / s.min())
+
+
+def load_like_pico_analyze(run_path: Path, step: int, split: str) -> dict:
+    """pico-analyze's local loader (src/utils/data.py): fixed folder names, no zero padding."""
+    folder = run_path / "checkpoints" / f"step_{step}" / "learning_dynamics"
+    return {kind: torch.load(folder / f"{split}_{kind}.pt", weights_only=True)
+            for kind in dynamics.KINDS if (folder / f"{split}_{kind}.pt").exists()}
+
+
+@pytest.fixture
+def captured(params_dict, prepared, tmp_path):
+    p = copy.deepcopy(params_dict)
+    p["learning_dynamics"] = {"enabled": True, "val_windows": 10}
+    p["training"]["keep_checkpoints"] = 10
+    params = parse_params(p)
+    summary = train.run(params, progress=False)
+    assert summary.status == "completed"
+    return params
+
+
+def test_captures_load_with_the_shapes_pico_analyze_expects(captured, tmp_path):
+    root = Path(captured.training.checkpoint_dir)
+    assert dynamics.captured_steps(root) == [0, 4, 8, 12]  # step 0, every checkpoint, the last
+    d, layers = captured.model.d_model, captured.model.n_layers
+    head = d // captured.model.n_heads
+    out_features = {"attention.v_proj": captured.model.n_kv_heads * head, "attention.o_proj": d, "swiglu.w_2": d}
+    in_features = {"attention.v_proj": d, "attention.o_proj": d, "swiglu.w_2": captured.model.hidden_dim}
+    expected_keys = {f"layers.{i}.{s}" for i in range(layers) for s in out_features}
+    for step in (0, 4, 8, 12):
+        folder = dynamics.step_folder(root, step)
+        splits = ("train", "val") if step < 12 else ("val",)  # after the last step: no next batch (as pico-train)
+        assert sorted(f.name for f in folder.glob("*.pt")) == sorted(f"{s}_{k}.pt" for s in splits for k in dynamics.KINDS)
+        for split in splits:
+            rows = 8 if split == "train" else 10
+            for kind in dynamics.KINDS:
+                data = torch.load(folder / f"{split}_{kind}.pt", weights_only=True)
+                assert type(data) is dict and set(data) == expected_keys
+                for name, t in data.items():
+                    suffix = name.split(".", 2)[2]
+                    assert t.dtype == torch.float32 and t.device.type == "cpu"
+                    want = (rows, out_features[suffix]) if kind == "activations" else (out_features[suffix], in_features[suffix])
+                    assert tuple(t.shape) == want, (step, split, kind, name)
+            acts = torch.load(folder / f"{split}_activations.pt", weights_only=True)
+            assert os.path.commonprefix(list(acts)) == "layers."  # how pico-analyze finds the layer prefix
+
+
+def test_capture_is_the_checkpoint_and_the_next_batch(captured, tmp_path):
+    """Weights are the step's checkpoint; train activations are that model on the next step's rows, at
+    the last input position; gradients are pico-train's sum of sub-batch mean-loss gradients."""
+    root = Path(captured.training.checkpoint_dir)
+    ckpt = checkpoint.step_dir(root, 4)
+    state = checkpoint.read_state(ckpt)
+    model = PicoDecoder(ModelDims(**state["model_dims"]))
+    checkpoint.load_weights(ckpt, model)
+    folder = dynamics.step_folder(root, 4)
+    weights = torch.load(folder / "train_weights.pt", weights_only=True)
+    assert torch.equal(weights["layers.1.swiglu.w_2"], model.layers[1].swiglu.w_2.weight)
+    rows_used = yaml.safe_load((folder / dynamics.ROWS_FILE).read_text())["train"]
+    # the trainer's order: the rows step 5 trains on (after 4 steps of 8 rows), micro-batch by micro-batch
+    rows, _ = train.TokensDir(captured.data.tokens_dir).open_rows(32)
+    order = train.GlobalRowOrder(len(rows), captured.training.seed, True)
+    assert rows_used == np.concatenate([np.sort(order.indices(32 + j * 4, 4)) for j in range(2)]).tolist()
+
+    batch = torch.from_numpy(np.asarray(rows[rows_used], dtype=np.int64))
+    got = {}
+    h = model.layers[0].attention.v_proj.register_forward_hook(lambda m, i, o: got.update(v=o[:, -1, :]))
+    model.eval()
+    model(batch[:, :-1], batch[:, 1:]).backward()  # learning_dynamics.batch_size 8: one sub-batch
+    h.remove()
+    acts = torch.load(folder / "train_activations.pt", weights_only=True)
+    grads = torch.load(folder / "train_gradients.pt", weights_only=True)
+    torch.testing.assert_close(acts["layers.0.attention.v_proj"], got["v"].detach())
+    torch.testing.assert_close(grads["layers.0.attention.o_proj"], model.layers[0].attention.o_proj.weight.grad)
+
+
+def test_capture_does_not_change_the_run(params_dict, captured, tmp_path):
+    """A run with capture on trains exactly the same bits as one without."""
+    p = copy.deepcopy(params_dict)
+    p["training"]["keep_checkpoints"] = 10
+    p["training"]["checkpoint_dir"] = str(tmp_path / "plain_checkpoints")
+    p["training"]["metrics_dir"] = str(tmp_path / "plain_metrics")
+    train.run(parse_params(p), progress=False)
+    a = checkpoint.step_dir(Path(captured.training.checkpoint_dir), 12) / checkpoint.WEIGHTS
+    b = checkpoint.step_dir(tmp_path / "plain_checkpoints", 12) / checkpoint.WEIGHTS
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (tmp_path / "metrics/train.csv").read_text() == (tmp_path / "plain_metrics/train.csv").read_text()
+
+
+def test_export_is_a_pico_analyze_run_and_its_metrics_compute(captured, tmp_path):
+    out, steps = dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
+    assert steps == [0, 4, 8, 12]
+    config = yaml.safe_load((out / "training_config.yaml").read_text())
+    assert config["model"]["d_model"] == 24 and config["model"]["attention_n_heads"] == 12
+    assert config["model"]["attention_n_kv_heads"] == 4 and config["checkpointing"]["run_name"] == "test run"
+    early, late = load_like_pico_analyze(out, 4, "val"), load_like_pico_analyze(out, 8, "val")
+    assert set(early) == set(dynamics.KINDS)
+    prefix = os.path.commonprefix(list(early["activations"]))
+    for i in range(captured.model.n_layers):
+        key = f"{prefix}{i}.swiglu.w_2"
+        cka_same = feature_space_linear_cka(early["activations"][key].numpy(), early["activations"][key].numpy())
+        cka = feature_space_linear_cka(early["activations"][key].numpy(), late["activations"][key].numpy())
+        assert cka_same == pytest.approx(1.0, abs=1e-5) and 0.0 < cka < 1.0
+        kappa = condition_number(early["weights"][f"{prefix}{i}.attention.o_proj"])
+        assert np.isfinite(kappa) and kappa > 1.0
+    # the final step holds val only, and step 0 the initial weights
+    assert set(load_like_pico_analyze(out, 12, "train")) == set()
+    assert not torch.equal(load_like_pico_analyze(out, 0, "val")["weights"][f"{prefix}0.swiglu.w_2"],
+                           early["weights"][f"{prefix}0.swiglu.w_2"])
+    # exporting again refreshes the links; a folder holding anything else is refused
+    dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds other files"):
+        dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "other")
+
+
+def test_val_subset_spreads_over_sources(prepared):
+    windows = EvalWindows(prepared.data.tokens_dir)
+    ids = dynamics.val_subset(windows, 6)
+    assert len(ids) == 6 and list(ids) == sorted(ids)
+    assert len(set(windows.table["source"][ids].tolist())) == len(windows.sources)
+    assert len(dynamics.val_subset(windows, None)) == len(windows)
+
+
+def test_unknown_layer_suffix_fails_before_training(params_dict, prepared):
+    p = copy.deepcopy(params_dict)
+    p["learning_dynamics"] = {"enabled": True, "layer_suffixes": ["mlp.c_fc"]}
+    with pytest.raises(ValueError, match="match no layer"):
+        train.run(parse_params(p), progress=False)
