@@ -265,6 +265,7 @@ class EvaluationConfig(_Strict):
     # auto: the best checkpoint when training stopped early, else the newest
     checkpoint: Literal["auto", "latest", "best"] = "auto"
     out: str = "metrics/eval.json"
+    domains_out: str = "metrics/eval_domains.csv"  # every source and Paloma domain, one row each (a stable table)
 
 
 class DiagnosisConfig(_Strict):

@@ -26,7 +26,7 @@ from pico import checkpoint
 from pico.config import Params
 from pico.data.eval_windows import EvalWindows
 from pico.data.tokens_dir import TokensDir
-from pico.fsutil import atomic_write_json
+from pico.fsutil import atomic_write_json, atomic_write_text
 from pico.model import ModelDims, PicoDecoder
 from pico.train_metrics import read_summary
 
@@ -186,6 +186,37 @@ def check_tokenizer(ckpt: Path, state: dict[str, Any], windows: EvalWindows, tok
                          "tokenize the evaluation data with the model's tokenizer")
 
 
+DOMAIN_COLUMNS = ("level", "source", "domain", "windows", "tokens", "bytes", "loss", "token_perplexity",
+                  "bits_per_byte", "pico_mean_seq_perplexity")
+
+
+def write_domain_table(path: Path, metrics: dict[str, Any]) -> Path:
+    """Every Paloma domain (subdomain) and source, then both macros, as one CSV with fixed columns,
+    sorted by source and domain, numbers to 6 significant digits: a table to diff and paste."""
+    def fmt(v: Any) -> str:
+        return format(v, ".6g") if isinstance(v, float) else str(v)
+
+    rows = []
+    for name, m in sorted(metrics["sources"].items()):
+        rows.append({"level": "source", "source": name, "domain": "", **m})
+    for name, m in sorted(metrics["subdomains"].items()):
+        source, _, domain = name.partition("/")
+        rows.append({"level": "domain", "source": source, "domain": domain, **m})
+    rows.sort(key=lambda r: (r["source"], r["level"] == "domain", r["domain"]))
+    rows.append({"level": "macro_sources", "source": "", "domain": "", **metrics["macro"]})
+    if metrics.get("macro_domains", {}).get("domains"):
+        rows.append({"level": "macro_domains", "source": "", "domain": "", **metrics["macro_domains"]})
+    lines = [",".join(DOMAIN_COLUMNS)]
+    for r in rows:
+        lines.append(",".join(_csv_cell(fmt(r.get(c, ""))) for c in DOMAIN_COLUMNS))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _csv_cell(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
+
+
 def run(params: Params) -> dict[str, Any]:
     ckpt, kind, train_status = pick_checkpoint(params)
     state = checkpoint.verify(ckpt)  # a damaged file is named, not scored
@@ -199,6 +230,7 @@ def run(params: Params) -> dict[str, Any]:
               "fingerprint": state["fingerprint"], "code_version": state.get("code_version"), **metrics,
               "contamination": TokensDir(params.data.tokens_dir).contamination()}
     atomic_write_json(Path(params.evaluation.out), json_safe(result))
+    write_domain_table(Path(params.evaluation.domains_out), metrics)
     for name, m in metrics["sources"].items():
         print(f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "
               f"pico per-seq mean ppl {m['pico_mean_seq_perplexity']:.4g} ({m['seq_mean_over_token_ratio']:.3g}x)")

@@ -74,7 +74,8 @@ def tiny_params(root: Path, corpus: dict[str, str] | None = None) -> dict:
                      "eval_every": 6, "checkpoint_every": 4, "keep_checkpoints": 2,
                      "checkpoint_dir": str(root / "checkpoints"), "metrics_dir": str(root / "metrics"),
                      "num_threads": 1},
-        "evaluation": {"batch_size": 8, "out": str(root / "metrics/eval.json")},
+        "evaluation": {"batch_size": 8, "out": str(root / "metrics/eval.json"),
+                       "domains_out": str(root / "metrics/eval_domains.csv")},
         "report": {"out_dir": str(root / "reports"), "run_name": "test run"},
     }
 

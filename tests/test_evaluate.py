@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pico.data.eval_windows import WINDOW_DTYPE
-from pico.evaluate import aggregate, evaluate_model, json_safe, summarize
+from pico.evaluate import DOMAIN_COLUMNS, aggregate, evaluate_model, json_safe, summarize, write_domain_table
 
 
 def table(lengths, sources, bytes_, subdomains=None):
@@ -57,6 +57,22 @@ def test_aggregate_per_source_subdomain_and_macro():
     assert dom["token_perplexity"] == pytest.approx((math.e + math.e + math.exp(0.5)) / 3)
     assert dom["bits_per_byte"] == pytest.approx((2 / 4 + 4 / 8 + 1 / 2) / math.log(2) / 3)
     assert dom["token_perplexity"] != pytest.approx(out["macro"]["token_perplexity"])  # a has two domains
+
+
+def test_domain_table_is_stable_and_complete(tmp_path):
+    t = table([3, 5, 3], [0, 0, 1], [4, 8, 2], subdomains=[0, 1, 2])
+    out = aggregate(np.array([2.0, 4.0, 1.0]), t, ["a", "b,c"], ["a/y", "a/x", "b,c/z"])
+    text = write_domain_table(tmp_path / "d.csv", out).read_text()
+    lines = text.splitlines()
+    assert lines[0] == ",".join(DOMAIN_COLUMNS)
+    keys = [tuple(line.split(",")[:3]) for line in lines[1:]]
+    # sorted by source, each source's row before its domains, domains sorted; both macros last
+    assert keys[:3] == [("source", "a", ""), ("domain", "a", "x"), ("domain", "a", "y")]
+    assert lines[4].startswith('source,"b,c",') and lines[5].startswith('domain,"b,c",z,1,2,2,0.5,')
+    assert [k[0] for k in keys[-2:]] == ["macro_sources", "macro_domains"]
+    assert "1.64872" in lines[5]  # e^0.5 to 6 significant digits
+    # the same metrics give the same bytes
+    assert write_domain_table(tmp_path / "e.csv", out).read_text() == text
 
 
 def test_overflow_is_reported_not_crashed():

@@ -134,7 +134,7 @@ def test_imported_checkpoint_gives_pico_formula_logits_and_evaluates(prepared, t
     # pico evaluate scores it (honest token-level figures beside pico's per-sequence mean)
     p = prepared.model_dump(mode="json")
     p["training"]["checkpoint_dir"] = str(out)
-    p["evaluation"]["out"] = str(tmp_path / "imported_eval.json")
+    p["evaluation"].update(out=str(tmp_path / "imported_eval.json"), domains_out=str(tmp_path / "imported.csv"))
     result = evaluate.run(parse_params(p))
     assert result["step"] == 2000 and result["fingerprint"].startswith("pico-train-")
     assert math.isfinite(result["macro"]["token_perplexity"])
@@ -154,7 +154,7 @@ def test_import_refuses_foreign_tokenizer_data_and_keeps_what_was_there(prepared
     assert (tmp_path / "ckpts.superseded" / "earlier" / "step_00000003" / "state.json").is_file()
     p = prepared.model_dump(mode="json")
     p["training"]["checkpoint_dir"] = str(out)
-    p["evaluation"]["out"] = str(tmp_path / "e.json")
+    p["evaluation"].update(out=str(tmp_path / "e.json"), domains_out=str(tmp_path / "e.csv"))
     with pytest.raises(ValueError, match="tokenizer"):
         evaluate.run(parse_params(p))
     assert path.is_dir()

@@ -68,3 +68,11 @@ def test_rebased_schedule_runs_the_new_lr_from_the_restored_step(params):
     assert opt2.param_groups[0]["lr"] == pytest.approx(lower.optim.lr * f(6))
     _steps(opt2, rebased, 2)
     assert rebased.get_last_lr()[0] == pytest.approx(lower.optim.lr * f(8))
+
+
+def test_pico_warmup_start_runs_its_first_step_at_lr_zero(tmp_path):
+    raw = tiny_params(tmp_path)
+    raw["optim"]["warmup_start"] = "pico"
+    f = lr_lambda(parse_params(raw))
+    w = raw["optim"]["warmup_steps"]
+    assert f(0) == 0.0 and f(1) == pytest.approx(1 / w) and f(w) == pytest.approx(1.0)  # pico-train's step/warmup
