@@ -56,6 +56,14 @@ class EmbeddedConfig(_Strict):
     split_seed: int = Field(0, ge=0)
 
 
+class SourceBudget(_Strict):
+    """How much of one training source goes into the rows (pico/data/budgets.py)."""
+
+    max_documents: int | None = Field(None, ge=1)  # the source's first N documents (reading order)
+    max_tokens: int | None = Field(None, ge=1)  # ... until its tokens (+ EOS each) would pass this
+    weight: float = Field(1.0, ge=0.0, le=64.0)  # copies of each kept document: 2 = twice, 0.5 = a seeded half
+
+
 class DataConfig(_Strict):
     # Dolma documents: local paths/globs, s3://bucket/prefix/*.json.gz, or hf://datasets/ID[@split]
     train_paths: list[str] = Field(["data/embedded/dolma/*.json.gz"], min_length=1)
@@ -78,6 +86,10 @@ class DataConfig(_Strict):
     pretokenized_train: str | None = None
     pretokenized_eval: str | None = None
     pretokenized_max_rows: int | None = Field(None, ge=1)  # training rows to take from the stream
+    # per Dolma source: caps and a weight (e.g. {wiki: {max_documents: 29000}, books: {weight: 2.0}});
+    # sources not named are taken whole, once
+    budgets: dict[str, SourceBudget] = {}
+    budget_seed: int = Field(0, ge=0)  # the seeded draw behind fractional weights
 
 
 class TokenizerConfig(_Strict):

@@ -110,7 +110,13 @@ def _epochs_evidence(last: dict, summary: TrainSummary | None) -> list[str]:
     epochs = last.get("epochs", summary.epochs if summary is not None else None)
     if epochs is None:
         return []
-    return [f"{epochs:.2f} epochs over the training rows by then" + (" (repeated data)" if epochs > 1 else "")]
+    out = [f"{epochs:.2f} epochs over the training rows by then" + (" (repeated data)" if epochs > 1 else "")]
+    if summary is not None and summary.source_epochs and summary.epochs:
+        # a source with copies in the rows (data budgets) repeats sooner than the rows do
+        repeated = {n: epochs * v["copies"] for n, v in summary.source_epochs.items() if epochs * v["copies"] > 1}
+        if repeated:
+            out.append("repeated by then: " + ", ".join(f"{n} {e:.2f} epochs" for n, e in sorted(repeated.items())))
+    return out
 
 
 def schedule_flattened(train: list[dict], tail: list[dict], cfg: Any) -> str | None:
@@ -202,8 +208,11 @@ def recommendations(d: Diagnosis, params: Any, summary: TrainSummary | None, eva
         recs.append(f"stop early: the best eval loss {g(best['loss'])} was at step {int(best['step'])} "
                     f"(early_stop.enabled: true keeps that checkpoint)")
         epochs = summary.epochs if summary else 0
-        if epochs > 1:
-            recs.append(f"more data: the run saw its data {epochs:.2f} times")
+        repeated = {n: v["epochs"] for n, v in (summary.source_epochs if summary else {}).items() if v["epochs"] > 1}
+        if epochs > 1 or repeated:
+            recs.append(f"more data: the run saw its rows {epochs:.2f} times"
+                        + (" (" + ", ".join(f"{n} {e:.2f}×" for n, e in sorted(repeated.items())) + " per source)"
+                           if repeated else ""))
         if params.model.dropout == 0:
             recs.append("regularise: model.dropout is 0")
     elif d.verdict == "plateau":

@@ -96,6 +96,10 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
                      f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}")
     if s is not None:
         lines.append(f"- {fmt(s.tokens)} tokens seen, {fmt(s.epochs, 3)} epochs over the packed rows")
+        if s.source_epochs:
+            per = ", ".join(f"{name} {fmt(v['epochs'], 3)}" + (f" (×{fmt(v['copies'], 3)} copies)" if v["copies"] != 1 else "")
+                            for name, v in sorted(s.source_epochs.items()))
+            lines.append(f"- epochs per training source (over its unique tokens): {per}")
     c = fe.get("contamination")
     if c:
         per = ", ".join(f"{name} {v['contaminated']}/{v['documents']}" for name, v in c["by_source"].items())

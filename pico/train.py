@@ -86,6 +86,12 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, co
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def source_epochs(manifest: dict[str, Any], epochs: float) -> dict[str, dict[str, float]]:
+    """Epochs over each source's unique documents after ``epochs`` over the packed rows."""
+    return {name: {"epochs": round(epochs * s["copies"], 6), "copies": s["copies"], "unique_tokens": s["unique_tokens"]}
+            for name, s in manifest.get("sources", {}).items() if s.get("unique_tokens")}
+
+
 def run_plan(params: Params) -> dict[str, Any]:
     """The params that extend or watch a run without changing its trajectory so far, flat."""
     t = params.training.model_dump()
@@ -575,6 +581,7 @@ class Trainer:
             weights_identical_across_ranks=identical if d.world > 1 else None,
             parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code,
             events=s.history.get("events", []), eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
+            source_epochs=source_epochs(self.data_manifest, s.position / len(self.rows)),
         )
 
     def _announce(self) -> None:

@@ -76,6 +76,9 @@ class TrainSummary(BaseModel):
     code_version: str
     events: list[dict[str, Any]] = []
     eta_s: float | None = None  # while running: seconds to max_steps at the last interval's rate
+    # per training source: epochs over its unique documents (rows are shuffled uniformly, so a source
+    # goes by epochs x its copies in the rows: data budgets' weights), and its unique tokens
+    source_epochs: dict[str, dict[str, float]] = {}
 
 
 # The trainer's one line per log interval when it has no progress bar (under DVC, Prefect): the

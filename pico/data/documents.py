@@ -40,6 +40,7 @@ class Document:
     id: str
     metadata: dict[str, Any] = field(default_factory=dict)
     subdomain: str | None = None
+    copy: int = 0  # which pass over the inputs yielded it (data budgets repeat sources: pico.data.budgets)
 
 
 @dataclass

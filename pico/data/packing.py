@@ -19,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from pico.data.budgets import Budgets, tally_only
 from pico.data.documents import Document, ReadStats
 from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
@@ -71,15 +72,20 @@ def read_ahead(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
 
 
 def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype: np.dtype,
-                   batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
-    """The token stream (each document's tokens + EOS, in order), one encode batch at a time.
-    ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing offsets."""
+                   batch_size: int, budgets: Budgets | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """The token stream (each document's tokens + EOS, in order), one encode batch at a time, with
+    the documents ``budgets`` keeps (and counts per source). ``encode_batch_fast`` gives the same ids
+    as ``encode_batch`` without computing offsets."""
     for batch in read_ahead(batched(docs, batch_size)):
         ids: list[int] = []
-        for enc in tok.encode_batch_fast([d.text for d in batch], add_special_tokens=False):
+        kept = 0
+        for doc, enc in zip(batch, tok.encode_batch_fast([d.text for d in batch], add_special_tokens=False)):
+            if budgets is not None and not budgets.keep(doc, len(enc.ids) + 1):
+                continue
             ids += enc.ids
             ids.append(eos_id)
-        yield np.array(ids, dtype=dtype), len(batch)
+            kept += 1
+        yield np.array(ids, dtype=dtype), kept
 
 
 class RowPacker:
@@ -108,13 +114,14 @@ class RowPacker:
 
 
 def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_len: int, out_path: Path,
-                   dtype: np.dtype, batch_size: int = 512, progress: bool = True) -> dict[str, Any]:
+                   dtype: np.dtype, batch_size: int = 512, progress: bool = True,
+                   budgets: Budgets | None = None) -> dict[str, Any]:
     """Write full rows to ``out_path`` atomically; return counts and the file's sha256."""
     docs_packed = 0
     bar = tqdm(desc=f"tokenize {out_path.name}", unit=" docs", disable=not progress, mininterval=2)
     with atomic_open(out_path, "wb") as fh:
         packer = RowPacker(fh, row_len, dtype)
-        for chunk, n_docs in encoded_chunks(docs, tok, eos_id, dtype, batch_size):
+        for chunk, n_docs in encoded_chunks(docs, tok, eos_id, dtype, batch_size, budgets):
             packer.add(chunk)
             docs_packed += n_docs
             bar.update(n_docs)
@@ -124,8 +131,11 @@ def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_le
 
 
 def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, out: TokensDir,
-                       layout: TokenLayout, batch_size: int, progress: bool = True) -> dict[str, Any]:
-    """Pack the documents into ``train.bin`` and write its manifest."""
+                       layout: TokenLayout, batch_size: int, progress: bool = True,
+                       budgets: Budgets | None = None) -> dict[str, Any]:
+    """Pack the documents (those ``budgets`` keeps) into ``train.bin`` and write its manifest, with
+    each source's documents and tokens."""
+    budgets = budgets or tally_only()
     counts = pack_documents(docs, tok, layout.eos_id, layout.row_len, out.file(TRAIN_BIN), layout.dtype,
-                            batch_size, progress)
-    return out.write_train_manifest(layout, stats.to_dict(), counts)
+                            batch_size, progress, budgets)
+    return out.write_train_manifest(layout, stats.to_dict(), counts, sources=budgets.tally.to_dict(budgets.budgets))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pico.data.budgets import SourceTally, tally_only
 from pico.data.documents import ReadStats, iter_file
 from pico.data.packing import RowPacker, encoded_chunks
 from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
@@ -35,11 +36,12 @@ def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str,
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer_file)
-    stats = ReadStats()
+    stats, tally = ReadStats(), tally_only()
     with open(out_path, "wb") as fh:
-        for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size):
+        for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size,
+                                       tally):
             fh.write(chunk.tobytes())
-    return stats.to_dict()
+    return {**stats.to_dict(), "sources": tally.tally.to_dict()}
 
 
 def _process_pool_results(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
@@ -73,7 +75,7 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
                          use_dask: bool = False) -> dict[str, Any]:
     """Pack the shards into ``train.bin`` (see the module docstring) and write its manifest."""
     dtype, out_path = layout.dtype, out.file(TRAIN_BIN)
-    stats = ReadStats(files=list(files))
+    stats, tally = ReadStats(files=list(files)), SourceTally()
     scratch = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
     jobs = [(f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size)
             for i, f in enumerate(files)]
@@ -83,6 +85,7 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
             packer = RowPacker(fh, layout.row_len, dtype)
             for i, shard in enumerate(results):
                 stats.merge(ReadStats.from_dict(shard))
+                tally.merge(shard["sources"])
                 path = scratch / f"{i:06d}.bin"
                 stream = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
                 for start in range(0, len(stream), MERGE_BLOCK):
@@ -90,6 +93,6 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
                 del stream
                 path.unlink()
         return out.write_train_manifest(layout, stats.to_dict(), {"documents_packed": stats.documents,
-                                                                 **packer.result()})
+                                                                 **packer.result()}, sources=tally.to_dict())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
