@@ -253,6 +253,7 @@ class LearningDynamicsConfig(_Strict):
 
     enabled: bool = False
     every: int | None = Field(None, ge=1)  # steps between captures (and step 0, the last); null = checkpoint_every
+    steps: list[int] = []  # further steps to capture (e.g. a window to watch closely: [8000, 8250, 8500])
     # modules whose name contains one of these are hooked (pico-train's defaults)
     layer_suffixes: list[str] = Field(["attention.v_proj", "attention.o_proj", "swiglu.w_2"], min_length=1)
     val_windows: int | None = Field(64, ge=1)  # evaluation windows of the val split, over all sources; null = all

@@ -1,6 +1,8 @@
 """Learning dynamics: what pico-analyze reads, captured at chosen steps of a run.
 
-At a capture step N (after N optimizer steps: the weights of checkpoint N) the layers whose name
+At a capture step N (step 0, every ``learning_dynamics.every`` steps — by default each checkpoint —,
+the listed ``learning_dynamics.steps`` and the last; after N optimizer steps: the weights of
+checkpoint N) the layers whose name
 contains one of ``learning_dynamics.layer_suffixes`` (pico-train's defaults: ``attention.v_proj``,
 ``attention.o_proj``, ``swiglu.w_2``) are hooked and, for each split,
 
@@ -220,7 +222,7 @@ class Capture:
         self.seconds = 0.0
 
     def due(self, step: int) -> bool:
-        return step == 0 or step % self.every == 0 or step == self.max_steps
+        return step == 0 or step % self.every == 0 or step == self.max_steps or step in self.ld.steps
 
     def train_row_ids(self, position: int) -> np.ndarray:
         """The next step's rows as the trainer reads them: micro-batch by micro-batch, each sorted."""

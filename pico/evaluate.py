@@ -227,7 +227,9 @@ def run(params: Params) -> dict[str, Any]:
     print(f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
     result = {"step": state["step"], "checkpoint": str(ckpt), "checkpoint_kind": kind, "train_status": train_status,
-              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"), **metrics,
+              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"),
+              **({"imported_from": state["imported_from"]} if state.get("imported_from") else {}),
+              "model_dims": state["model_dims"], **metrics,
               "contamination": TokensDir(params.data.tokens_dir).contamination()}
     atomic_write_json(Path(params.evaluation.out), json_safe(result))
     write_domain_table(Path(params.evaluation.domains_out), metrics)

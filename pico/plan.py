@@ -49,6 +49,8 @@ class Plan:
     eval_flops: float
     checkpoint_bytes: float
     checkpoints_kept: int
+    dynamics_captures: int  # learning-dynamics captures (0: off)
+    dynamics_bytes: float  # per capture
     seconds_per_step: float | None  # None: not projected (the trainer's own first lines)
     seconds_per_eval: float | None
     seconds_per_checkpoint: float
@@ -69,6 +71,9 @@ class Plan:
             f"plan: checkpoints {self.checkpoint_bytes / 2**20:,.0f} MiB each, {self.checkpoints_kept} kept = "
             f"{self.checkpoint_bytes * self.checkpoints_kept / 2**30:,.2f} GiB",
         ]
+        if self.dynamics_captures:
+            out.append(f"plan: learning dynamics: {self.dynamics_captures} captures x {self.dynamics_bytes / 2**20:,.1f} MiB = "
+                       f"{self.dynamics_captures * self.dynamics_bytes / 2**30:,.2f} GiB (kept: never pruned)")
         if self.wall_s is None:
             out.append(f"plan: wall time: {self.basis}")
         else:
@@ -89,6 +94,27 @@ def _evaluations(t: Any) -> int:
 
 def _checkpoints(t: Any) -> int:
     return t.max_steps // t.checkpoint_every + (t.max_steps % t.checkpoint_every != 0)
+
+
+def dynamics_cost(params: Params, dims: Any, batch_rows: int, n_windows: int) -> tuple[int, float, int]:
+    """Learning dynamics (pico.dynamics): captures, bytes per capture (activations of both splits,
+    weights and gradients of each) and rows per capture (each a forward and backward, like training)."""
+    import torch
+
+    from pico.dynamics import hooked_modules
+    from pico.model import PicoDecoder
+
+    ld, t = params.learning_dynamics, params.training
+    if not ld.enabled:
+        return 0, 0.0, 0
+    every = ld.every or t.checkpoint_every
+    steps = {0, t.max_steps, *range(every, t.max_steps + 1, every), *(s for s in ld.steps if s <= t.max_steps)}
+    with torch.device("meta"):  # shapes only, no memory
+        modules = hooked_modules(PicoDecoder(dims), ld.layer_suffixes)
+    outs = sum(m.weight.shape[0] for m in modules.values())
+    numel = sum(m.weight.numel() for m in modules.values())
+    val = min(ld.val_windows or n_windows, n_windows)
+    return len(steps), 4.0 * ((batch_rows + val) * outs + 2 * 2 * numel), batch_rows + val
 
 
 def make_plan(params: Params, device: str | None = None, calibrate_s: float | None = 3.0,
@@ -138,7 +164,10 @@ def make_plan(params: Params, device: str | None = None, calibrate_s: float | No
         per_step, per_eval = calibrate(params, model, dims.vocab_size, windows, calibrate_s)
         basis = f"calibrated on this machine ({_machine()})"
     per_ckpt = ckpt_bytes / DISK_BYTES_PER_S
-    wall = startup + t.max_steps * per_step + evals * per_eval + ckpts * per_ckpt if per_step is not None else None
+    captures, capture_bytes, capture_rows = dynamics_cost(params, dims, batch_rows, len(windows))
+    wall = (startup + t.max_steps * per_step + evals * per_eval + ckpts * per_ckpt
+            + captures * (per_step * capture_rows / batch_rows + capture_bytes / DISK_BYTES_PER_S)
+            if per_step is not None else None)
     hours = wall * world / 3600 if wall is not None else None
     price = params.report.device_hour_price
     return Plan(
@@ -146,6 +175,7 @@ def make_plan(params: Params, device: str | None = None, calibrate_s: float | No
         epochs=t.max_steps * batch_rows / len(rows), params=n_params, train_flops=t.max_steps * tokens_per_step * flops_token,
         evaluations=evals, eval_tokens=eval_tokens, eval_flops=evals * eval_tokens * flops_token / 3,
         checkpoint_bytes=ckpt_bytes, checkpoints_kept=t.keep_checkpoints + int(params.early_stop.enabled),
+        dynamics_captures=captures, dynamics_bytes=capture_bytes,
         seconds_per_step=per_step, seconds_per_eval=per_eval, seconds_per_checkpoint=per_ckpt, wall_s=wall,
         processes=world, device_hours=hours, price=hours * price if price is not None and hours is not None else None,
         basis=basis)

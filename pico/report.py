@@ -183,8 +183,35 @@ def headline(run: RunRecord) -> dict[str, Any]:
     return train_metrics.headline(run.summary, run.final_eval.get("macro", {}), cost(run)["actual_wall_s"])
 
 
+def render_imported(run: RunRecord) -> str:
+    """A checkpoint `pico import-pico` brought in: its evaluation, honestly, and nothing about training."""
+    fe = run.final_eval
+    dims = fe.get("model_dims") or {}
+    lines = [f"# Evaluation of an imported checkpoint: {fe['imported_from']}", "",
+             f"- **Imported** with `pico import-pico` (step {fe.get('step')}, fingerprint `{fe.get('fingerprint')}`): "
+             "it was not trained by this pipeline, so there is no training history or diagnosis here",
+             f"- **Model**: d_model {dims.get('d_model')}, hidden {dims.get('hidden_dim')}, {dims.get('n_layers')} layers, "
+             f"{dims.get('n_heads')}/{dims.get('n_kv_heads')} heads, vocabulary {dims.get('vocab_size')}", "",
+             "## The result", "",
+             "| source | token perplexity | bits per byte | pico per-seq mean | ratio |", "|---|---|---|---|---|"]
+    for name, m in fe.get("sources", {}).items():
+        lines.append(f"| {name} | {fmt(m['token_perplexity'])} | {fmt(m['bits_per_byte'])} | "
+                     f"{fmt(m['pico_mean_seq_perplexity'])} | {fmt(m['seq_mean_over_token_ratio'], 3)}× |")
+    mac, dom = fe.get("macro", {}), fe.get("macro_domains") or {}
+    lines.append(f"| **macro** (mean over sources) | {fmt(mac.get('token_perplexity'))} | {fmt(mac.get('bits_per_byte'))} | "
+                 f"{fmt(mac.get('pico_mean_seq_perplexity'))} | {fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+    if dom.get("domains"):
+        lines.append(f"| macro over {dom['domains']} domains (Paloma's convention) | {fmt(dom['token_perplexity'])} | "
+                     f"{fmt(dom['bits_per_byte'])} | {fmt(dom['pico_mean_seq_perplexity'])} | |")
+    lines += ["", "pico-train reported the per-sequence mean as its Paloma perplexity; read the token-level "
+              "figure beside it (the ratio shows how far a few windows pull the mean)."]
+    return "\n".join(lines) + "\n"
+
+
 def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, when: str | None,
            plots: list[str], plots_rel: str = "plots") -> str:
+    if run.final_eval.get("imported_from"):
+        return render_imported(run)
     p, s = run.params, run.summary
     m, o, t = p.model, p.optim, p.training
     d = diagnose(run.train, run.evals, s, run.final_eval, p)

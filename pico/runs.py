@@ -77,6 +77,10 @@ def load_run(revision: str | None = None, params: Params | None = None, name: st
     summary_file = train_metrics.summary_path(m)
     summary = read_file(str(summary_file), rev)
     final_eval = read_file(params.evaluation.out, rev)
+    final = json.loads(final_eval) if final_eval else {}
+    if final.get("imported_from"):  # a checkpoint `pico import-pico` brought in: the metric files are another run's
+        return RunRecord(name=name or revision or f"imported: {final['imported_from']}", params=params, train=[],
+                         evals=[], perf=[], summary=None, final_eval=final)
     return RunRecord(
         name=name or revision or params.report.run_name,
         params=params,
@@ -84,7 +88,7 @@ def load_run(revision: str | None = None, params: Params | None = None, name: st
         evals=parse_csv(read_file(str(m / train_metrics.EVAL_CSV), rev)),
         perf=parse_csv(read_file(str(m / train_metrics.PERF_CSV), rev)),
         summary=train_metrics.parse_summary(summary, f"{summary_file} at {revision or 'the workspace'}") if summary else None,
-        final_eval=json.loads(final_eval) if final_eval else {},
+        final_eval=final,
         run_info=_json_or_none(read_file(str(m / train_metrics.RUN_INFO_JSON), rev)) or {},
         plan=_json_or_none(read_file(str(m / "plan.json"), rev)),
     )

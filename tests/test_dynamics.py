@@ -159,3 +159,38 @@ def test_unknown_layer_suffix_fails_before_training(params_dict, prepared):
     p["learning_dynamics"] = {"enabled": True, "layer_suffixes": ["mlp.c_fc"]}
     with pytest.raises(ValueError, match="match no layer"):
         train.run(parse_params(p), progress=False)
+
+
+def test_captures_move_aside_with_their_run(tmp_path):
+    root = tmp_path / "ckpt"
+    for step in (4, 8):
+        (root / f"step_{step:08d}").mkdir(parents=True)
+    folder = dynamics.step_folder(root, 4)
+    folder.mkdir(parents=True)
+    (folder / "val_weights.pt").write_bytes(b"x")
+    dest = checkpoint.move_aside(root, "oldrun")
+    assert (dest / "learning_dynamics" / "step_00000004" / "val_weights.pt").is_file()
+    assert not dynamics.store(root).exists()
+
+
+def test_export_analysis_command(tmp_path, capsys):
+    from pico.cli import main as cli_main
+
+    (tmp_path / "params.yaml").write_text("{}\n")
+    empty = tmp_path / "ckpt"
+    empty.mkdir()
+    assert cli_main(["--params", str(tmp_path / "params.yaml"), "export-analysis", str(tmp_path / "out"),
+                     "--checkpoint-dir", str(empty)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "learning_dynamics.enabled: true" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_counts_the_captures_and_their_size(captured):
+    from pico.plan import make_plan
+
+    plan = make_plan(captured, calibrate_s=None)
+    assert plan.dynamics_captures == 4
+    actual = sum(f.stat().st_size for f in dynamics.step_folder(captured.training.checkpoint_dir, 4).glob("*.pt"))
+    assert 0.6 < actual / plan.dynamics_bytes < 1.6  # tensor bytes planned; torch.save's zip adds headers
+    assert any(line.startswith("plan: learning dynamics: 4 captures") for line in plan.lines())

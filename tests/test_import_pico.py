@@ -139,6 +139,12 @@ def test_imported_checkpoint_gives_pico_formula_logits_and_evaluates(prepared, t
     assert result["step"] == 2000 and result["fingerprint"].startswith("pico-train-")
     assert math.isfinite(result["macro"]["token_perplexity"])
     assert result["macro"]["pico_mean_seq_perplexity"] >= result["macro"]["token_perplexity"] * 0.99
+    # the report says what it is: an imported checkpoint's evaluation, no training history of its own
+    from pico import report
+
+    md = report.run(parse_params(p)).read_text()
+    assert md.startswith("# Evaluation of an imported checkpoint") and "| alpha |" in md
+    assert "What happened" not in md and "What we did" not in md  # no training here to diagnose
 
 
 def test_import_refuses_foreign_tokenizer_data_and_keeps_what_was_there(prepared, tmp_path, capsys):
