@@ -25,7 +25,7 @@ run: setup
 # two workers, one test file each at a time (module fixtures are built once): the integration tests
 # mostly wait on subprocesses and servers, and the suite doubles as a loaded-machine check
 test: setup
-	$(ACTIVATE) && python -m pytest -n 2 --dist loadfile
+	$(ACTIVATE) && python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(ACTIVATE) && python -m pytest -m "not slow"
