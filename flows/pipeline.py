@@ -20,7 +20,6 @@ time in ``dvc.yaml`` order because DVC holds a repository lock.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -158,9 +157,12 @@ class LiveView:
         from pico.live import training_log
 
         self.eval_pending = False
-        with contextlib.chdir(self.repo):  # params' paths are relative to the repository
-            params = load_params("params.yaml")
-            md = training_log(params)
+        params = load_params(self.repo / "params.yaml")
+        # the metric files' paths are relative to the repository, not to this process's folder (which
+        # stays put: other threads of the flow may rely on it)
+        params = params.model_copy(update={"training": params.training.model_copy(
+            update={"metrics_dir": str(self.repo / params.training.metrics_dir)})})
+        md = training_log(params)
         create_markdown_artifact(md, key="pico-training-log", description="training log, refreshed at each evaluation")
 
 

@@ -335,6 +335,11 @@ def describe_folders(root: str | Path) -> str:
     lines = [f"{root}: {len(list_checkpoints(root))} checkpoint(s) of the current run"]
     for p in [*list_checkpoints(root), *([root / BEST] if (root / BEST / STATE).is_file() else [])]:
         lines.append(f"  {p.name}  step {read_state(p).get('step')}  {_folder_size(p) / 2**20:,.1f} MiB")
+    ld = root / LEARNING_DYNAMICS
+    if ld.is_dir():
+        steps = sorted(int(m.group(1)) for p in ld.iterdir() if (m := STEP_DIR.match(p.name)))
+        lines.append(f"  {LEARNING_DYNAMICS}  {len(steps)} capture(s) at steps {', '.join(map(str, steps)) or '-'}  "
+                     f"{_folder_size(ld) / 2**20:,.1f} MiB (`pico export-analysis OUT` for pico-analyze)")
     for kind, base in (("set aside (another run, or a plan shortened below its step)", superseded_dir(root, None).parent),
                        ("quarantined (damaged)", root.resolve().with_name(f"{root.resolve().name}.quarantine"))):
         runs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []

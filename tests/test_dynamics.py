@@ -194,3 +194,8 @@ def test_plan_counts_the_captures_and_their_size(captured):
     actual = sum(f.stat().st_size for f in dynamics.step_folder(captured.training.checkpoint_dir, 4).glob("*.pt"))
     assert 0.6 < actual / plan.dynamics_bytes < 1.6  # tensor bytes planned; torch.save's zip adds headers
     assert any(line.startswith("plan: learning dynamics: 4 captures") for line in plan.lines())
+
+
+def test_checkpoints_command_lists_the_captures(captured):
+    text = checkpoint.describe_folders(captured.training.checkpoint_dir)
+    assert "learning_dynamics  4 capture(s) at steps 0, 4, 8, 12" in text
