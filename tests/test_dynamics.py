@@ -36,18 +36,30 @@ def load_like_pico_analyze(run_path: Path, step: int, split: str) -> dict:
             for kind in dynamics.KINDS if (folder / f"{split}_{kind}.pt").exists()}
 
 
+@pytest.fixture(scope="module")
+def captured_run(tmp_path_factory):
+    """One tiny run with capture on, shared by the tests that only read it: (params, raw params, root)."""
+    from pico.data import tokenize as tokenize_stage
+    from pico.data import tokenizer
+    from tests.conftest import make_corpus, tiny_params
+
+    root = tmp_path_factory.mktemp("dynamics")
+    raw = tiny_params(root, make_corpus(root / "corpus"))
+    raw["learning_dynamics"] = {"enabled": True, "val_windows": 10}
+    raw["training"]["keep_checkpoints"] = 10
+    params = parse_params(raw)
+    tokenizer.run(params)
+    tokenize_stage.run(params, progress=False)
+    assert train.run(params, progress=False).status == "completed"
+    return params, raw, root
+
+
 @pytest.fixture
-def captured(params_dict, prepared, tmp_path):
-    p = copy.deepcopy(params_dict)
-    p["learning_dynamics"] = {"enabled": True, "val_windows": 10}
-    p["training"]["keep_checkpoints"] = 10
-    params = parse_params(p)
-    summary = train.run(params, progress=False)
-    assert summary.status == "completed"
-    return params
+def captured(captured_run):
+    return captured_run[0]
 
 
-def test_captures_load_with_the_shapes_pico_analyze_expects(captured, tmp_path):
+def test_captures_load_with_the_shapes_pico_analyze_expects(captured):
     root = Path(captured.training.checkpoint_dir)
     assert dynamics.captured_steps(root) == [0, 4, 8, 12]  # step 0, every checkpoint, the last
     d, layers = captured.model.d_model, captured.model.n_layers
@@ -73,7 +85,7 @@ def test_captures_load_with_the_shapes_pico_analyze_expects(captured, tmp_path):
             assert os.path.commonprefix(list(acts)) == "layers."  # how pico-analyze finds the layer prefix
 
 
-def test_capture_is_the_checkpoint_and_the_next_batch(captured, tmp_path):
+def test_capture_is_the_checkpoint_and_the_next_batch(captured):
     """Weights are the step's checkpoint; train activations are that model on the next step's rows, at
     the last input position; gradients are pico-train's sum of sub-batch mean-loss gradients."""
     root = Path(captured.training.checkpoint_dir)
@@ -102,10 +114,11 @@ def test_capture_is_the_checkpoint_and_the_next_batch(captured, tmp_path):
     torch.testing.assert_close(grads["layers.0.attention.o_proj"], model.layers[0].attention.o_proj.weight.grad)
 
 
-def test_capture_does_not_change_the_run(params_dict, captured, tmp_path):
+def test_capture_does_not_change_the_run(captured_run, tmp_path):
     """A run with capture on trains exactly the same bits as one without."""
-    p = copy.deepcopy(params_dict)
-    p["training"]["keep_checkpoints"] = 10
+    captured, raw, root = captured_run
+    p = copy.deepcopy(raw)
+    p["learning_dynamics"]["enabled"] = False
     p["training"]["checkpoint_dir"] = str(tmp_path / "plain_checkpoints")
     p["training"]["metrics_dir"] = str(tmp_path / "plain_metrics")
     train.run(parse_params(p), progress=False)
@@ -115,7 +128,7 @@ def test_capture_does_not_change_the_run(params_dict, captured, tmp_path):
 
     wa, wb = load_file(str(a)), load_file(str(b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert (tmp_path / "metrics/train.csv").read_text() == (tmp_path / "plain_metrics/train.csv").read_text()
+    assert (root / "metrics/train.csv").read_text() == (tmp_path / "plain_metrics/train.csv").read_text()
 
 
 def test_export_is_a_pico_analyze_run_and_its_metrics_compute(captured, tmp_path):
