@@ -112,11 +112,12 @@ def verify(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         scheduler: Any, state: dict[str, Any], keep: int, name: str | None = None,
+def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+         scheduler: Any, state: dict[str, Any], keep: int | None, name: str | None = None,
          weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep``.
-    ``weights`` / ``optimizer_state`` replace the model's and optimizer's own (gathered FSDP state)."""
+    """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep`` (None:
+    prune nothing). ``weights`` / ``optimizer_state`` replace the model's and optimizer's own (gathered
+    FSDP state). Without an optimizer it holds weights only (an imported model: evaluated, not resumed)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name if name else step_dir(root, step)
@@ -129,7 +130,7 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
         shutil.rmtree(tmp, ignore_errors=True)  # at once: a failed checkpoint must not hold the space
         raise CheckpointWriteError(_write_failure(root, final, err)) from None
     replace_dir(tmp, final)
-    for old in list_checkpoints(root)[:-keep]:
+    for old in list_checkpoints(root)[:-keep] if keep is not None else []:
         shutil.rmtree(old)
     return final
 
@@ -155,17 +156,20 @@ def _write(tmp: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.
     # one metadata key: safetensors stores metadata in a hash map, so several keys come out in any order
     meta = json.dumps({"step": step, "fingerprint": state["fingerprint"]}, sort_keys=True)
     save_file(weights, str(tmp / WEIGHTS), metadata={"pico": meta})
-    trainer = {
-        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        trainer["cuda_rng"] = torch.cuda.get_rng_state_all()
-    torch.save(trainer, tmp / TRAINER)
-    files = {f: file_digest(tmp / f) for f in (WEIGHTS, TRAINER)}
+    written = [WEIGHTS]
+    if optimizer is not None:
+        trainer = {
+            "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            trainer["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(trainer, tmp / TRAINER)
+        written.append(TRAINER)
+    files = {f: file_digest(tmp / f) for f in written}
     (tmp / STATE).write_text(json.dumps({**state, "step": step, "files": files}, indent=1) + "\n")
-    for f in (WEIGHTS, TRAINER, STATE):
+    for f in (*written, STATE):
         fsync_path(tmp / f)
     fsync_path(tmp)
 

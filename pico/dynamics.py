@@ -44,7 +44,7 @@ import torch
 import yaml
 
 from pico.checkpoint import LEARNING_DYNAMICS as DIR  # inside the checkpoint folder: never pruned, moves aside with the run
-from pico.fsutil import fsync_path
+from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path
 
 SPLITS = ("train", "val")
 KINDS = ("activations", "weights", "gradients")
@@ -136,13 +136,9 @@ def capture(model: torch.nn.Module, rows: Sequence[np.ndarray], suffixes: Sequen
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """``torch.save`` through a file handle (the archive's inner name is then fixed, so equal tensors
-    give equal bytes), written beside the target and renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as fh:
+    give equal bytes), written atomically."""
+    with atomic_open(path, "wb") as fh:
         torch.save({k: v.contiguous() for k, v in sorted(tensors.items())}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_split(checkpoint_dir: str | Path, step: int, split: str, states: dict[str, dict[str, torch.Tensor]],
@@ -155,9 +151,7 @@ def write_split(checkpoint_dir: str | Path, step: int, split: str, states: dict[
     rows_file = folder / ROWS_FILE
     rows = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
     rows[split] = [int(i) for i in row_ids]
-    tmp = rows_file.with_name(f".{ROWS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(rows, sort_keys=True) + "\n")
-    os.replace(tmp, rows_file)
+    atomic_write_json(rows_file, dict(sorted(rows.items())))
     fsync_path(folder)
     return folder
 
@@ -200,23 +194,19 @@ def training_config(params: Any, dims: Any, run_name: str) -> dict[str, Any]:
 
 
 def write_training_config(checkpoint_dir: str | Path, config: dict[str, Any]) -> None:
-    root = store(checkpoint_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{CONFIG_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, root / CONFIG_FILE)
+    atomic_write_text(store(checkpoint_dir) / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
 
 
 class Capture:
     """The trainer's side: when a capture is due and what it writes (rank 0 of a one-process run)."""
 
-    def __init__(self, params: Any, dims: Any, windows: Any, rows: np.ndarray, order: Any, batch_rows: int,
-                 micro: int, device: torch.device, autocast: Any):
+    def __init__(self, params: Any, dims: Any, windows: Any, rows: np.ndarray, loader: Any, device: torch.device,
+                 autocast: Any):
         self.ld, self.root = params.learning_dynamics, params.training.checkpoint_dir
         self.every = self.ld.every or params.training.checkpoint_every
         self.max_steps = params.training.max_steps
-        self.windows, self.rows, self.order = windows, rows, order
-        self.batch_rows, self.micro, self.device, self.autocast = batch_rows, micro, device, autocast
+        self.windows, self.rows, self.loader = windows, rows, loader
+        self.device, self.autocast = device, autocast
         self.val_ids = val_subset(windows, self.ld.val_windows)
         self.config = training_config(params, dims, params.report.run_name)
         self.seconds = 0.0
@@ -224,18 +214,12 @@ class Capture:
     def due(self, step: int) -> bool:
         return step == 0 or step % self.every == 0 or step == self.max_steps or step in self.ld.steps
 
-    def train_row_ids(self, position: int) -> np.ndarray:
-        """The next step's rows as the trainer reads them: micro-batch by micro-batch, each sorted."""
-        chunks = [np.sort(self.order.indices(position + j * self.micro, self.micro))
-                  for j in range(self.batch_rows // self.micro)]
-        return np.concatenate(chunks)
-
     def __call__(self, model: torch.nn.Module, step: int, position: int) -> Path:
         started = time.perf_counter()
         write_training_config(self.root, self.config)
         splits = {"val": (self.val_ids, [self.windows.window(int(i)) for i in self.val_ids])}
         if step < self.max_steps:  # after the last step there is no next batch (pico-train: val only)
-            ids = self.train_row_ids(position)
+            ids = self.loader.step_indices(position)  # the next step's rows, as the trainer reads them
             splits["train"] = (ids, [np.asarray(self.rows[i], dtype=np.int64) for i in ids])
         folder = None
         for split in SPLITS:

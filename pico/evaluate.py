@@ -15,6 +15,7 @@ Per source and per subdomain, from the summed negative log-likelihood (nats) of 
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from pico import checkpoint
 from pico.config import Params
 from pico.data.eval_windows import EvalWindows
 from pico.data.tokens_dir import TokensDir
-from pico.fsutil import atomic_write_json, atomic_write_text
+from pico.fsutil import atomic_open, atomic_write_json
 from pico.model import ModelDims, PicoDecoder
 from pico.train_metrics import read_summary
 
@@ -206,15 +207,11 @@ def write_domain_table(path: Path, metrics: dict[str, Any]) -> Path:
     rows.append({"level": "macro_sources", "source": "", "domain": "", **metrics["macro"]})
     if metrics.get("macro_domains", {}).get("domains"):
         rows.append({"level": "macro_domains", "source": "", "domain": "", **metrics["macro_domains"]})
-    lines = [",".join(DOMAIN_COLUMNS)]
-    for r in rows:
-        lines.append(",".join(_csv_cell(fmt(r.get(c, ""))) for c in DOMAIN_COLUMNS))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    with atomic_open(path, "w") as fh:
+        out = csv.writer(fh, lineterminator="\n")
+        out.writerow(DOMAIN_COLUMNS)
+        out.writerows([fmt(r.get(c, "")) for c in DOMAIN_COLUMNS] for r in rows)
     return path
-
-
-def _csv_cell(text: str) -> str:
-    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 
 
 def run(params: Params) -> dict[str, Any]:

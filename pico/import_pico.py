@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pico import checkpoint
 from pico.config import Params
 from pico.data.tokenizer import tokenizer_hash
-from pico.fsutil import fsync_path, replace_dir
 from pico.model import ModelDims, PicoDecoder
 
 PREFIXES = ("pico_decoder.", "_forward_module.", "module.")  # HF wrapper, Lightning Fabric, DDP
@@ -107,10 +104,9 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
         from tokenizers import Tokenizer
 
         tok_sha = tokenizer_hash(Tokenizer.from_file(str(tok)))
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     digest = hashlib.sha256()
-    for k in sorted(tensors):
-        digest.update(k.encode() + tensors[k].float().numpy().tobytes())
+    for k, v in sorted(model.state_dict().items()):
+        digest.update(k.encode() + v.float().numpy().tobytes())
     fingerprint = f"pico-train-{digest.hexdigest()[:16]}"
 
     root = Path(out_dir)
@@ -121,20 +117,10 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
         if found != fingerprint:
             dest = checkpoint.move_aside(root, found)
             print(f"{root} held another run ({found}); moved to {dest}")
-    final = checkpoint.step_dir(root, step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    meta = json.dumps({"step": step, "fingerprint": fingerprint}, sort_keys=True)
-    save_file(tensors, str(tmp / checkpoint.WEIGHTS), metadata={"pico": meta})
-    state = {"fingerprint": fingerprint, "step": step, "status": "imported", "model_dims": dims.to_dict(),
+    state = {"fingerprint": fingerprint, "status": "imported", "model_dims": dims.to_dict(),
              "imported_from": str(src), "pico_train_config": config, "tokenizer_sha256": tok_sha,
-             "config": params.model_dump(mode="json") if params else None,
-             "files": {checkpoint.WEIGHTS: checkpoint.file_digest(tmp / checkpoint.WEIGHTS)}}
-    (tmp / checkpoint.STATE).write_text(json.dumps(state, indent=1) + "\n")
-    for f in (checkpoint.WEIGHTS, checkpoint.STATE):
-        fsync_path(tmp / f)
-    replace_dir(tmp, final)
+             "config": params.model_dump(mode="json") if params else None}
+    final = checkpoint.save(root, step, model, None, None, state, keep=None)  # weights only, nothing pruned
     print(f"pico-train checkpoint {src}: {model.num_parameters():,} parameters, step {step}"
           + ("" if tok_sha else "; no tokenizer.json beside it, so the evaluation data's tokenizer is not checked"))
     return final

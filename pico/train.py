@@ -319,16 +319,18 @@ class Trainer:
             raise ValueError("learning_dynamics.enabled needs a one-process run (training.nproc 1); "
                              f"this run has {self.d.world} processes")
         dynamics.hooked_modules(self.model, self.params.learning_dynamics.layer_suffixes)  # fail now, not at step 1000
-        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader.order, self.batch_rows,
-                                self.t.micro_batch_size, self.device, self.autocast)
+        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader, self.device, self.autocast)
 
     def capture_dynamics(self) -> None:
         """pico-analyze's activations, weights and gradients at this step (pico.dynamics)."""
-        started = time.perf_counter()
-        eager = torch.compiler.set_stance("force_eager") if self.t.compile else contextlib.nullcontext()
-        with eager:
+        before = self.dynamics.seconds
+        with self.eager():
             folder = self.dynamics(self.model, self.state.step, self.state.position)
-        tqdm.write(f"learning dynamics at step {self.state.step}: {folder} ({time.perf_counter() - started:.2f} s)")
+        tqdm.write(f"learning dynamics at step {self.state.step}: {folder} ({self.dynamics.seconds - before:.2f} s)")
+
+    def eager(self) -> Any:
+        """Eager even when compiled: evaluation's and capture's varying batch shapes would each recompile."""
+        return torch.compiler.set_stance("force_eager") if self.t.compile else contextlib.nullcontext()
 
     @staticmethod
     def fused_optimizer(device: torch.device) -> bool:
@@ -452,10 +454,8 @@ class Trainer:
         """Evaluate (rank 0 records; under FSDP every rank runs the sharded forward), keep the best
         checkpoint, and return every rank the same reason to stop early (or None)."""
         s, es, verdict = self.state, self.params.early_stop, None
-        # eager even when compiled: evaluation's varying batch shapes would each recompile the blocks
-        eager = torch.compiler.set_stance("force_eager") if self.t.compile else contextlib.nullcontext()
         if self.d.is_main or self.fsdp:
-            with eager:
+            with self.eager():
                 metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
                                          self.params.evaluation.max_windows_per_source, self.device)
                 seen = self.seen_loss() if len(self.seen_rows) and s.position >= len(self.seen_rows) else None

@@ -47,11 +47,17 @@ class RowLoader:
     def rows_per_step(self) -> int:
         return self.micro * self.accum * self.world
 
+    def _micro_indices(self, position: int, j: int) -> np.ndarray:
+        """Rows of the step's ``j``-th micro-batch over all ranks (j = accumulation step x world + rank),
+        sorted: sorted reads are kinder to the page cache."""
+        return np.sort(self.order.indices(position + j * self.micro, self.micro))
+
     def step_batches(self, position: int) -> list[torch.Tensor]:
         """The ``accum`` micro-batches (B, row_len) this rank trains on at the step starting at ``position``."""
-        batches = []
-        for m in range(self.accum):
-            start = position + (m * self.world + self.rank) * self.micro
-            idx = np.sort(self.order.indices(start, self.micro))  # sorted reads are kinder to the page cache
-            batches.append(torch.from_numpy(np.asarray(self.rows[idx], dtype=np.int64)))
-        return batches
+        return [torch.from_numpy(np.asarray(self.rows[self._micro_indices(position, m * self.world + self.rank)],
+                                            dtype=np.int64)) for m in range(self.accum)]
+
+    def step_indices(self, position: int) -> np.ndarray:
+        """Every row of the step starting at ``position`` (all ranks, all micro-batches), in the order
+        the micro-batches are drawn."""
+        return np.concatenate([self._micro_indices(position, j) for j in range(self.accum * self.world)])
