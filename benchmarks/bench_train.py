@@ -1,12 +1,14 @@
 """Training step: pico's model and loss vs plain transformers LlamaForCausalLM, steps interleaved.
 
-    python benchmarks/bench_train.py [--preset tiny] [--vocab 4096] [--seq-len 128] [--batch 16] [--steps 10]
+    python benchmarks/bench_train.py [--preset tiny] [--vocab 4096] [--seq-len 128] [--batch 16] [--steps 10] [--compile]
 
 Both models get the same dims (pico's export mapping), the same random tokens, AdamW and clipping
 at 1.0; each round times one pico step then one transformers step, so machine noise (load, clock)
 hits both alike. pico computes the loss chunked (``pico.loss``: never the full logits); transformers
 its own way (full logits, fp32 upcast). Prints tokens/s of each, the ratio, and model FLOP/s
-against a measured fp32 2048^3 matmul on the same machine.
+against a measured fp32 2048^3 matmul on the same machine. ``--compile`` compiles both trunks
+(pico's ``training.compile``: ``pico.train.compile_model``; transformers' ``LlamaModel``), the loss
+heads staying eager on both sides; compilation is done before timing starts.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--compile", action="store_true", help="torch.compile both trunks")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -52,6 +55,11 @@ def main() -> None:
     cfg._attn_implementation = "sdpa"
     hf = LlamaForCausalLM(cfg)
     x = torch.randint(0, dims.vocab_size, (args.batch, row_len(args.seq_len)))
+    if args.compile:
+        from pico.train import compile_model
+
+        compile_model(pico)
+        hf.model = torch.compile(hf.model)
 
     def stepper(model, loss_fn):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -67,7 +75,8 @@ def main() -> None:
 
     pico_step = stepper(pico, lambda: pico(x[:, :-1], x[:, 1:]))
     hf_step = stepper(hf, lambda: hf(input_ids=x[:, :-1], labels=x[:, :-1]).loss)
-    pico_step(), hf_step()  # warm-up
+    for _ in range(2):  # warm-up (and compilation)
+        pico_step(), hf_step()
     times = {"pico": [], "transformers": []}
     for _ in range(args.steps):
         times["pico"].append(pico_step())
@@ -77,7 +86,8 @@ def main() -> None:
     achieved = rate["pico"] * pico.flops_per_token(args.seq_len)
     peak = matmul_flops()
     print(f"preset {args.preset}: {pico.num_parameters():,} params (vocab {dims.vocab_size}), batch {args.batch} x seq "
-          f"{args.seq_len}, {args.steps} interleaved steps each on cpu, {torch.get_num_threads()} threads")
+          f"{args.seq_len}, {args.steps} interleaved steps each on cpu, {torch.get_num_threads()} threads, "
+          f"{'both trunks compiled' if args.compile else 'eager'}")
     for name, r in rate.items():
         print(f"{name:13s}: {r:10,.0f} tokens/s (median step {tokens / r * 1000:.0f} ms)")
     print(f"pico / transformers: {rate['pico'] / rate['transformers']:.2f}")

@@ -129,3 +129,19 @@ def test_hf_dataset_path_streams_through_datasets(tmp_path, monkeypatch):
     docs = list(iter_documents([f"hf://datasets/{folder}@train"], stats))
     assert [d.text for d in docs] == ["hello world"]
     assert stats.skipped["empty_text"] == 1
+
+
+def test_lines_the_fast_parser_refuses_read_as_the_standard_library_reads_them(tmp_path):
+    # orjson parses every line first; what it refuses (NaN, a lone surrogate escape, a JSON null,
+    # blank space) must be kept or skipped exactly as json.loads decides
+    raw = [
+        b'{"id": "nan", "text": "kept", "score": NaN}\n',
+        b'{"id": "sur", "text": "a\\ud800b"}\n',
+        b"null\n",
+        b"   \n",
+    ]
+    stats = ReadStats()
+    docs = list(iter_documents([str(write_jsonl_gz(tmp_path / "s.json.gz", [], raw))], stats))
+    assert [d.id for d in docs] == ["nan", "sur"] and docs[1].text == "a\ud800b"
+    assert dict(stats.skipped) == {"bad_json": 1} and stats.blank_lines == 1
+    assert "expected a JSON object, got NoneType" in stats.to_dict()["skip_examples"][0]

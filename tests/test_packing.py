@@ -149,3 +149,35 @@ def test_read_ahead_keeps_order_raises_in_place_and_stops_when_abandoned():
     next(gen)
     gen.close()  # the consumer stops early: the reader thread ends too
     assert threading.active_count() == before
+
+
+def test_encoded_chunks_pipeline_keeps_order_and_raises_the_encoders_error(tok):
+    import threading
+
+    from pico.data.packing import encoded_chunks
+
+    docs = [Document(text=f"the fox {i} " * (i % 7 + 1), source="s", id=str(i)) for i in range(50)]
+    chunks = list(encoded_chunks(docs, tok, 0, np.dtype(np.uint16), batch_size=4))
+    expected = [t for d in docs for t in tok.encode(d.text, add_special_tokens=False).ids + [0]]
+    assert np.concatenate([c for c, _ in chunks]).tolist() == expected
+    assert [n for _, n in chunks] == [4] * 12 + [2]
+
+    class FailsOnThirdBatch:
+        calls = 0
+
+        def encode_batch(self, texts, add_special_tokens):
+            FailsOnThirdBatch.calls += 1
+            if FailsOnThirdBatch.calls == 3:
+                raise ValueError("cannot encode batch 3")
+            return tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    before = threading.active_count()
+    got = []
+    with pytest.raises(ValueError, match="batch 3"):
+        for chunk, _ in encoded_chunks(docs, FailsOnThirdBatch(), 0, np.dtype(np.uint16), batch_size=4):
+            got.append(chunk)
+    assert len(got) == 2  # the batches before the failing one were packed, in order
+    gen = encoded_chunks(docs, tok, 0, np.dtype(np.uint16), batch_size=4)
+    next(gen)
+    gen.close()  # abandoned early: the reader and encoder threads end too
+    assert threading.active_count() == before

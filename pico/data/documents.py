@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import orjson
 
 from pico.errors import BadDocumentError
 
@@ -132,22 +133,38 @@ def _portable(path: str) -> str:
 
 def parse_line(raw: bytes, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:
     try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        stats.skip("undecodable_bytes", where, str(err), strict)
-        return None
-    if not line.strip():
-        stats.blank_lines += 1  # not a document, not an error
-        return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        stats.skip("bad_json", where, str(err), strict)
-        return None
+        # orjson parses the bytes (UTF-8 checked) about 4x faster than json.loads; anything it
+        # refuses goes through the standard library below, which decides what is kept and why not
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        record = _parse_slow(raw, where, stats, strict)
+        if record is _SKIPPED:
+            return None
     if not isinstance(record, dict):
         stats.skip("bad_json", where, f"expected a JSON object, got {type(record).__name__}", strict)
         return None
     return record_to_document(record, where, stats, strict, default_source)
+
+
+_SKIPPED = object()
+
+
+def _parse_slow(raw: bytes, where: str, stats: ReadStats, strict: bool) -> Any:
+    """The standard library's reading of a line orjson refused (blank, not UTF-8, NaN, a lone
+    surrogate escape …): its value, or ``_SKIPPED`` after counting why it is not a document."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        stats.skip("undecodable_bytes", where, str(err), strict)
+        return _SKIPPED
+    if not line.strip():
+        stats.blank_lines += 1  # not a document, not an error
+        return _SKIPPED
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        stats.skip("bad_json", where, str(err), strict)
+        return _SKIPPED
 
 
 def record_to_document(record: dict, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:
