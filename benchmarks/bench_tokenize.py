@@ -2,8 +2,8 @@
 
     python benchmarks/bench_tokenize.py [--params params.yaml] [--scale 8] [--rounds 7] [--workers 2]
 
-Needs the tokenizer stage's output (run `dvc repro tokenizer` first). The training shards are
-copied ``--scale`` times into a temporary folder (the embedded corpus alone encodes in half a
+Needs the tokenizer stage's output (run `dvc repro tokenizer` first). Each training shard is
+repeated ``--scale`` times into a temporary shard (the embedded corpus alone encodes in half a
 second, shorter than this machine's noise). Both sides read the same documents: the baseline
 encodes pre-loaded text in one call, the stage streams from the gzipped shards, packs rows and
 writes (and fsyncs) the token file. Each round times both, in alternating order, so load and clock
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -31,12 +30,18 @@ from pico.data.tokens_dir import TokenLayout, TokensDir
 
 
 def scaled_shards(files: list[str], scale: int, into: Path) -> list[str]:
+    """Each shard ``scale`` times over, as one shard (gzip members concatenate into a valid gzip
+    file): a bigger corpus with the same number of shards, as real Dolma shards are large."""
     out = []
-    for copy in range(scale):
-        for i, f in enumerate(files):
-            dst = into / f"c{copy:03d}-{i:03d}-{Path(f).name}"
-            shutil.copyfile(f, dst)
-            out.append(str(dst))
+    for i, f in enumerate(files):
+        if not f.endswith(".gz"):
+            raise SystemExit(f"{f}: bench_tokenize scales gzip shards only")
+        dst = into / f"{i:03d}-{Path(f).name}"
+        data = Path(f).read_bytes()
+        with open(dst, "wb") as fh:
+            for _ in range(scale):
+                fh.write(data)
+        out.append(str(dst))
     return out
 
 
@@ -81,7 +86,7 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
 
         print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads; "
-              f"corpus {len(texts)} documents ({args.scale} copies of the training shards), {mb:.2f} MB, "
+              f"corpus {len(texts)} documents in {len(files)} shards (each training shard {args.scale}x), {mb:.2f} MB, "
               f"{tokens:,} tokens; {args.rounds} paired rounds")
         print(f"raw encode_batch : {mb / med['raw']:7.2f} MB/s  {tokens / med['raw']:12,.0f} tokens/s (median)")
         print(f"tokenize stage   : {mb / med['stage']:7.2f} MB/s  {tokens / med['stage']:12,.0f} tokens/s "
