@@ -53,18 +53,3 @@ class PrefectServer:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
-
-
-def latest_flow_task_runs() -> dict:
-    """Task runs of the most recently started flow run, by name. Only runs that started: START_TIME
-    sorts by start time or else expected start, so a future run a served deployment scheduled
-    (test_scheduled_runs_...) would otherwise come first."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                                         sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-        return {r.name: r for r in runs}
