@@ -133,8 +133,9 @@ def _portable(path: str) -> str:
 
 def parse_line(raw: bytes, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:
     try:
-        # orjson parses the bytes (UTF-8 checked) about 4x faster than json.loads; anything it
-        # refuses goes through the standard library below, which decides what is kept and why not
+        # orjson parses the bytes (UTF-8 checked): reading a shard 1.5x faster than with json.loads;
+        # anything it refuses goes through the standard library below, which decides what is kept
+        # and why not
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:
         record = _parse_slow(raw, where, stats, strict)
