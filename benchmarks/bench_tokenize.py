@@ -60,7 +60,7 @@ def main() -> None:
         files = scaled_shards(expand_paths(params.data.train_paths), args.scale, Path(shards_dir))
         texts = [d.text for d in iter_documents(files)]
         mb = sum(len(t.encode()) for t in texts) / 1e6
-        tokens = sum(len(e.ids) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
+        tokens = sum(len(e) + 1 for e in tok.encode_batch(texts, add_special_tokens=False))
 
         def raw() -> float:
             t0 = time.perf_counter()
@@ -75,14 +75,12 @@ def main() -> None:
                                    params.data.encode_batch_size, progress=False)
                 return time.perf_counter() - t0
 
+        timed = {"raw": raw, "stage": stage}
         times: dict[str, list[float]] = {"raw": [], "stage": []}
-        ratios = []
         for r in range(args.rounds):
-            order = ("raw", "stage") if r % 2 == 0 else ("stage", "raw")
-            got = {name: (raw if name == "raw" else stage)() for name in order}
-            for name, s in got.items():
-                times[name].append(s)
-            ratios.append(got["raw"] / got["stage"])
+            for name in (("raw", "stage") if r % 2 == 0 else ("stage", "raw")):
+                times[name].append(timed[name]())
+        ratios = [r / s for r, s in zip(times["raw"], times["stage"])]
         med = {k: statistics.median(v) for k, v in times.items()}
 
         print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads; "

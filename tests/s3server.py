@@ -23,11 +23,11 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
 
 
 KEY, SECRET = "pico-test-key", "pico-test-secret"
-# this worker's shift of every SeaweedFS port (its gRPC ports follow at +10000)
-PORT_SHIFT = 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-S3_PORT = 8333 + PORT_SHIFT
+# SeaweedFS's default ports, and this worker's shift of every one (its gRPC ports follow at +10000)
 PORTS = {"master.port": 9333, "volume.port": 9340, "filer.port": 8888, "s3.port": 8333, "admin.port": 23646,
          "debug.port": 6060}
+PORT_SHIFT = 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+S3_PORT = PORTS["s3.port"] + PORT_SHIFT
 
 
 class SeaweedS3:
