@@ -17,7 +17,11 @@ compiled blocks, fused AdamW, the loss kernel ``auto`` picks:
   logits), so pico ÷ transformers at the same batch;
 - the torch (chunked) and liger (fused) losses and gradients against each other and against fp32
   full logits;
-- a kernel-time breakdown (torch.profiler) of a few synthetic steps at the largest batch.
+- a kernel-time breakdown (torch.profiler) of a few synthetic steps at the largest batch;
+- attention alone (``--attention``, e.g. ``small:64``): forward + backward of one layer's attention at
+  that preset's shapes through each SDPA backend (``training.attention_kernel``) and FlexAttention,
+  then ``pico train`` with the fastest SDPA backend if it beats PyTorch's own choice — is a faster
+  kernel for the preset's head_dim among the kept libraries?
 
 Every result is one JSON line on stdout and appended to ``--out``. MFU = (6N + 12·L·d·T) x tokens/s ÷
 peak (default 989e12: H100/H200 SXM dense bf16). ``--device cpu --no-compile --vocab 4096 --plan
@@ -100,7 +104,7 @@ class Check:
         return n * batch * SEQ / (time.perf_counter() - t0)
 
     # ---- the measurements ----
-    def trainer(self, preset: str, batch: int, kernel: str, mode: str = "default") -> dict:
+    def trainer(self, preset: str, batch: int, kernel: str, mode: str = "default", attention: str = "auto") -> dict:
         """``pico train``'s own loop on the pipeline's data; steady-state tokens/s from perf.csv."""
         work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         data = self.a.data
@@ -114,7 +118,7 @@ class Check:
                          "eval_every": 10**6, "eval_at_start": False, "checkpoint_every": 10**6,
                          "checkpoint_dir": str(work / "ckpt"), "metrics_dir": str(work / "metrics"),
                          "precision": "bf16", "compile": self.a.compile, "compile_mode": mode, "loss_kernel": kernel,
-                         "device": self.device.type},
+                         "attention_kernel": attention, "device": self.device.type},
             "evaluation": {"batch_size": 8, "max_windows_per_source": 2, "out": str(work / "eval.json")},
         }
         try:
@@ -237,6 +241,75 @@ class Check:
                 "share": {k: round(v / total, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
                 "top_kernels_ms_per_step": [[round(t / 3 / 1e3, 3), k] for t, k in top[:12]]}
 
+    def attention(self, preset: str, batch: int) -> dict:
+        """One layer's attention (forward + backward, causal, grouped-query) at the preset's shapes,
+        bf16, through each SDPA backend and compiled FlexAttention; ms per call and model TFLOP/s
+        (causal: half of 4·B·H·T²·head_dim forward, backward 2.5 x forward)."""
+        import torch.nn.functional as F
+        from torch.nn.attention import sdpa_kernel
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        from pico.model import ATTENTION_BACKENDS
+
+        d = self.dims(preset)
+        dtype = torch.bfloat16
+        self.reset()
+        q = torch.randn(batch, d.n_heads, SEQ, d.head_dim, device=self.device, dtype=dtype, requires_grad=True)
+        k, v = (torch.randn(batch, d.n_kv_heads, SEQ, d.head_dim, device=self.device, dtype=dtype, requires_grad=True)
+                for _ in range(2))
+        grad = torch.randn_like(q)
+        flops = 3.5 * 2 * batch * d.n_heads * SEQ * SEQ * d.head_dim
+        mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, SEQ, SEQ, device=self.device)
+        flex = torch.compile(flex_attention) if self.a.compile or self.cuda else flex_attention
+
+        def sdpa(backend):
+            def call():
+                ctx = sdpa_kernel(ATTENTION_BACKENDS[backend]) if backend != "auto" else torch.enable_grad()
+                with ctx:
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                out.backward(grad)
+            return call
+
+        def flex_call():
+            flex(q, k, v, block_mask=mask, enable_gqa=True).backward(grad)
+
+        row: dict = {"check": "attention", "preset": preset, "batch": batch, "head_dim": d.head_dim,
+                     "heads": f"{d.n_heads} q / {d.n_kv_heads} kv"}
+        calls = {name: sdpa(name) for name in ("auto", *ATTENTION_BACKENDS)} | {"flex": flex_call}
+        for name, call in calls.items():
+            def timed_ms(call=call) -> dict:
+                for _ in range(3):
+                    call()
+                self.sync()
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < min(self.a.seconds, 3.0) or n < 3:
+                    call()
+                    n += 1
+                self.sync()
+                ms = (time.perf_counter() - t0) / n * 1e3
+                return {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 2)}
+            self.attempt(row, name, timed_ms)
+        ok = {n: r["ms"] for n, r in row.items() if n in ATTENTION_BACKENDS and isinstance(r, dict)}
+        if ok and isinstance(row.get("auto"), dict):
+            best = min(ok, key=ok.get)
+            row["fastest_sdpa_backend"] = best
+            row["fastest_over_auto"] = round(row["auto"]["ms"] / ok[best], 3)
+        return row
+
+    def attention_check(self, preset: str, batch: int) -> None:
+        row: dict = {"check": "attention"}
+        if self.attempt(row, "result", self.attention, preset, batch):
+            row = row["result"]
+        self.emit(row)
+        best = row.get("fastest_sdpa_backend")
+        if best and row.get("fastest_over_auto", 1.0) > 1.10:  # beyond timing noise: worth a whole trainer run
+            train_row = {"check": "train", "preset": preset, "batch": batch, "seq": SEQ, "loss_kernel": self.kernel,
+                         "attention_kernel": best}
+            if self.attempt(train_row, "trainer", self.trainer, preset, batch, self.kernel, "default", best):
+                train_row["mfu"] = round(train_row["trainer"]["tokens_per_s"] * self.flops_per_token(preset)
+                                         / self.a.peak_flops, 4)
+            self.emit(train_row)
+
     def flops_per_token(self, preset: str) -> int:
         with torch.device("meta"):
             return PicoDecoder(self.dims(preset)).flops_per_token(SEQ)
@@ -275,6 +348,8 @@ class Check:
                    "loss_kernel": self.kernel, "compile": self.a.compile, "date": time.strftime("%Y-%m-%d")})
         if self.a.compile_variants:
             self.compile_variants(*self.a.plan[0])
+        for preset, batch in self.a.attention:
+            self.attention_check(preset, batch)
         if not self.a.skip_loss_paths:
             row: dict = {"check": "loss_paths"}
             if self.attempt(row, "result", self.loss_paths, self.a.plan[0][0]):
@@ -336,6 +411,8 @@ def main() -> None:
     ap.add_argument("--profile-preset", default="small")
     ap.add_argument("--compile-variants", action="store_true", help="first: the synthetic loop compiled each way")
     ap.add_argument("--skip-loss-paths", action="store_true")
+    ap.add_argument("--attention", default=[], type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
+                    help="first: attention alone through each kernel at these preset:batch entries (e.g. small:64)")
     ap.add_argument("--transformers-plan", default=None, type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
                     help="plan entries also run with plain transformers (default: the first)")
     args = ap.parse_args()

@@ -215,6 +215,9 @@ class TrainingConfig(_Strict):
     # output projection + cross-entropy, chunked so the full logits never exist (pico/loss.py):
     # torch (everywhere) | liger (liger-kernel's fused kernel, CUDA) | auto (liger on CUDA if installed)
     loss_kernel: Literal["auto", "torch", "liger"] = "auto"
+    # which SDPA backend computes attention (pico.model): auto (PyTorch picks) | flash | cudnn (CUDA)
+    # | efficient (CUDA) | math (the reference); one that cannot run here is refused before any step
+    attention_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
     # peak FLOP/s of one device, for the MFU column of metrics/perf.csv (null = no MFU column),
     # e.g. 989.0e12 for an H100 SXM in bf16
     peak_flops: float | None = Field(None, gt=0)

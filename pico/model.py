@@ -12,13 +12,16 @@ of PyTorch's defaults (pico's N(0,1) embedding starts the loss far above ln(voca
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pico.config import ModelConfig
 from pico.loss import linear_cross_entropy
@@ -58,6 +61,43 @@ class ModelDims:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+AttentionKernel = Literal["auto", "flash", "cudnn", "efficient", "math"]
+# training.attention_kernel: which of SDPA's backends runs attention; "auto" leaves it to PyTorch
+# (at torch 2.11 on Hopper: cuDNN; on CPU: its flash kernel). Numerically the same attention.
+ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def check_attention_kernel(kernel: AttentionKernel, dims: "ModelDims", device: torch.device,
+                           dtype: torch.dtype, training: bool = True) -> AttentionKernel:
+    """``kernel`` if SDPA can run it here for this model (device, dtype, head_dim, grouped-query
+    attention, attention dropout), else a config error naming the key, before any step: each backend
+    has its own limits (cuDNN and efficient need CUDA; flash takes no dropout on CPU), which PyTorch
+    reports only from inside the first forward."""
+    if kernel == "auto":
+        return kernel
+    where = f"training.attention_kernel={kernel}"
+    if kernel in ("cudnn", "efficient") and device.type != "cuda":
+        raise ValueError(f"{where} needs CUDA, not {device.type}; use auto, flash or math")
+    shape = (1, dims.n_heads, 16, dims.head_dim), (1, dims.n_kv_heads, 16, dims.head_dim)
+    q = torch.zeros(shape[0], device=device, dtype=dtype, requires_grad=True)
+    k, v = (torch.zeros(shape[1], device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    with warnings.catch_warnings(record=True) as said:  # SDPA explains a refusal only in warnings
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel(ATTENTION_BACKENDS[kernel]), torch.enable_grad():
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                                     dropout_p=dims.attention_dropout if training else 0.0)
+                out.sum().backward()
+            return kernel
+        except RuntimeError as err:
+            reasons = [str(w.message).split("(Triggered internally")[0].strip() for w in said]
+            why = " ".join(r for r in reasons if r) or str(err).strip().splitlines()[0]
+    raise ValueError(f"{where}: PyTorch cannot run it on {device.type} for this model (head_dim {dims.head_dim}, "
+                     f"{str(dtype).removeprefix('torch.')}, attention_dropout {dims.attention_dropout}): {why} "
+                     "Use auto.")
 
 
 class RMSNorm(nn.Module):
@@ -148,6 +188,7 @@ class PicoDecoder(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.loss_kernel: Literal["torch", "liger"] = "torch"  # how the loss is computed, not what (pico.loss)
+        self.attention_kernel: AttentionKernel = "auto"  # how attention is computed (check_attention_kernel)
         if dims.init != "pico":  # pico: the modules drew their defaults above, in pico-train's order
             self.reset_parameters()
 
@@ -178,8 +219,11 @@ class PicoDecoder(nn.Module):
             raise ValueError(f"sequence of {t} tokens exceeds model max_seq_len {self.dims.max_seq_len}")
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         x = self.embedding_proj(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+        backend = (contextlib.nullcontext() if self.attention_kernel == "auto"
+                   else sdpa_kernel(ATTENTION_BACKENDS[self.attention_kernel]))
+        with backend:
+            for layer in self.layers:
+                x = layer(x, cos, sin)
         return self.output_norm(x)
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,

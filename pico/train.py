@@ -41,7 +41,7 @@ from pico.errors import TrainingDiverged, TrainingFailed
 from pico.evaluate import evaluate_model
 from pico.faults import Faults
 from pico.loss import resolve_kernel
-from pico.model import ModelDims, PicoDecoder
+from pico.model import ModelDims, PicoDecoder, check_attention_kernel
 from pico.monitor import LossWatch, eval_verdict
 from pico.parentwatch import ParentWatch
 from pico.runlock import RunLock
@@ -50,7 +50,7 @@ from pico.train_metrics import RunStatus, TrainSummary
 # Params that define the trajectory so far: changing one starts a new run (the old one's checkpoints
 # are moved aside, never deleted). Micro-batch and accumulation enter only through the effective
 # batch, so a run may resume on another number of processes with the same effective batch.
-RUN_DEFINING_TRAINING_KEYS = ("seed", "shuffle", "precision", "compile", "loss_kernel", "numerics")
+RUN_DEFINING_TRAINING_KEYS = ("seed", "shuffle", "precision", "compile", "loss_kernel", "attention_kernel", "numerics")
 # Params that only extend or watch a run (its plan): changing them continues the same run from its
 # newest checkpoint, recorded as a new plan segment in its lineage (``continue_plan``).
 PLAN_TRAINING_KEYS = ("max_steps", "log_every", "eval_every", "eval_at_start", "checkpoint_every", "keep_checkpoints")
@@ -236,6 +236,8 @@ class Trainer:
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.t.precision == "bf16"
                          else contextlib.nullcontext())
         self.dims = model_dims(params)
+        dtype = torch.bfloat16 if self.t.precision == "bf16" else torch.float32  # what attention sees under autocast
+        self.attention_kernel = check_attention_kernel(self.t.attention_kernel, self.dims, self.device, dtype)
         tokens = TokensDir(params.data.tokens_dir)
         self.rows, self.data_manifest = tokens.open_rows(params.data.seq_len)
         tokens.check_consistent()
@@ -274,6 +276,7 @@ class Trainer:
         torch.manual_seed(self.t.seed)
         self.model = PicoDecoder(self.dims).to(self.device)
         self.model.loss_kernel = resolve_kernel(self.t.loss_kernel, self.device)
+        self.model.attention_kernel = self.attention_kernel
         self.n_params = self.model.num_parameters()
         # fused AdamW can skip a non-finite step on the device, so the host need not read every loss
         self.guard_on_device = fused = self.fused_optimizer(self.device)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pico.config import ModelConfig
-from pico.model import Attention, ModelDims, PicoDecoder, apply_rope, rope_tables
+from pico.model import Attention, ModelDims, PicoDecoder, apply_rope, check_attention_kernel, rope_tables
 
 
 def dims(**kw) -> ModelDims:
@@ -112,3 +112,41 @@ def test_sequence_longer_than_max_is_a_clear_error():
     model = PicoDecoder(dims(max_seq_len=8))
     with pytest.raises(ValueError, match="exceeds model max_seq_len 8"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def _sdpa_ops(model, x) -> set[str]:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        model(x[:, :-1], x[:, 1:]).backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+@pytest.mark.parametrize("kernel, op", [("flash", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+                                        ("math", "aten::_scaled_dot_product_attention_math")])
+def test_attention_kernels_run_the_chosen_backend_and_compute_the_same(kernel, op):
+    """training.attention_kernel picks SDPA's backend (seen in the profile), with the same loss and
+    gradients as PyTorch's own choice."""
+    d = dims()
+    x = torch.randint(0, 64, (3, 17))
+    results = {}
+    for k in ("auto", kernel):
+        torch.manual_seed(0)
+        model = PicoDecoder(d)
+        model.attention_kernel = check_attention_kernel(k, d, torch.device("cpu"), torch.float32)
+        ops = _sdpa_ops(model, x)
+        results[k] = model(x[:, :-1], x[:, 1:]), [p.grad for p in model.parameters()]
+    assert op in ops
+    torch.testing.assert_close(results[kernel][0], results["auto"][0], atol=1e-6, rtol=1e-6)
+    for g, ref in zip(results[kernel][1], results["auto"][1]):
+        torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_an_attention_kernel_that_cannot_run_is_refused_naming_the_key_and_the_reason():
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^training.attention_kernel=cudnn needs CUDA, not cpu"):
+        check_attention_kernel("cudnn", dims(), cpu, torch.float32)
+    with pytest.raises(ValueError, match=r"^training.attention_kernel=flash: .*attention_dropout 0.1\): .*dropout"):
+        check_attention_kernel("flash", dims(attention_dropout=0.1), cpu, torch.float32)
+    assert check_attention_kernel("math", dims(attention_dropout=0.1), cpu, torch.float32) == "math"
+    assert check_attention_kernel("flash", dims(), cpu, torch.bfloat16) == "flash"

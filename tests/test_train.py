@@ -328,6 +328,23 @@ def test_a_batch_larger_than_the_data_is_refused_before_work(params_dict, prepar
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
 
 
+def test_an_attention_kernel_that_cannot_run_here_is_refused_before_work(params_dict, prepared, tmp_path):
+    raw = copy.deepcopy(params_dict)
+    raw["training"]["attention_kernel"] = "cudnn"
+    with pytest.raises(ValueError, match=r"^training.attention_kernel=cudnn needs CUDA, not cpu"):
+        train.run(parse_params(raw), progress=False)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_the_math_attention_kernel_trains_like_auto(params_dict, prepared, tmp_path):
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(max_steps=4, attention_kernel="math", checkpoint_dir=str(tmp_path / "math"))
+    math_run = train.run(parse_params(raw), progress=False)
+    raw["training"].update(attention_kernel="auto", checkpoint_dir=str(tmp_path / "auto"))
+    auto_run = train.run(parse_params(raw), progress=False)
+    assert math_run.final_loss == pytest.approx(auto_run.final_loss, abs=1e-5)
+
+
 def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp_path):
     """A metrics folder that stops taking writes fails the run at the next checkpoint, which is
     still written (its state.json holds the whole history), so no step is lost."""
