@@ -122,20 +122,18 @@ class LiveView:
     def __init__(self, repo: Path, logger: Any):
         self.repo, self.logger = repo, logger
         self.progress_id = None
-        self.eval_pending = False  # an evaluation was printed; its row is in the files by the next line
+        self.log_published = False
 
     def __call__(self, line: str) -> None:
         self.logger.info(line)
         progress = parse_progress(line)
         if progress is not None:
             self._publish(self._progress, progress)
-            if self.eval_pending:
-                self._publish(self._training_log)
-        elif parse_eval(line) is not None:
-            self.eval_pending = True
+        elif parse_eval(line) is not None:  # the trainer writes the evaluation's row before this line
+            self._publish(self._training_log)
 
     def close(self) -> None:
-        if self.eval_pending:
+        if self.log_published:  # once more, with how the stage ended (completed, early-stopped, ...)
             self._publish(self._training_log)
 
     def _publish(self, fn: Any, *args: Any) -> None:
@@ -156,7 +154,7 @@ class LiveView:
     def _training_log(self) -> None:
         from pico.live import training_log
 
-        self.eval_pending = False
+        self.log_published = True
         params = load_params(self.repo / "params.yaml")
         # the metric files' paths are relative to the repository, not to this process's folder (which
         # stays put: other threads of the flow may rely on it)

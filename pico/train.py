@@ -464,6 +464,9 @@ class Trainer:
                 seen = self.seen_loss() if len(self.seen_rows) and s.position >= len(self.seen_rows) else None
             s.history["eval"].append(train_metrics.eval_row(s.step, s.step * self.tokens_per_step,
                                                             s.position / len(self.rows), metrics, seen))
+            if self.d.is_main:  # on disk before the line announcing it: the Prefect flow reads the files then
+                self.metrics.submit(s.history, self.summary(), self.wall_s())
+                self.metrics.wait()
             tqdm.write(train_metrics.eval_line(s.step, metrics["macro"]))
             verdict = eval_verdict(s.history["eval"], es)
         is_best, stop = self.d.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)

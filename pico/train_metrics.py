@@ -260,9 +260,14 @@ class Writer:
             self._cv.notify()
 
     def flush(self) -> None:
+        self.wait()
+        with self._cv:
+            self._raise()
+
+    def wait(self) -> None:
+        """Until the newest snapshot is on disk (or its write failed: ``flush`` raises that)."""
         with self._cv:
             self._cv.wait_for(lambda: self._pending is None and not self._busy)
-            self._raise()
 
     def close(self) -> None:
         """Flush and end the thread."""

@@ -244,34 +244,48 @@ def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_
 
 def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
     """While the train task runs: its progress artifact moves (step / max_steps, tokens/s, ETA), a
-    training-log artifact says "in progress", and the trainer's own lines are in the task's log."""
+    training-log artifact says "in progress", and the trainer's own lines are in the task's log.
+    Only this flow run's artifacts and logs count: the session's server holds earlier tests' runs,
+    whose last training log may well say "in progress" (a killed run)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                FlowRunFilter, LogFilter, LogFilterFlowRunId)
+    from prefect.client.schemas.sorting import LogSort
 
     repo = make_dvc_repo(tmp_path / "repo", {"training": {"max_steps": 24, "log_every": 2, "eval_every": 6}})
     sh(repo, "dvc", "repro", "tokenize")
     env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
            "PICO_FAULT_STEP_SECONDS": "0.5", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    with get_client(sync_client=True) as client:
+        earlier_runs = {r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())}
     proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo", str(repo), "--retries", "0"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen_progress, seen_logs, training_logs, trainer_lines = {}, set(), {}, {}
+    ours = None
     try:
         with get_client(sync_client=True) as client:
             while proc.poll() is None:
                 now = time.time()
+                if ours is None:
+                    ours = next((r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())
+                                 if r.id not in earlier_runs), None)
+                    continue
                 for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-                        key=ArtifactFilterKey(any_=["pico-train-progress", "pico-training-log"]))):
+                        key=ArtifactFilterKey(any_=["pico-train-progress", "pico-training-log"]),
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[ours]))):
                     if a.key == "pico-train-progress":
                         seen_progress.setdefault(a.data, now)
                     elif a.id not in seen_logs:
                         seen_logs.add(a.id)
                         training_logs[a.id] = (now, a.data)
-                for log in client.read_logs(log_filter=LogFilter()):
+                for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours])),
+                                            sort=LogSort.TIMESTAMP_DESC, limit=50):
                     if log.message.startswith("step ") and "tokens/s, ETA" in log.message:
                         trainer_lines.setdefault(log.message, now)
                 time.sleep(0.3)
         out = proc.stdout.read()
         assert proc.returncode == 0, out
+        assert ours is not None, "the flow run never appeared on the server"
         train_end = latest_flow_task_runs()["train"].end_time.timestamp()
     finally:
         proc.kill()
@@ -279,5 +293,5 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
     assert len(during) >= 3, seen_progress  # >= 3 updates observed through the API before the task ended
     mid_logs = [md for t, md in training_logs.values() if t < train_end and "**in progress" in md]
     assert mid_logs, training_logs
-    assert "| step | tokens | eval loss |" in mid_logs[0]
+    assert "| step | tokens | eval loss |" in mid_logs[0], mid_logs  # published after an evaluation
     assert any(t < train_end for t in trainer_lines.values()), trainer_lines

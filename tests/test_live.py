@@ -48,6 +48,7 @@ def test_live_view_reads_the_repository_files_without_changing_folder(prepared, 
     view = pipeline.LiveView(repo, type("Log", (), {"info": lambda *a: None,
                                                     "warning": lambda *a: warnings.append(a)})())
     view("step 6: eval loss 5.0000, token ppl 148.413, bits/byte 4.0000 (pico per-seq mean 150)")
+    assert not warnings and len(published) == 1 and "| 12 | 3,072 |" in published[0]  # at the evaluation's line
     view.close()
-    assert not warnings and len(published) == 1 and "| 12 | 3,072 |" in published[0]
+    assert len(published) == 2 and "**completed" in published[1]  # and once more with how the stage ended
     assert os.getcwd() == str(elsewhere)

@@ -345,16 +345,33 @@ def test_the_math_attention_kernel_trains_like_auto(params_dict, prepared, tmp_p
     assert math_run.final_loss == pytest.approx(auto_run.final_loss, abs=1e-5)
 
 
+def test_an_evaluation_is_on_disk_before_its_line_is_printed(monkeypatch, params_dict, prepared, tmp_path):
+    """The Prefect flow publishes the training log when it sees an evaluation's line (flows.pipeline
+    LiveView), reading the metric files: the row must be there by then, the start-of-run evaluation
+    and one at a step with no log line included (the files are otherwise written on a thread)."""
+    raw = copy.deepcopy(params_dict)
+    raw["training"].update(max_steps=9, log_every=4, eval_every=3, eval_at_start=True)
+    on_disk = {}
+
+    def write(line, *a, **kw):
+        if ": eval loss " in line:
+            step = int(line.split()[1].rstrip(":"))
+            on_disk[step] = [int(r["step"]) for r in read_csv(tmp_path / "metrics/eval_history.csv")]
+
+    monkeypatch.setattr(train.tqdm, "write", write)
+    train.run(parse_params(raw), progress=False)
+    assert on_disk == {0: [0], 3: [0, 3], 6: [0, 3, 6], 9: [0, 3, 6, 9]}
+
+
 def test_unwritable_metrics_still_save_the_checkpoint(monkeypatch, prepared, tmp_path):
     """A metrics folder that stops taking writes fails the run at the next checkpoint, which is
     still written (its state.json holds the whole history), so no step is lost."""
     from pico import train_metrics
 
-    real, calls = train_metrics.write, []
+    real = train_metrics.write
 
     def failing(metrics_dir, history, summary=None, wall_s=None):
-        calls.append(1)
-        if len(calls) > 2:  # the start-of-run write and the first log line succeed
+        if len(history["train"]) >= 2:  # writes up to the first log line (step 2) succeed
             raise OSError(28, "No space left on device")
         real(metrics_dir, history, summary, wall_s)
 
