@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -123,22 +124,25 @@ def test_diverged_run_fails_with_reason(prefect_server, tmp_path, monkeypatch):
 
     repo = make_dvc_repo(tmp_path / "repo")
     monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
+    started = datetime.now(timezone.utc)
     with pytest.raises(PipelineFailed, match=r"training loss is nan at step 6.*recovery is off"):
         pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
     assert latest_flow_task_runs()["train"].run_count == 1  # a diverged run is not retried blindly
-    [event] = _events("pico.training.diverged")  # for automations (flows.automations pauses its deployment)
+    [event] = _events("pico.training.diverged", started)  # for automations (flows.automations pauses its deployment)
     assert event["payload"]["step"] == 5 and "nan at step 6" in event["payload"]["reason"]  # 5: the last applied
     assert any(r["prefect.resource.role"] == "flow-run" for r in event["related"])
 
 
-def _events(name: str, timeout: float = 30.0) -> list[dict]:
-    """Events of one name, from the server's events API (they arrive asynchronously)."""
+def _events(name: str, since: datetime, timeout: float = 30.0) -> list[dict]:
+    """Events of one name that occurred since ``since``, from the server's events API (they arrive
+    asynchronously; the session's server also holds earlier tests' events)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.time() + timeout
     while True:
         with get_client(sync_client=True) as client:
-            response = client.request("POST", "/events/filter", json={"filter": {"event": {"name": [name]}}})
+            response = client.request("POST", "/events/filter", json={"filter": {
+                "event": {"name": [name]}, "occurred": {"since": since.isoformat()}}})
         found = response.json()["events"]
         if found or time.time() > deadline:
             return found
