@@ -13,7 +13,9 @@ changes hit both alike; the figure is the median of the rounds' ratios, with the
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -27,6 +29,11 @@ from pico.data.documents import ReadStats, expand_paths, iter_documents
 from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
 from pico.data.tokens_dir import TokenLayout, TokensDir
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def scaled_shards(files: list[str], scale: int, into: Path) -> list[str]:
@@ -77,9 +84,12 @@ def main() -> None:
 
         timed = {"raw": raw, "stage": stage}
         times: dict[str, list[float]] = {"raw": [], "stage": []}
+        cpu: dict[str, list[float]] = {"raw": [], "stage": []}  # CPU-seconds of this process, all threads
         for r in range(args.rounds):
             for name in (("raw", "stage") if r % 2 == 0 else ("stage", "raw")):
+                c0 = cpu_seconds()
                 times[name].append(timed[name]())
+                cpu[name].append(cpu_seconds() - c0)
         ratios = [r / s for r, s in zip(times["raw"], times["stage"])]
         med = {k: statistics.median(v) for k, v in times.items()}
 
@@ -91,6 +101,11 @@ def main() -> None:
               f"(read + decompress + encode + pack + write)")
         print(f"ratio stage/raw  : {statistics.median(ratios):.3f} median of rounds "
               f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+        c = {k: statistics.median(v) for k, v in cpu.items()}
+        cores = os.cpu_count() or 1
+        print(f"CPU-seconds      : raw {c['raw']:.2f} ({c['raw'] / med['raw']:.2f} cores busy), stage {c['stage']:.2f} "
+              f"({c['stage'] / med['stage']:.2f}); the stage's CPU spread over all {cores} cores would take "
+              f"{c['stage'] / cores:.2f} s: at most {med['raw'] * cores / c['stage']:.3f} of raw on this machine")
         for workers in args.workers:
             best = float("inf")
             for _ in range(min(args.rounds, 3)):
