@@ -105,7 +105,7 @@ def run_stage(stage: str, repo: str) -> str:
         return "skipped"
     live = LiveView(Path(repo), logger) if stage == TRAIN_STAGE else None
     code = dvc_streamed(Path(repo), live or logger.info, "repro", "--single-item", stage)
-    if live:
+    if live and code == 0:
         live.close()
     if code != 0:
         raise RuntimeError(f"stage '{stage}' failed with exit code {code}")
@@ -133,7 +133,10 @@ class LiveView:
             self._publish(self._training_log)
 
     def close(self) -> None:
-        if self.log_published:  # once more, with how the stage ended (completed, early-stopped, ...)
+        """After the stage succeeded: the log once more, with how it ended (completed, early-stopped).
+        Not after a failure or a stop: the flow's own state says that, and a stopping service
+        (SIGTERM) must not wait on the server."""
+        if self.log_published:
             self._publish(self._training_log)
 
     def _publish(self, fn: Any, *args: Any) -> None:

@@ -236,7 +236,10 @@ def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_
         started = time.time()
         server.terminate()
         server.wait(timeout=30)
-        assert time.time() - started < 10, "flows.serve took more than 10 s to stop on SIGTERM"
+        # < 1 s with no run in progress; with one mid-training, 7 s on an idle 2-core machine beside
+        # the hog and 17 s once in CI (the other worker busy): Prefect's runner reports the run's
+        # cancellation and reloads the flow for its hooks. Its own kill grace is 30 s.
+        assert time.time() - started < 30, "flows.serve took more than 30 s to stop on SIGTERM"
         time.sleep(1)
         assert _session_processes(server.pid) == []
     finally:
