@@ -90,18 +90,23 @@ class Check:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def timed(self, step, batch: int) -> float:
+    def seconds_per_call(self, call, seconds: float) -> float:
+        """Mean time of ``call`` over about ``seconds`` (at least 3 calls) after 3 warm-up calls."""
         for _ in range(3):
-            step()
+            call()
         self.sync()
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < self.a.seconds:
-            step()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            call()
             n += 1
             if n % 10 == 0:
                 self.sync()
         self.sync()
-        return n * batch * SEQ / (time.perf_counter() - t0)
+        return (time.perf_counter() - t0) / n
+
+    def timed(self, step, batch: int) -> float:
+        """Tokens/s of a training step over ``--seconds``."""
+        return batch * SEQ / self.seconds_per_call(step, self.a.seconds)
 
     # ---- the measurements ----
     def trainer(self, preset: str, batch: int, kernel: str, mode: str = "default", attention: str = "auto") -> dict:
@@ -246,10 +251,9 @@ class Check:
         bf16, through each SDPA backend and compiled FlexAttention; ms per call and model TFLOP/s
         (causal: half of 4·B·H·T²·head_dim forward, backward 2.5 x forward)."""
         import torch.nn.functional as F
-        from torch.nn.attention import sdpa_kernel
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        from pico.model import ATTENTION_BACKENDS
+        from pico.model import ATTENTION_BACKENDS, attention_backend
 
         d = self.dims(preset)
         dtype = torch.bfloat16
@@ -262,10 +266,9 @@ class Check:
         mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, SEQ, SEQ, device=self.device)
         flex = torch.compile(flex_attention) if self.a.compile or self.cuda else flex_attention
 
-        def sdpa(backend):
+        def sdpa(kernel):
             def call():
-                ctx = sdpa_kernel(ATTENTION_BACKENDS[backend]) if backend != "auto" else torch.enable_grad()
-                with ctx:
+                with attention_backend(kernel):
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
                 out.backward(grad)
             return call
@@ -278,15 +281,7 @@ class Check:
         calls = {name: sdpa(name) for name in ("auto", *ATTENTION_BACKENDS)} | {"flex": flex_call}
         for name, call in calls.items():
             def timed_ms(call=call) -> dict:
-                for _ in range(3):
-                    call()
-                self.sync()
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < min(self.a.seconds, 3.0) or n < 3:
-                    call()
-                    n += 1
-                self.sync()
-                ms = (time.perf_counter() - t0) / n * 1e3
+                ms = self.seconds_per_call(call, min(self.a.seconds, 3.0)) * 1e3
                 return {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 2)}
             self.attempt(row, name, timed_ms)
         ok = {n: r["ms"] for n, r in row.items() if n in ATTENTION_BACKENDS and isinstance(r, dict)}

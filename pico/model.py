@@ -70,8 +70,13 @@ ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.C
                       "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
+def attention_backend(kernel: AttentionKernel) -> contextlib.AbstractContextManager:
+    """Where attention runs under ``kernel``: SDPA restricted to that backend, or PyTorch's choice."""
+    return contextlib.nullcontext() if kernel == "auto" else sdpa_kernel(ATTENTION_BACKENDS[kernel])
+
+
 def check_attention_kernel(kernel: AttentionKernel, dims: "ModelDims", device: torch.device,
-                           dtype: torch.dtype, training: bool = True) -> AttentionKernel:
+                           dtype: torch.dtype) -> AttentionKernel:
     """``kernel`` if SDPA can run it here for this model (device, dtype, head_dim, grouped-query
     attention, attention dropout), else a config error naming the key, before any step: each backend
     has its own limits (cuDNN and efficient need CUDA; flash takes no dropout on CPU), which PyTorch
@@ -87,9 +92,9 @@ def check_attention_kernel(kernel: AttentionKernel, dims: "ModelDims", device: t
     with warnings.catch_warnings(record=True) as said:  # SDPA explains a refusal only in warnings
         warnings.simplefilter("always")
         try:
-            with sdpa_kernel(ATTENTION_BACKENDS[kernel]), torch.enable_grad():
+            with attention_backend(kernel), torch.enable_grad():
                 out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
-                                                     dropout_p=dims.attention_dropout if training else 0.0)
+                                                     dropout_p=dims.attention_dropout)
                 out.sum().backward()
             return kernel
         except RuntimeError as err:
@@ -219,9 +224,7 @@ class PicoDecoder(nn.Module):
             raise ValueError(f"sequence of {t} tokens exceeds model max_seq_len {self.dims.max_seq_len}")
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         x = self.embedding_proj(input_ids)
-        backend = (contextlib.nullcontext() if self.attention_kernel == "auto"
-                   else sdpa_kernel(ATTENTION_BACKENDS[self.attention_kernel]))
-        with backend:
+        with attention_backend(self.attention_kernel):
             for layer in self.layers:
                 x = layer(x, cos, sin)
         return self.output_norm(x)
