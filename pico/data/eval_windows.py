@@ -22,7 +22,7 @@ from tokenizers import Encoding, Tokenizer
 from tqdm import tqdm
 
 from pico.data.documents import Document, ReadStats
-from pico.data.packing import batched
+from pico.data.encoding import encoded_batches
 from pico.data.tokens_dir import EVAL_BIN, EVAL_WINDOWS, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
@@ -61,13 +61,15 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
     digest = hashlib.sha256()
     bar = tqdm(desc="tokenize eval", unit=" docs", disable=not progress, mininterval=2)
     with atomic_open(out.file(EVAL_BIN), "wb") as fh:
-        for batch in batched(docs, batch_size):
-            encodings = tok.encode_batch([d.text for d in batch], add_special_tokens=False)
-            for doc, enc in zip(batch, encodings):
+        def cut(batch: list[Document], encodings: list[Encoding]) -> tuple[list[Document], list]:
+            return batch, [document_windows(d.text, enc, layout.eos_id, layout.seq_len) for d, enc in zip(batch, encodings)]
+
+        for batch, doc_windows in encoded_batches(docs, tok, batch_size, cut, with_offsets=True):  # bytes per window
+            for doc, cut_windows in zip(batch, doc_windows):
                 src = sources.setdefault(doc.source, len(sources))
                 sub_name = f"{doc.source}/{doc.subdomain or doc.source}"
                 sub = subdomains.setdefault(sub_name, len(subdomains))
-                for window, n_bytes in document_windows(doc.text, enc, layout.eos_id, layout.seq_len):
+                for window, n_bytes in cut_windows:
                     block = np.asarray(window, dtype=layout.dtype).tobytes()
                     fh.write(block)
                     digest.update(block)

@@ -2,16 +2,14 @@
 
 Each document's tokens + EOS, concatenated in reading order, cut into rows of ``row_len``
 tokens, tail dropped. Output: ``train.bin`` and its manifest in the tokens folder
-(``pico.data.tokens_dir`` owns the layout). Streaming: memory
-holds one encode batch and less than one row of carry-over, whatever the corpus size.
+(``pico.data.tokens_dir`` owns the layout). Streaming: memory holds a few encode batches (one
+per encoding thread, ``pico.data.encoding``) and less than one row of carry-over, whatever the
+corpus size.
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,86 +20,35 @@ from tqdm import tqdm
 
 from pico.data.budgets import Budgets, tally_only
 from pico.data.documents import Document, ReadStats
+from pico.data.encoding import encoded_batches
 from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def read_ahead(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
-    """``batches``, read on a thread up to ``depth`` ahead: reading and decompressing the next batch
-    overlaps the encoding of this one (``encode_batch`` releases the GIL). An error while reading
-    is raised here, in order."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def reader() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as err:  # handed to the consumer
-            q.put(err)
-
-    thread = threading.Thread(target=reader, name="pico-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype: np.dtype,
-                   batch_size: int, budgets: Budgets | None = None) -> Iterator[tuple[np.ndarray, int]]:
+                   batch_size: int, budgets: Budgets | None = None,
+                   threads: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """The token stream (each document's tokens + EOS, in order), one encode batch at a time, with
-    the documents ``budgets`` keeps (and counts per source).
+    the documents ``budgets`` keeps (and counts per source); encoded on ``threads`` cores
+    (``pico.data.encoding``).
 
-    Three stages overlap: a thread reads and decompresses batch n+2 (``read_ahead``), another
-    encodes batch n+1 (``encode_batch`` releases the GIL), while this one turns batch n's ids into
-    an array (building the Python ints of ``Encoding.ids`` costs about a tenth of the encoding, so
-    it is built once per document: ``len(enc)`` is its length). Not ``encode_batch_fast``: same
-    ids, but measured 10 % slower (11 % more CPU) with tokenizers 0.23 on a 2-core x86_64."""
-    def collect(batch: list[Document], encodings: list) -> tuple[np.ndarray, int]:
+    A batch's ids (with each document's EOS) become one array on its encoding thread: building the
+    Python ints of ``Encoding.ids`` costs about a tenth of the encoding, so it is built once per
+    document (``len(enc)`` is its length). ``budgets`` decides here, in reading order, whichever
+    thread encoded the batch. No offsets are computed: packing needs only the ids."""
+    def to_array(batch: list[Document], encodings: list) -> tuple[list[Document], np.ndarray, np.ndarray]:
         ids: list[int] = []
-        kept = 0
-        for doc, enc in zip(batch, encodings):
-            if budgets is not None and not budgets.keep(doc, len(enc) + 1):
-                continue
+        for enc in encodings:
             ids += enc.ids
             ids.append(eos_id)
-            kept += 1
-        return np.array(ids, dtype=dtype), kept
+        return batch, np.array([len(enc) + 1 for enc in encodings], dtype=np.int64), np.array(ids, dtype=dtype)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="pico-encode") as encoder:
-        pending: tuple[list[Document], Future] | None = None
-        for batch in read_ahead(batched(docs, batch_size)):
-            encoding = encoder.submit(tok.encode_batch, [d.text for d in batch], add_special_tokens=False)
-            if pending is not None:
-                yield collect(pending[0], pending[1].result())
-            pending = (batch, encoding)
-        if pending is not None:
-            yield collect(pending[0], pending[1].result())
+    for batch, lengths, ids in encoded_batches(docs, tok, batch_size, to_array, threads):
+        if budgets is None:
+            yield ids, len(batch)
+            continue
+        keep = [budgets.keep(doc, int(n)) for doc, n in zip(batch, lengths)]
+        yield (ids if all(keep) else ids[np.repeat(keep, lengths)]), sum(keep)
 
 
 class RowPacker:

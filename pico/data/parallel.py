@@ -3,14 +3,14 @@
 Each worker process turns one shard into its token stream (documents' tokens + EOS, in line order)
 in a temporary file; the main process feeds the streams, in shard order, to the same RowPacker the
 sequential path uses. Packing only concatenates and cuts, so the rows, the manifest and every byte
-equal a sequential run's, whatever the number of workers. Memory stays flat: a worker holds one
-encode batch, the merge one block.
+equal a sequential run's, whatever the number of workers. Each worker encodes on its share of the
+cores (``pico.data.encoding.encode_threads``). Memory stays flat: a worker holds a few encode
+batches (one per thread), the merge one block.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +22,7 @@ import numpy as np
 
 from pico.data.budgets import SourceTally, tally_only
 from pico.data.documents import ReadStats, iter_file
+from pico.data.encoding import encode_threads
 from pico.data.packing import RowPacker, encoded_chunks
 from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
@@ -30,16 +31,16 @@ MERGE_BLOCK = 1 << 22  # tokens read per step while merging a shard's stream
 
 
 def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str, out_path: str,
-                   strict: bool, batch_size: int) -> dict[str, Any]:
-    """Worker: one shard -> its token stream file; returns the shard's read stats."""
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core per worker: the pool is the parallelism
+                   strict: bool, batch_size: int, threads: int = 1) -> dict[str, Any]:
+    """Worker: one shard -> its token stream file, encoded on ``threads`` cores; returns the shard's
+    read stats."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer_file)
     stats, tally = ReadStats(), tally_only()
     with open(out_path, "wb") as fh:
         for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size,
-                                       tally):
+                                       tally, threads):
             fh.write(chunk.tobytes())
     return {**stats.to_dict(), "sources": tally.tally.to_dict()}
 
@@ -77,7 +78,10 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
     dtype, out_path = layout.dtype, out.file(TRAIN_BIN)
     stats, tally = ReadStats(files=list(files)), SourceTally()
     scratch = Path(tempfile.mkdtemp(prefix=".shards-", dir=out_path.parent))
-    jobs = [(f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size)
+    # worker processes here share this machine's cores; a Dask cluster runs as many tasks as it has
+    # threads, so each task takes one core
+    threads = 1 if use_dask else encode_threads(workers)
+    jobs = [(f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size, threads)
             for i, f in enumerate(files)]
     try:
         results = _dask_results(jobs, dask_address) if use_dask else _process_pool_results(jobs, workers)
