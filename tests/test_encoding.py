@@ -112,9 +112,21 @@ def test_threads_are_each_process_share_of_the_cores_it_may_use(monkeypatch):
     assert [encode_threads(p) for p in (1, 2, 3, 16, 32)] == [encoding.MAX_ENCODE_THREADS, 8, 5, 1, 1]
     monkeypatch.setattr(encoding, "available_cores", lambda: 2)
     assert encode_threads() == 2
-    if hasattr(os, "sched_getaffinity"):
-        monkeypatch.undo()
-        assert encoding.available_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.undo()
+
+
+def test_available_cores_are_the_affinity_capped_by_the_container_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu_max = tmp_path / "cpu.max"
+    assert encoding.available_cores(tmp_path / "absent") == affinity
+    cpu_max.write_text("max 100000\n")
+    assert encoding.available_cores(cpu_max) == affinity
+    cpu_max.write_text("150000 100000\n")  # docker --cpus=1.5
+    assert encoding.available_cores(cpu_max) == min(affinity, 2)
+    cpu_max.write_text("20000 100000\n")
+    assert encoding.available_cores(cpu_max) == 1
+    cpu_max.write_text("garbage\n")
+    assert encoding.available_cores(cpu_max) == affinity
 
 
 def test_offsets_only_when_asked_and_the_same_ids_either_way(tok):

@@ -19,12 +19,14 @@ ids: the output bytes are the same for any number of threads.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from tokenizers import Encoding, Tokenizer
@@ -83,9 +85,17 @@ def read_ahead(batches: Iterable[list], depth: int = 2) -> Iterator[list]:
         thread.join()
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and ``taskset`` set)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, cpusets), and no more than
+    its container's CPU quota (cgroup v2 ``cpu.max``, as ``docker --cpus`` sets), rounded up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 here, or a form this does not know: affinity only
+        pass
+    return cores
 
 
 def encode_threads(processes: int = 1) -> int:
