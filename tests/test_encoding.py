@@ -107,6 +107,40 @@ def test_the_tokenizers_own_pool_is_off_while_encoding_and_the_setting_is_restor
     assert os.environ.get(encoding.PARALLELISM_ENV) == before
 
 
+def test_streams_encoding_at_once_share_the_setting_until_the_last_ends(tok, monkeypatch):
+    monkeypatch.setenv(encoding.PARALLELISM_ENV, "true")
+    seen = []
+    short_started, long_started, short_done = threading.Event(), threading.Event(), threading.Event()
+
+    class Records:
+        def encode_batch_fast(self, texts, add_special_tokens):
+            seen.append(os.environ.get(encoding.PARALLELISM_ENV))
+            return tok.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+    def short_stream():  # starts first, ends while the long one is still encoding
+        for _ in encoded_batches(docs(8), Records(), 4, lambda batch, encs: 0, threads=1):
+            short_started.set()
+            long_started.wait(10)
+        short_done.set()
+
+    def long_stream():
+        for i, _ in enumerate(encoded_batches(docs(), Records(), 4, lambda batch, encs: 0, threads=1)):
+            long_started.set()
+            if i == 0:
+                short_done.wait(10)
+
+    short = threading.Thread(target=short_stream)
+    short.start()
+    short_started.wait(10)
+    long = threading.Thread(target=long_stream)
+    long.start()
+    short.join()
+    long.join()
+    assert short_done.is_set() and len(seen) == 2 + 13
+    assert set(seen) == {"false"}  # the long stream's later batches too, after the short one ended
+    assert os.environ.get(encoding.PARALLELISM_ENV) == "true"
+
+
 def test_threads_are_each_process_share_of_the_cores_it_may_use(monkeypatch):
     monkeypatch.setattr(encoding, "available_cores", lambda: 16)
     assert [encode_threads(p) for p in (1, 2, 3, 16, 32)] == [encoding.MAX_ENCODE_THREADS, 8, 5, 1, 1]

@@ -103,20 +103,33 @@ def encode_threads(processes: int = 1) -> int:
     return max(1, min(MAX_ENCODE_THREADS, available_cores() // max(1, processes)))
 
 
+_serial = threading.Lock()
+_serial_users = 0
+_serial_before: str | None = None
+
+
 @contextlib.contextmanager
 def serial_tokenizer() -> Iterator[None]:
     """The tokenizer's own thread pool off while the block runs (``TOKENIZERS_PARALLELISM``, read
-    by tokenizers at each call), then the variable as it was. Set and restored while no encoding
-    runs in this process, so no tokenizer thread reads the environment while it changes."""
-    before = os.environ.get(PARALLELISM_ENV)
-    os.environ[PARALLELISM_ENV] = "false"
+    by tokenizers at each call), then the variable as it was. Counted, so streams encoding at once
+    in one process (Dask tasks on a worker's threads) share one setting: it is set when the first
+    starts and restored when the last ends, never while one of them is encoding."""
+    global _serial_users, _serial_before
+    with _serial:
+        if _serial_users == 0:
+            _serial_before = os.environ.get(PARALLELISM_ENV)
+            os.environ[PARALLELISM_ENV] = "false"
+        _serial_users += 1
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(PARALLELISM_ENV, None)
-        else:
-            os.environ[PARALLELISM_ENV] = before
+        with _serial:
+            _serial_users -= 1
+            if _serial_users == 0:
+                if _serial_before is None:
+                    os.environ.pop(PARALLELISM_ENV, None)
+                else:
+                    os.environ[PARALLELISM_ENV] = _serial_before
 
 
 def encoded_batches(docs: Iterable[Document], tok: Tokenizer, batch_size: int,
