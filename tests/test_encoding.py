@@ -53,6 +53,23 @@ def test_token_stream_is_the_same_for_any_number_of_threads(tok, threads):
     assert [n for _, n in chunks] == [4] * 12 + [2]
 
 
+def test_budgets_decide_in_reading_order_whatever_the_threads(tok):
+    from pico.config import SourceBudget
+    from pico.data.budgets import Budgets
+
+    mixed = [Document(text=d.text, source="ab"[i % 2], id=d.id) for i, d in enumerate(docs(60))]
+
+    def stream(threads: int):
+        budgets = Budgets({"a": SourceBudget(max_tokens=200), "b": SourceBudget(weight=0.5)}, 7)
+        chunks = list(encoded_chunks(mixed, tok, 0, np.dtype(np.uint16), batch_size=4, budgets=budgets,
+                                     threads=threads))
+        return np.concatenate([c for c, _ in chunks]).tolist(), [n for _, n in chunks], budgets.tally.to_dict()
+
+    one = stream(1)
+    assert 0 < sum(one[1]) < len(mixed)  # the budgets did cut: a cap on a, a seeded half of b
+    assert stream(4) == one
+
+
 def test_batches_come_back_in_reading_order_when_later_ones_finish_first(tok):
     class SlowFirstBatches:
         """Batch k takes longer than batch k+1, so with 4 threads they finish in reverse order."""
