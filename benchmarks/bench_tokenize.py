@@ -13,7 +13,6 @@ changes hit both alike; the figure is the median of the rounds' ratios, with the
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import resource
 import statistics
@@ -26,6 +25,7 @@ import torch
 from pico.config import load_params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.documents import ReadStats, expand_paths, iter_documents
+from pico.data.encoding import available_cores
 from pico.data.packing import write_train_tokens
 from pico.data.parallel import pack_shards_parallel
 from pico.data.tokens_dir import TokenLayout, TokensDir
@@ -102,7 +102,7 @@ def main() -> None:
         print(f"ratio stage/raw  : {statistics.median(ratios):.3f} median of rounds "
               f"(range {min(ratios):.3f}-{max(ratios):.3f})")
         c = {k: statistics.median(v) for k, v in cpu.items()}
-        cores = os.cpu_count() or 1
+        cores = available_cores()  # as many as the stage encodes on
         print(f"CPU-seconds      : raw {c['raw']:.2f} ({c['raw'] / med['raw']:.2f} cores busy), stage {c['stage']:.2f} "
               f"({c['stage'] / med['stage']:.2f}); the stage's CPU spread over all {cores} cores would take "
               f"{c['stage'] / cores:.2f} s: at most {med['raw'] * cores / c['stage']:.3f} of raw on this machine")

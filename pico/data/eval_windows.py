@@ -60,11 +60,13 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
     offset = doc_no = 0
     digest = hashlib.sha256()
     bar = tqdm(desc="tokenize eval", unit=" docs", disable=not progress, mininterval=2)
-    with atomic_open(out.file(EVAL_BIN), "wb") as fh:
-        def cut(batch: list[Document], encodings: list[Encoding]) -> tuple[list[Document], list]:
-            return batch, [document_windows(d.text, enc, layout.eos_id, layout.seq_len) for d, enc in zip(batch, encodings)]
 
-        for batch, doc_windows in encoded_batches(docs, tok, batch_size, cut, with_offsets=True):  # bytes per window
+    def cut(batch: list[Document], encodings: list[Encoding]) -> tuple[list[Document], list]:
+        """On the encoding thread: each document's windows (offsets give their bytes)."""
+        return batch, [document_windows(d.text, enc, layout.eos_id, layout.seq_len) for d, enc in zip(batch, encodings)]
+
+    with atomic_open(out.file(EVAL_BIN), "wb") as fh:
+        for batch, doc_windows in encoded_batches(docs, tok, batch_size, cut, with_offsets=True):
             for doc, cut_windows in zip(batch, doc_windows):
                 src = sources.setdefault(doc.source, len(sources))
                 sub_name = f"{doc.source}/{doc.subdomain or doc.source}"
