@@ -35,7 +35,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from pico.config import Params, load_params, with_overrides
+from pico.config import Params, load_params, read_params_file, with_overrides
 from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary, summary_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def apply_overrides(repo: Path, overrides: dict[str, Any]) -> Params:
     """Edit params.yaml like `dvc exp run -S` does, after validating the result; returns the params."""
     path = repo / "params.yaml"
-    raw, params = with_overrides(yaml.safe_load(path.read_text()), overrides, str(path))
+    raw, params = with_overrides(read_params_file(path), overrides, str(path))
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return params
 

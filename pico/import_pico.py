@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from pico import checkpoint
 from pico.config import Params
-from pico.data.tokenizer import tokenizer_hash
+from pico.data.tokenizer import read_tokenizer, tokenizer_hash
 from pico.model import ModelDims, PicoDecoder
 
 PREFIXES = ("pico_decoder.", "_forward_module.", "module.")  # HF wrapper, Lightning Fabric, DDP
@@ -101,9 +101,7 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
     tok = src / "tokenizer.json"
     tok_sha = None
     if tok.is_file():
-        from tokenizers import Tokenizer
-
-        tok_sha = tokenizer_hash(Tokenizer.from_file(str(tok)))
+        tok_sha = tokenizer_hash(read_tokenizer(tok))
     digest = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         digest.update(k.encode() + v.float().numpy().tobytes())

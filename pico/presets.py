@@ -15,9 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from pico.config import ConfigError, with_overrides
+from pico.config import ConfigError, read_params_file, with_overrides
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
@@ -37,7 +36,7 @@ def load(name: str, directory: Path | None = None) -> dict[str, Any]:
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no preset {name!r}; available: {', '.join(available(directory))}")
-    preset = yaml.safe_load(path.read_text())
+    preset = read_params_file(path)
     if not isinstance(preset, dict) or not isinstance(preset.get("overrides"), dict):
         raise ConfigError(f"{path}: expected 'description' and an 'overrides' mapping")
     return preset
@@ -59,7 +58,7 @@ def hydra_value(value: Any) -> str:
 def command(name: str, params_path: Path = Path("params.yaml"), queue: bool = False,
             exp_name: str | None = None, directory: Path | None = None) -> list[str]:
     preset = load(name, directory)
-    with_overrides(yaml.safe_load(params_path.read_text()), preset["overrides"], f"preset {name}")
+    with_overrides(read_params_file(params_path), preset["overrides"], f"preset {name}")
     cmd = ["dvc", "exp", "run", "-n", exp_name or name]
     if queue:
         cmd.append("--queue")

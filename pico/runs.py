@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pico import train_metrics
-from pico.config import Params, parse_params
+from pico.config import Params, parse_params, read_params_file, read_yaml
 from pico.train_metrics import TrainSummary, parse_csv
 
 
@@ -61,18 +60,19 @@ def read_file(path: str, revision: str | None, repo: str | Path | None = None) -
 def load_params_at(source: str) -> dict:
     """Raw params from a params file, a git revision or a DVC experiment."""
     if Path(source).is_file():
-        return yaml.safe_load(Path(source).read_text())
+        return read_params_file(source)
     text = read_file("params.yaml", resolve_revision(source))
     if text is None:
         raise ValueError(f"no params.yaml at {source}")
-    return yaml.safe_load(text)
+    return read_yaml(text, f"params.yaml at {source}")
 
 
 def load_run(revision: str | None = None, params: Params | None = None, name: str | None = None) -> RunRecord:
     """A run's records from the workspace (revision None) or from a git revision / experiment."""
     rev = resolve_revision(revision) if revision else None
     if params is None:
-        params = parse_params(yaml.safe_load(read_file("params.yaml", rev) or "{}"), f"params.yaml at {revision}")
+        params = parse_params(read_yaml(read_file("params.yaml", rev) or "{}", f"params.yaml at {revision}"),
+                              f"params.yaml at {revision}")
     m = Path(params.training.metrics_dir)
     summary_file = train_metrics.summary_path(m)
     summary = read_file(str(summary_file), rev)

@@ -51,3 +51,41 @@ def test_missing_inputs_are_one_line_errors(tmp_path, params_dict, capsys):
 def test_check_params(capsys):
     assert main(["--params", str(REPO / "params.yaml"), "check-params"]) == 0
     assert isinstance(load_params(REPO / "params.yaml"), Params)
+
+
+def test_a_bad_tokenizer_file_is_one_line_naming_it(tmp_path, params_dict, capsys):
+    bad = tmp_path / "tok/tokenizer.json"
+    bad.parent.mkdir()
+    for content, why in ((b"", "it is empty"), (b'{"version": "1.0", "model": ', "not a tokenizers JSON file")):
+        bad.write_bytes(content)
+        raw = copy.deepcopy(params_dict)
+        raw["tokenizer"]["source"] = str(bad)
+        path = write_params(tmp_path / "p.yaml", raw)
+        assert main(["--params", str(path), "tokenizer"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{bad}: cannot load the tokenizer: {why}" in err
+
+
+def test_a_damaged_tokenizer_output_is_named_by_the_next_stage(tmp_path, params_dict, capsys):
+    path = write_params(tmp_path / "p.yaml", params_dict)
+    assert main(["--params", str(path), "tokenizer"]) == 0
+    out = tmp_path / "data/tokenizer/tokenizer.json"
+    out.write_bytes(b"")  # a disk that filled up, a sync that stopped half-way
+    capsys.readouterr()
+    assert main(["--params", str(path), "tokenize"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}: cannot load the tokenizer: it is empty" in err
+
+
+def test_params_files_dvc_would_refuse_are_one_line_exit_2(tmp_path, capsys):
+    text = (REPO / "params.yaml").read_text()
+    cases = {"dup.yaml": (text + "optim:\n  lr: 0.5\n").encode(),
+             "latin1.yaml": text.replace("3.0e-3", "3.0e-3 # caf\u00e9").encode("latin-1"),
+             "bomb.yaml": (text + "junk:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+                 f"  b{i}: &b{i} [" + ", ".join([f"*{'a' if i == 0 else f'b{i - 1}'}"] * 10) + "]\n"
+                 for i in range(8))).encode()}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["--params", str(tmp_path / name), "check-params"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / name) in err, err

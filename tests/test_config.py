@@ -1,5 +1,6 @@
 import copy
 import shutil
+import time
 
 import pytest
 
@@ -142,3 +143,54 @@ def test_outputs_outside_the_dvc_project_are_refused_before_work(tmp_path, monke
     shutil.rmtree(repo / ".dvc")  # no DVC project: a direct `pico train` may write anywhere
     write_params(path, {"training": {"checkpoint_dir": str(elsewhere / "ckpt")}})
     assert load_params(path).training.checkpoint_dir == str(elsewhere / "ckpt")
+
+
+# ---- params files a user (or an attacker) can hand the pipeline: one line naming the file, fast ----
+def _bomb(levels: int = 9) -> str:
+    """A "billion laughs" YAML mapping: each level aliases the one before nine times."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path):
+    text = (REPO / "params.yaml").read_text() + "junk:\n" + "\n".join("  " + line for line in _bomb().splitlines())
+    (tmp_path / "params.yaml").write_text(text + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases expand to over") as err:
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - started < 1.0
+    assert "\n" not in str(err.value) and str(tmp_path / "params.yaml") in str(err.value)
+
+
+def test_a_large_bad_value_is_shown_capped(tmp_path):
+    """Under the expansion cap, an unknown key's value is still far too large to print whole."""
+    text = (REPO / "params.yaml").read_text() + "junk:\n" + "\n".join("  " + line for line in _bomb(6).splitlines())
+    (tmp_path / "params.yaml").write_text(text + "\n")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="junk: unknown key") as err:
+        load_params(tmp_path / "params.yaml")
+    assert time.perf_counter() - started < 1.0 and len(str(err.value)) < 400
+
+
+def test_a_key_given_twice_is_refused_like_dvc_does(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text + "optim:\n  lr: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    line = text[:text.index("\noptim:")].count("\n") + 2
+    assert str(err.value) == (f"{tmp_path / 'params.yaml'}: key 'optim' is given twice (lines {line} and "
+                              f"{text.count(chr(10)) + 1}); DVC refuses such a file: keep one")
+    nested = text.replace("  lr: 3.0e-3\n", "  lr: 3.0e-3\n  lr: 0.5\n")
+    (tmp_path / "params.yaml").write_text(nested)
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_params_file_that_is_not_utf8_is_named(tmp_path):
+    data = (REPO / "params.yaml").read_bytes().replace(b"lr: 3.0e-3", b"lr: 3.0e-3 # \xe9t\xe9")
+    (tmp_path / "params.yaml").write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    line = data[:data.index(b"\xe9")].count(b"\n") + 1
+    assert str(err.value) == f"{tmp_path / 'params.yaml'}: not UTF-8 text (byte 0xe9 on line {line}); save it as UTF-8"

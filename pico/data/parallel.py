@@ -24,6 +24,7 @@ from pico.data.budgets import SourceTally, tally_only
 from pico.data.documents import ReadStats, iter_file
 from pico.data.encoding import encode_threads
 from pico.data.packing import RowPacker, encoded_chunks
+from pico.data.tokenizer import read_tokenizer
 from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
@@ -34,9 +35,7 @@ def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str,
                    strict: bool, batch_size: int, threads: int = 1) -> dict[str, Any]:
     """Worker: one shard -> its token stream file, encoded on ``threads`` cores; returns the shard's
     read stats."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tokenizer_file)
+    tok = read_tokenizer(tokenizer_file)
     stats, tally = ReadStats(), tally_only()
     with open(out_path, "wb") as fh:
         for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size,

@@ -36,6 +36,21 @@ class TokenizerInfo:
     source: str
 
 
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """A ``tokenizer.json`` file, or one line naming it and why it cannot be used (tokenizers' own
+    error for an empty or broken file names neither the file nor the fix)."""
+    path = Path(path)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception carrying serde's message
+        if isinstance(err, OSError) and not path.exists():
+            raise FileNotFoundError(f"{path}: tokenizer file not found") from None
+        size = path.stat().st_size if path.is_file() else 0
+        why = "it is empty" if size == 0 else f"not a tokenizers JSON file ({str(err).splitlines()[0][:120]})"
+        raise ValueError(f"{path}: cannot load the tokenizer: {why}; rerun the tokenizer stage "
+                         "(`dvc repro tokenizer`) or point tokenizer.source at a valid tokenizer.json") from None
+
+
 def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
@@ -62,9 +77,9 @@ def obtain_tokenizer(params: Params) -> Tokenizer:
                                                 max_documents=cfg.train_max_documents))
         return train_bpe(texts, cfg.vocab_size, cfg.min_frequency, [cfg.eos_token, cfg.pad_token])
     if Path(cfg.source).is_file():
-        return Tokenizer.from_file(cfg.source)
+        return read_tokenizer(cfg.source)
     if Path(cfg.source).is_dir() and (Path(cfg.source) / TOKENIZER_FILE).is_file():
-        return Tokenizer.from_file(str(Path(cfg.source) / TOKENIZER_FILE))
+        return read_tokenizer(Path(cfg.source) / TOKENIZER_FILE)
     if cfg.source.endswith(".json"):
         raise FileNotFoundError(f"tokenizer.source: file not found: {cfg.source}")
     return Tokenizer.from_pretrained(cfg.source)  # a hub id
@@ -96,7 +111,7 @@ def run(params: Params) -> TokenizerInfo:
 
 def load(out_dir: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
     out = Path(out_dir)
-    tok = Tokenizer.from_file(str(out / TOKENIZER_FILE))
+    tok = read_tokenizer(out / TOKENIZER_FILE)
     info = TokenizerInfo(**json.loads((out / META_FILE).read_text()))
     if tokenizer_hash(tok) != info.sha256:
         raise ValueError(f"{out / TOKENIZER_FILE} does not match the hash in {out / META_FILE}; rerun the tokenizer stage")
