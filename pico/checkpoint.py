@@ -114,10 +114,14 @@ def verify(path: str | Path) -> dict[str, Any]:
 
 def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
          scheduler: Any, state: dict[str, Any], keep: int | None, name: str | None = None,
-         weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> Path:
+         weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
+         interim: bool = False) -> Path:
     """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep`` (None:
     prune nothing). ``weights`` / ``optimizer_state`` replace the model's and optimizer's own (gathered
-    FSDP state). Without an optimizer it holds weights only (an imported model: evaluated, not resumed)."""
+    FSDP state). Without an optimizer it holds weights only (an imported model: evaluated, not resumed).
+    ``interim``: a checkpoint off the periodic schedule (the run was stopped between two); it does not
+    count towards ``keep`` and is removed once a newer checkpoint exists, so an interrupted run ends
+    with the same checkpoints as an uninterrupted one."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name if name else step_dir(root, step)
@@ -125,14 +129,24 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write(tmp, step, model, optimizer, scheduler, state, weights, optimizer_state)
+        _write(tmp, step, model, optimizer, scheduler, {**state, "interim": True} if interim else state,
+               weights, optimizer_state)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("unexpected pos")
         shutil.rmtree(tmp, ignore_errors=True)  # at once: a failed checkpoint must not hold the space
         raise CheckpointWriteError(_write_failure(root, final, err)) from None
     replace_dir(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep is not None else []:
-        shutil.rmtree(old)
+    if keep is not None:
+        prune(root, keep)
     return final
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` periodic checkpoints, and an interim one only while it is the newest."""
+    found = list_checkpoints(root)
+    interim = {p for p in found[:-1] if read_state(p).get("interim")}
+    periodic = [p for p in found if p not in interim and not (p == found[-1] and read_state(p).get("interim"))]
+    for old in [*sorted(interim), *periodic[:-keep]]:
+        shutil.rmtree(old)
 
 
 class CheckpointWriteError(OSError):

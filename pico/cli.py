@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pico import numerics
 from pico.codedeps import STAGE_MODULES
 from pico.config import ConfigError, Params, load_params
-from pico.errors import BadDocumentError, TrainingDiverged, TrainingFailed
+from pico.errors import BadDocumentError, TrainingDiverged, TrainingFailed, TrainingInterrupted
 
 
 def _stage(module: str) -> Callable[[Params, str], None]:
@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {describe(err)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:  # stopped on request, progress saved: not an error, not a success
+        print(f"train: {err}", file=sys.stderr)
+        return err.exit_code
     except (BadDocumentError, OSError, TrainingDiverged, TrainingFailed, ValueError) as err:
         print(f"error in stage '{args.stage}': {describe(err)}", file=sys.stderr)
         return 1

@@ -219,6 +219,9 @@ class TrainingConfig(_Strict):
     # which SDPA backend computes attention (pico.model): auto (PyTorch picks) | flash | cudnn (CUDA)
     # | efficient (CUDA) | math (the reference); one that cannot run here is refused before any step
     attention_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = "auto"
+    # seconds from SIGTERM/SIGINT to exit: the trainer finishes its step and writes a checkpoint, or
+    # says it could not and exits anyway (schedulers kill after their own grace: Slurm, k8s 30 s)
+    stop_grace_s: float = Field(30.0, gt=0)
     # peak FLOP/s of one device, for the MFU column of metrics/perf.csv (null = no MFU column),
     # e.g. 989.0e12 for an H100 SXM in bf16
     peak_flops: float | None = Field(None, gt=0)

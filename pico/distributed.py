@@ -14,7 +14,8 @@ import hashlib
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    cpu_group: Any = field(default=None, compare=False)  # gloo group for host-side flags (None: the default group)
 
     @property
     def is_main(self) -> bool:
@@ -38,6 +40,15 @@ class Dist:
         t = value.detach().clone()
         dist.all_reduce(t)
         return t / self.world
+
+    def any(self, flag: bool) -> bool:
+        """Whether any rank's flag is set: a one-integer collective on the CPU (gloo), so asking it
+        every step never waits on the GPU's queue of work."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return bool(t.item())
 
     def broadcast(self, obj: Any) -> Any:
         if self.world == 1:
@@ -66,7 +77,8 @@ def setup(backend: str) -> Dist:
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    cpu_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), cpu_group)
     if torch.cuda.is_available():
         torch.cuda.set_device(d.local_rank)
     return d
@@ -101,7 +113,17 @@ def launch(params_path: str, nproc: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "pico.cli", "--params", params_path, "train"]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
-    return subprocess.run(cmd).returncode
+    # torchrun in its own session, and this process passes SIGTERM/SIGINT on exactly once: a signal
+    # to the whole group would otherwise reach torchrun twice, and its second one cuts short the
+    # grace it gives the ranks to save (pico.preempt)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ---- FSDP (fully_shard): parameters, gradients and optimizer state sharded across ranks ----

@@ -11,3 +11,12 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingFailed(RuntimeError):
     """The training processes (torchrun) did not finish."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """The trainer stopped on request (SIGTERM, SIGINT, its DVC gone) with its progress saved;
+    ``exit_code`` is 128 + the signal's number, as a shell reports a signalled process."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -37,13 +37,14 @@ from pico.data.eval_windows import EvalWindows
 from pico.data.loader import GlobalRowOrder, RowLoader
 from pico.data.tokens_dir import TokensDir
 from pico.distributed import Dist
-from pico.errors import TrainingDiverged, TrainingFailed
+from pico.errors import TrainingDiverged, TrainingFailed, TrainingInterrupted
 from pico.evaluate import evaluate_model
 from pico.faults import Faults
 from pico.loss import resolve_kernel
 from pico.model import ModelDims, PicoDecoder, check_attention_kernel
 from pico.monitor import LossWatch, eval_verdict
 from pico.parentwatch import ParentWatch
+from pico.preempt import StopRequest
 from pico.runlock import RunLock
 from pico.train_metrics import RunStatus, TrainSummary
 
@@ -225,8 +226,9 @@ def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, params: Params, d: Dist, progress: bool):
+    def __init__(self, params: Params, d: Dist, progress: bool, stop: StopRequest | None = None):
         self.params, self.t, self.d, self.progress = params, params.training, d, progress
+        self.stop = stop or StopRequest(params.training.stop_grace_s)  # SIGTERM/SIGINT (pico.preempt)
         if self.t.num_threads:
             torch.set_num_threads(self.t.num_threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -268,6 +270,7 @@ class Trainer:
         self.dynamics = self._dynamics_capture()
         self.faults = Faults(fresh_run=self.restored is None)
         self.supervisor = ParentWatch() if d.is_main else None  # the dvc that started us, if any
+        self.saved_step = self.restored.state["step"] if self.restored else None  # the newest step on disk
 
     def _build_model(self) -> None:
         """Model, optimizer and lr schedule, restored from a checkpoint when there is one to
@@ -361,6 +364,10 @@ class Trainer:
         interval.losses, interval.norms = list(s.unlogged["losses"]), list(s.unlogged["norms"])
         interval.carried = len(interval.losses)
         while s.step < t.max_steps:
+            why = self.interrupted()  # asked every step: a preempted machine gives seconds, not a log interval
+            if why:
+                bar.close()
+                self.stop_interrupted(why)
             lr = self.scheduler.get_last_lr()[0]
             loss, grad_norm = self.forward_backward()
             loss = self.faults.loss(s.step + 1, loss)
@@ -404,9 +411,6 @@ class Trainer:
             self.faults.after_step(s.step)
             if stop:
                 break
-            if log_due and not last and self.supervisor_gone():
-                bar.close()
-                self.stop_orphaned(saved=save_due)
         bar.close()
         return self.finish()
 
@@ -488,9 +492,10 @@ class Trainer:
         self.model.train(was_training)
         return float(total) / len(self.seen_rows)
 
-    def save(self, name: str | None = None) -> None:
+    def save(self, name: str | None = None, interim: bool = False) -> None:
         """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal; FSDP gathers them
-        first, which every rank takes part in); all wait."""
+        first, which every rank takes part in); all wait. ``interim``: written because the run was
+        stopped between periodic checkpoints; pruned once a newer one exists (pico.checkpoint)."""
         gathered = {"weights": distributed.full_weights(self.model),
                     "optimizer_state": distributed.full_optimizer_state(self.model, self.optimizer)} if self.fsdp else {}
         if self.d.is_main:
@@ -498,7 +503,9 @@ class Trainer:
                 self.metrics.flush()  # the metric files are never behind a checkpoint
             finally:  # and an unwritable metrics folder does not lose the steps: state.json holds the history
                 checkpoint.save(self.t.checkpoint_dir, self.state.step, self.model, self.optimizer, self.scheduler,
-                                self.state_json(), self.t.keep_checkpoints, name=name, **gathered)
+                                self.state_json(), self.t.keep_checkpoints, name=name, interim=interim, **gathered)
+        if name is None:
+            self.saved_step = self.state.step
         self.d.barrier()
 
     def state_json(self) -> dict[str, Any]:
@@ -511,21 +518,39 @@ class Trainer:
                 "train_data_sha256": self.data_manifest["sha256"]}
 
     # ---- how a run ends ----
-    def supervisor_gone(self) -> bool:
-        """Whether the DVC process that started this trainer has exited (every rank gets rank 0's answer)."""
-        return bool(self.d.broadcast(self.supervisor.gone if self.supervisor else False))
+    def interrupted(self) -> str | None:
+        """Why this run must stop now, agreed by every rank: a signal to any of them, or the DVC
+        process that started rank 0 gone (pico.parentwatch); None to go on."""
+        gone = bool(self.supervisor and self.supervisor.gone)
+        if not self.d.any(self.stop.signum is not None or gone):
+            return None
+        if self.stop.signum is not None:
+            return self.stop.name
+        if gone:
+            return f"the dvc process that started this trainer ({self.supervisor.describe()}) has exited"
+        return "another rank was stopped"
 
-    def stop_orphaned(self, saved: bool) -> None:
-        """Save (unless this step just did) and stop: an orphan would train on unseen, and the
-        next ``dvc repro`` could not take the run folder."""
-        if not saved:
-            self.save()
+    def stop_interrupted(self, why: str) -> None:
+        """Save the steps trained since the newest checkpoint (unless there are none) and stop with
+        one line: where it stopped and how to continue. Raises ``TrainingInterrupted``."""
+        s, started, wrote = self.state, time.perf_counter(), self.saved_step != self.state.step
+        if wrote:
+            diverged = self.interval.read(s.watch)  # the steps not yet read belong in the checkpoint
+            if diverged:
+                self.diverge(diverged)
+            self.save(interim=True)
         if self.d.is_main:
+            self.supervisor.close()
+            self.metrics.submit(s.history, self.summary(), self.wall_s())
             self.metrics.close()
             self.record_invocation(ended=True)
-        who = self.supervisor.describe() if self.supervisor else "DVC"
-        raise TrainingFailed(f"the dvc process that started this trainer ({who}) has exited; stopped at step "
-                             f"{self.state.step} with a checkpoint saved in {self.t.checkpoint_dir}; rerun to continue")
+        newest = checkpoint.latest_checkpoint(self.t.checkpoint_dir)
+        saved = (f"checkpoint {newest} written in {time.perf_counter() - started:.1f} s" if wrote
+                 else f"its newest checkpoint {newest} is at this step")
+        self.stop.uninstall()
+        raise TrainingInterrupted(f"stopped at step {s.step} of {self.t.max_steps} ({why}): {saved}; "
+                                  "rerun the same command (dvc repro, dvc exp run, pico train) to continue from it",
+                                  self.stop.exit_code)
 
     def diverge(self, why: str) -> TrainSummary:
         self.state.status, self.state.reason = "diverged", why
@@ -606,17 +631,27 @@ class Trainer:
 
 def run(params: Params, progress: bool | None = None) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
+    # signals are taken over first: a SIGTERM while the data loads or the model compiles still
+    # stops the run cleanly (at its first step, or by the deadline)
+    stop = StopRequest(params.training.stop_grace_s,
+                       lambda: _newest_saved(params.training.checkpoint_dir)).install()
     d = distributed.setup(params.training.backend)
     # one trainer per checkpoint folder (rank 0 holds the lock for the job)
     lock = RunLock(params.training.checkpoint_dir).acquire() if d.is_main else None
     try:
         with distributed.quiet_unless_main(d):
             wants = os.isatty(2) if progress is None else progress
-            return Trainer(params, d, wants and d.is_main).fit()
+            return Trainer(params, d, wants and d.is_main, stop).fit()
     finally:
+        stop.uninstall()
         if lock:
             lock.release()
         distributed.teardown(d)
+
+
+def _newest_saved(checkpoint_dir: str) -> str:
+    newest = checkpoint.latest_checkpoint(checkpoint_dir)
+    return f"the rerun resumes from {newest}" if newest else "the rerun starts from step 0"
 
 
 def main(params: Params, params_path: str = "params.yaml") -> None:
