@@ -281,22 +281,25 @@ def _newest_sound(root: Path, d: Any) -> tuple[Path, dict] | None:
     return None
 
 
-def find_restart_point(source: Path) -> Path:
-    """``training.restart_from``: the checkpoint itself, or — once the recovered run has moved the
-    run it restarted from aside — that checkpoint in ``<checkpoint_dir>.superseded/`` (newest first)."""
+def find_restart_point(source: Path, search: list[Path] = ()) -> Path:
+    """``training.restart_from``: the checkpoint itself, or — once the folder that showed it shows
+    another run — that checkpoint in a run of the run store (``search``) or, as older versions left
+    it, ``<checkpoint_dir>.superseded/`` (newest first)."""
     if (source / STATE).is_file():
         return source
     aside = superseded_dir(source.parent, None).parent  # <checkpoint_dir>.superseded beside the named folder
-    found = sorted(aside.glob(f"*/{source.name}/{STATE}"), key=lambda p: p.stat().st_mtime, reverse=True) \
-        if aside.is_dir() else []
+    found = sorted((p for base in (*search, aside) if base.is_dir() for p in base.glob(f"*/{source.name}/{STATE}")),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
     if not found:
-        raise FileNotFoundError(f"training.restart_from: no checkpoint at {source} (nor {aside}/*/{source.name})")
-    print(f"training.restart_from: {source} was moved aside; using {found[0].parent}")
+        where = " nor ".join(f"{base}/*/{source.name}" for base in (*search, aside))
+        raise FileNotFoundError(f"training.restart_from: no checkpoint at {source} (nor {where})")
+    print(f"training.restart_from: {source} now shows another run; using {found[0].parent}")
     return found[0].parent
 
 
 def restore(root: str | Path, fingerprint: str, restart_from: str | None, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, d: Any, max_step: int | None = None) -> Restored | None:
+            optimizer: torch.optim.Optimizer, d: Any, max_step: int | None = None,
+            search: list[Path] = ()) -> Restored | None:
     """Resume the same run from its newest sound checkpoint, or restart from ``restart_from``, or
     None (step 0). A checkpoint beyond ``max_step`` (the plan was shortened below where the run
     got) cannot be continued: that run is moved aside like another run's. ``d`` is the process
@@ -325,7 +328,7 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
     latest, found = (newest[0], newest[1]["fingerprint"]) if newest else (None, None)
     restored = None
     if restart_from:
-        source = find_restart_point(Path(restart_from))
+        source = find_restart_point(Path(restart_from), search)
         try:
             verify(source)
             state, sched = load(source, model, optimizer)
@@ -337,8 +340,9 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
         dest = move_aside(root, found)
         why = (f"belongs to another run (fingerprint {found} != {fingerprint})" if found != fingerprint else
                f"is at step {newest[1]['step']}, beyond training.max_steps={max_step}")
-        print(f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} "
-              "(listed by `pico checkpoints`; `pico checkpoints --remove NAME` deletes them)")
+        print(f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} (listed by `pico "
+              f"checkpoints`); to continue that run instead, stop this one and `mv {dest}/* {root}/` (with a "
+              "plan that reaches its step)")
     d.barrier()
     return restored
 

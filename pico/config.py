@@ -189,7 +189,9 @@ class TrainingConfig(_Strict):
     eval_at_start: bool = True
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
-    checkpoint_dir: str = "checkpoints"
+    checkpoint_dir: str = "checkpoints"  # the DVC output: the run's checkpoints, published from the run store
+    # where runs train (pico.runstore); null = <repository>/.pico/runs, shared by DVC's experiment copies
+    run_store: str | None = None
     metrics_dir: str = "metrics"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default

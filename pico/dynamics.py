@@ -201,8 +201,8 @@ class Capture:
     """The trainer's side: when a capture is due and what it writes (rank 0 of a one-process run)."""
 
     def __init__(self, params: Any, dims: Any, windows: Any, rows: np.ndarray, loader: Any, device: torch.device,
-                 autocast: Any):
-        self.ld, self.root = params.learning_dynamics, params.training.checkpoint_dir
+                 autocast: Any, root: str | Path):
+        self.ld, self.root = params.learning_dynamics, root  # the run's folder in the run store (pico.runstore)
         self.every = self.ld.every or params.training.checkpoint_every
         self.max_steps = params.training.max_steps
         self.windows, self.rows, self.loader = windows, rows, loader

@@ -30,7 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint, codedeps, distributed, dynamics, numerics, optim, train_metrics
+from pico import checkpoint, codedeps, distributed, dynamics, numerics, optim, runstore, train_metrics
 from pico.config import Params
 from pico.data import tokenizer as tokenizer_stage
 from pico.data.eval_windows import EvalWindows
@@ -226,7 +226,8 @@ def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, params: Params, d: Dist, progress: bool, stop: StopRequest | None = None):
+    def __init__(self, params: Params, d: Dist, progress: bool, stop: StopRequest | None = None,
+                 resources: contextlib.ExitStack | None = None):
         self.params, self.t, self.d, self.progress = params, params.training, d, progress
         self.stop = stop or StopRequest(params.training.stop_grace_s)  # SIGTERM/SIGINT (pico.preempt)
         if self.t.num_threads:
@@ -251,6 +252,11 @@ class Trainer:
         self.seen_rows = np.sort(GlobalRowOrder(len(self.rows), self.t.seed, self.t.shuffle).indices(0, n_seen))
         self.code = codedeps.code_version("train")
         self.fingerprint = run_fingerprint(params, self.data_manifest, self.windows.manifest, self.code, d.world)
+        # the run's own folder, outside every DVC output (pico.runstore); checkpoint_dir shows it
+        self.run_dir, self.published = runstore.run_dir(params, self.fingerprint), Path(self.t.checkpoint_dir)
+        self.stop.on_deadline = lambda: _newest_saved(self.run_dir)
+        if d.is_main:  # one trainer per run, whichever workspace (or DVC experiment copy) it starts in
+            (resources or contextlib.ExitStack()).enter_context(RunLock(self.run_dir))
         self.batch_rows = self.t.effective_batch_rows(d.world)
         if self.t.global_batch_size is not None and self.t.global_batch_size != self.batch_rows:
             raise ValueError(f"training.global_batch_size={self.t.global_batch_size} but micro_batch_size x "
@@ -285,8 +291,22 @@ class Trainer:
         self.guard_on_device = fused = self.fused_optimizer(self.device)
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
-        self.restored = checkpoint.restore(self.t.checkpoint_dir, self.fingerprint, self.t.restart_from,
-                                           self.model, self.optimizer, d, max_step=self.t.max_steps)
+        shown = runstore.shown_run(self.published)
+        if d.is_main:  # what checkpoint_dir holds that the store lacks goes into the store first
+            for line in runstore.adopt(self.published, runstore.store_root(params)):
+                print(line)
+        d.barrier()
+        self.restored = checkpoint.restore(self.run_dir, self.fingerprint, self.t.restart_from, self.model,
+                                           self.optimizer, d, max_step=self.t.max_steps,
+                                           search=[runstore.store_root(params)])
+        if d.is_main:
+            if shown and shown[0] != self.fingerprint:
+                print(f"{self.published} showed run {shown[0]} (step {shown[1]}); it stays in the run store "
+                      f"({self.run_dir.with_name(shown[0])}) and continues from there when its params come back "
+                      "(`git checkout REV -- params.yaml` or `dvc exp apply EXP`, then `dvc repro`). This run "
+                      f"({self.fingerprint}) " + (f"continues from step {self.restored.state['step']}"
+                                                  if self.restored else "starts at step 0"))
+            runstore.publish(self.run_dir, self.published)
         self.fsdp = d.world > 1 and (self.t.parallelism == "fsdp" or
                                      (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
         if self.t.compile:  # before sharding, as torchtitan
@@ -325,7 +345,8 @@ class Trainer:
             raise ValueError("learning_dynamics.enabled needs a one-process run (training.nproc 1); "
                              f"this run has {self.d.world} processes")
         dynamics.hooked_modules(self.model, self.params.learning_dynamics.layer_suffixes)  # fail now, not at step 1000
-        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader, self.device, self.autocast)
+        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader, self.device, self.autocast,
+                                self.run_dir)
 
     def capture_dynamics(self) -> None:
         """pico-analyze's activations, weights and gradients at this step (pico.dynamics)."""
@@ -502,8 +523,9 @@ class Trainer:
             try:
                 self.metrics.flush()  # the metric files are never behind a checkpoint
             finally:  # and an unwritable metrics folder does not lose the steps: state.json holds the history
-                checkpoint.save(self.t.checkpoint_dir, self.state.step, self.model, self.optimizer, self.scheduler,
+                checkpoint.save(self.run_dir, self.state.step, self.model, self.optimizer, self.scheduler,
                                 self.state_json(), self.t.keep_checkpoints, name=name, interim=interim, **gathered)
+                runstore.publish(self.run_dir, self.published)
         if name is None:
             self.saved_step = self.state.step
         self.d.barrier()
@@ -544,7 +566,7 @@ class Trainer:
             self.metrics.submit(s.history, self.summary(), self.wall_s())
             self.metrics.close()
             self.record_invocation(ended=True)
-        newest = checkpoint.latest_checkpoint(self.t.checkpoint_dir)
+        newest = self.published / checkpoint.latest_checkpoint(self.run_dir).name
         saved = (f"checkpoint {newest} written in {time.perf_counter() - started:.1f} s" if wrote
                  else f"its newest checkpoint {newest} is at this step")
         self.stop.uninstall()
@@ -563,10 +585,11 @@ class Trainer:
         identical = None if self.fsdp else d.all_equal(distributed.weights_digest(self.model))  # FSDP: shards
         summary = self.summary(identical)
         if d.is_main:
+            runstore.publish(self.run_dir, self.published)  # captures made since the last save
             if self.dynamics and self.dynamics.seconds:
                 print(f"learning dynamics: {self.dynamics.seconds:.1f} s of this invocation's "
                       f"{time.perf_counter() - self.invocation['clock']:.1f} s, in "
-                      f"{dynamics.store(self.t.checkpoint_dir)} (`pico export-analysis OUT` for pico-analyze)")
+                      f"{dynamics.store(self.published)} (`pico export-analysis OUT` for pico-analyze)")
             self.supervisor.close()
             self.metrics.close()
             self.record_invocation(ended=True)
@@ -605,7 +628,7 @@ class Trainer:
             min_loss_mean=min((r["loss_mean"] for r in s.history["train"]), default=None),
             best_eval_loss=verdict.best_loss if verdict else None, best_eval_step=verdict.best_step if verdict else None,
             # a folder name inside training.checkpoint_dir, so equal runs write equal summaries
-            last_good_checkpoint=getattr(checkpoint.latest_checkpoint(self.t.checkpoint_dir), "name", None),
+            last_good_checkpoint=getattr(checkpoint.latest_checkpoint(self.run_dir), "name", None),
             tokens=s.step * self.tokens_per_step, epochs=s.position / len(self.rows),
             effective_batch_rows=self.batch_rows, effective_batch_tokens=self.tokens_per_step,
             processes=d.world, parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
@@ -633,24 +656,22 @@ def run(params: Params, progress: bool | None = None) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
     # signals are taken over first: a SIGTERM while the data loads or the model compiles still
     # stops the run cleanly (at its first step, or by the deadline)
-    stop = StopRequest(params.training.stop_grace_s,
-                       lambda: _newest_saved(params.training.checkpoint_dir)).install()
+    stop = StopRequest(params.training.stop_grace_s).install()
     d = distributed.setup(params.training.backend)
     # one trainer per checkpoint folder (rank 0 holds the lock for the job)
-    lock = RunLock(params.training.checkpoint_dir).acquire() if d.is_main else None
     try:
-        with distributed.quiet_unless_main(d):
+        with contextlib.ExitStack() as locks, distributed.quiet_unless_main(d):
+            if d.is_main:
+                locks.enter_context(RunLock(params.training.checkpoint_dir))
             wants = os.isatty(2) if progress is None else progress
-            return Trainer(params, d, wants and d.is_main, stop).fit()
+            return Trainer(params, d, wants and d.is_main, stop, locks).fit()
     finally:
         stop.uninstall()
-        if lock:
-            lock.release()
         distributed.teardown(d)
 
 
-def _newest_saved(checkpoint_dir: str) -> str:
-    newest = checkpoint.latest_checkpoint(checkpoint_dir)
+def _newest_saved(run_dir: Path) -> str:
+    newest = checkpoint.latest_checkpoint(run_dir)
     return f"the rerun resumes from {newest}" if newest else "the rerun starts from step 0"
 
 

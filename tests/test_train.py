@@ -82,16 +82,24 @@ def test_same_params_same_bytes(params_dict, prepared, tmp_path):
         assert (tmp_path / "metrics" / name).read_bytes() == (tmp_path / "again-metrics" / name).read_bytes()
 
 
-def test_other_run_is_never_resumed(params_dict, prepared, tmp_path, capsys):
-    train.run(prepared, progress=False)
+def test_other_run_is_never_resumed_and_changing_back_finds_the_first(params_dict, prepared, tmp_path, capsys):
+    first = train.run(prepared, progress=False)
     raw = copy.deepcopy(params_dict)
     raw["optim"]["lr"] = 1.0e-3
     summary = train.run(parse_params(raw), progress=False)
-    assert "belongs to another run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"showed run {first.fingerprint} (step 12); it stays in the run store" in out, out
+    assert "dvc exp apply EXP" in out and f"This run ({summary.fingerprint}) starts at step 0" in out
     assert summary.step == 12
     state = checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))
     assert state["config"]["optim"]["lr"] == 1.0e-3
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
+    assert checkpoint.latest_checkpoint(tmp_path / ".pico/runs" / first.fingerprint).name == "step_00000012"
+    # the first params again: their run is in the store, finished; nothing is trained twice
+    again = train.run(prepared, progress=False)
+    assert "this run already ended (completed)" in capsys.readouterr().out
+    assert again.fingerprint == first.fingerprint
+    assert checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))["fingerprint"] == first.fingerprint
 
 
 def test_finished_run_is_a_no_op_and_partial_checkpoints_are_removed(prepared, tmp_path, capsys):
@@ -270,8 +278,9 @@ def test_compiled_trunk_trains_like_eager_with_unchanged_checkpoints(params_dict
 
 @pytest.mark.parametrize("damage", ["flipped_weights", "truncated_trainer", "state_not_json", "every_checkpoint"])
 def test_a_damaged_checkpoint_falls_back_to_the_last_sound_one_and_ends_identical(prepared, tmp_path, capsys, damage):
-    train.run(prepared, progress=False)  # 12 steps; checkpoints 8 and 12 are kept
-    ckpts = tmp_path / "checkpoints"
+    first = train.run(prepared, progress=False)  # 12 steps; checkpoints 8 and 12 are kept
+    ckpts = tmp_path / "checkpoints"  # hard links to the run's folder in the store: damage reaches both
+    store = tmp_path / ".pico/runs" / first.fingerprint
     want_weights = (ckpts / "step_00000012/model.safetensors").read_bytes()
     want_csv = (tmp_path / "metrics/train.csv").read_text()
     newest = ckpts / "step_00000012"
@@ -291,10 +300,10 @@ def test_a_damaged_checkpoint_falls_back_to_the_last_sound_one_and_ends_identica
     out = capsys.readouterr().out
     assert summary.status == "completed" and summary.step == 12
     assert "skipped a damaged checkpoint" in out
-    assert ("resuming from" not in out) if damage == "every_checkpoint" else f"resuming from {ckpts / 'step_00000008'}" in out
+    assert ("resuming from" not in out) if damage == "every_checkpoint" else f"resuming from {store / 'step_00000008'}" in out
     assert (ckpts / "step_00000012/model.safetensors").read_bytes() == want_weights
     assert (tmp_path / "metrics/train.csv").read_text() == want_csv
-    assert (tmp_path / "checkpoints.quarantine/step_00000012/QUARANTINED.txt").is_file()
+    assert (store.with_name(f"{store.name}.quarantine") / "step_00000012/QUARANTINED.txt").is_file()
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused_and_a_dead_holder_is_taken_over(prepared, tmp_path):
@@ -422,9 +431,10 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     raw = copy.deepcopy(params_dict)
     raw["training"].update(keep_checkpoints=10)  # checkpoints every 4, log lines every 2, eval every 6
     first = parse_params(raw)
-    train.run(first, progress=False)
-    shutil.rmtree(tmp_path / "checkpoints/step_00000012")  # as if killed after step 8's checkpoint
-    kept = {p.name: (p / "model.safetensors").read_bytes() for p in checkpoint.list_checkpoints(tmp_path / "checkpoints")}
+    store = tmp_path / ".pico/runs" / train.run(first, progress=False).fingerprint  # where the run trains
+    for folder in (store, tmp_path / "checkpoints"):  # as if killed after step 8's checkpoint
+        shutil.rmtree(folder / "step_00000012")
+    kept = {p.name: (p / "model.safetensors").read_bytes() for p in checkpoint.list_checkpoints(store)}
     assert list(kept) == ["step_00000004", "step_00000008"]
 
     raw["training"]["max_steps"] = 20
@@ -455,8 +465,9 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     # the continued run, killed and resumed, ends identical: the lineage travels in its checkpoints
     want_csv = (tmp_path / "metrics/train.csv").read_text()
     want = (tmp_path / "checkpoints/step_00000020/model.safetensors").read_bytes()
-    shutil.rmtree(tmp_path / "checkpoints/step_00000020")
-    shutil.rmtree(tmp_path / "checkpoints/step_00000016")
+    for folder in (store, tmp_path / "checkpoints"):
+        shutil.rmtree(folder / "step_00000020")
+        shutil.rmtree(folder / "step_00000016")
     assert train.run(longer, progress=False).status == "completed"
     assert (tmp_path / "metrics/train.csv").read_text() == want_csv
     assert (tmp_path / "checkpoints/step_00000020/model.safetensors").read_bytes() == want
@@ -466,5 +477,5 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     capsys.readouterr()
     assert train.run(parse_params(raw), progress=False).step == 6
     assert "beyond training.max_steps=6" in capsys.readouterr().out
-    aside = list((tmp_path / "checkpoints.superseded").iterdir())
+    aside = list(store.with_name(f"{store.name}.superseded").iterdir())
     assert len(aside) == 1 and (aside[0] / "step_00000020/model.safetensors").read_bytes() == want
