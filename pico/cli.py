@@ -30,13 +30,20 @@ def _stage(module: str) -> Callable[[Params, str], None]:
     return call
 
 
+def _train(params: Params, params_path: str) -> None:
+    """``pico train``: the train stage, announcing the run's plan once the trainer knows its model."""
+    from pico import plan, train
+
+    train.main(params, params_path, on_start=plan.announce)
+
+
 STAGES: dict[str, tuple[Callable[[Params, str], None], str]] = {
     "build-embedded": (_stage(STAGE_MODULES["embedded_data"]),
                        "build the offline default corpus (Dolma + Paloma format) from CPython's own docs"),
     "tokenizer": (_stage(STAGE_MODULES["tokenizer"]), "train or fetch the tokenizer"),
     "tokenize": (_stage(STAGE_MODULES["tokenize"]),
                  "pack training documents into rows and evaluation documents into windows"),
-    "train": (_stage(STAGE_MODULES["train"]), "train (resumes from the newest checkpoint of the same run)"),
+    "train": (_train, "train (resumes from the newest checkpoint of the same run)"),
     "evaluate": (_stage(STAGE_MODULES["evaluate"]), "Paloma-style metrics of the final checkpoint"),
     "report": (_stage(STAGE_MODULES["report"]), "Markdown report with plots"),
     "check-params": (lambda params, path: print("params OK"), "validate params.yaml and exit"),

@@ -7,8 +7,9 @@ module:
 
 - the ``deps`` of each stage in ``dvc.yaml``: ``tests/test_codedeps.py`` fails, naming the
   missing file, when they differ (``python -m pico.codedeps`` prints the lists to paste);
-- the training-code hash in the run fingerprint (``code_version("train")``): editing any module
-  the train stage imports is a different run.
+- the training-code version a run records (``code_version("train")``): editing what any module
+  the train stage imports computes (not its comments, docstrings or layout) is a new segment of
+  the run's code lineage (pico.lineage), or a new run under ``training.on_code_change: new_run``.
 
 ``cli.py`` only dispatches to the entry modules (each stage's ``run(params)``), so it is not part
 of any stage's code.
@@ -92,13 +93,31 @@ def stage_files(stage: str) -> list[str]:
     return sorted(module_path(m).relative_to(root).as_posix() for m in closure(STAGE_MODULES[stage]))
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_text(path: Path) -> str:
+    """What a module computes, as text: its syntax tree without docstrings, positions or comments
+    (which the tree never holds), so rewording, reformatting or commenting code changes nothing."""
+    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
 def code_version(stage: str) -> str:
-    """Hash of the stage's code files (path and bytes), 16 hex digits."""
+    """Hash of what the stage's modules compute (path and ``code_text``), 16 hex digits. DVC still
+    reruns a stage on any byte change of its files; this is what a *run* counts as its code."""
     h = hashlib.sha256()
     root = PACKAGE_DIR.parent
     for rel in stage_files(stage):
         h.update(rel.encode())
-        h.update((root / rel).read_bytes())
+        h.update(code_text(root / rel).encode())
     return h.hexdigest()[:16]
 
 

@@ -192,6 +192,9 @@ class TrainingConfig(_Strict):
     checkpoint_dir: str = "checkpoints"  # the DVC output: the run's checkpoints, published from the run store
     # where runs train (pico.runstore); null = <repository>/.pico/runs, shared by DVC's experiment copies
     run_store: str | None = None
+    # a changed training code (pico.codedeps, comments and docstrings aside): continue the run and record
+    # the change as a segment of its code lineage, or start a new run (the old one stays in the store)
+    on_code_change: Literal["continue", "new_run"] = "continue"
     metrics_dir: str = "metrics"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default

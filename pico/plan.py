@@ -24,6 +24,7 @@ from typing import Any
 
 from pico.config import Params
 from pico.fsutil import atomic_write_json
+from pico.runtime import model_dims, pick_device
 
 PLAN_JSON = "plan.json"
 # Stored throughput for a named device: sustained model FLOP/s as a fraction of its bf16 dense peak
@@ -117,6 +118,13 @@ def dynamics_cost(params: Params, dims: Any, batch_rows: int, n_windows: int) ->
     return len(steps), 4.0 * ((batch_rows + val) * outs + 2 * 2 * numel), batch_rows + val
 
 
+def announce(params: Params, sizes: tuple[int, int]) -> None:
+    """The plan's lines as a run starts (``pico train`` hands this to the trainer, which knows the
+    model's size; the planner stays out of the train stage's code)."""
+    for line in make_plan(params, calibrate_s=None, sizes=sizes).lines():
+        print(line)
+
+
 def make_plan(params: Params, device: str | None = None, calibrate_s: float | None = 3.0,
               sizes: tuple[int, int] | None = None) -> Plan:
     """The plan for these params on this machine: ``device`` None calibrates here for
@@ -126,7 +134,6 @@ def make_plan(params: Params, device: str | None = None, calibrate_s: float | No
     from pico.data.eval_windows import EvalWindows
     from pico.data.tokens_dir import TokensDir
     from pico.model import PicoDecoder
-    from pico.train import model_dims
 
     started = time.perf_counter()
     t, seq = params.training, params.data.seq_len
@@ -190,7 +197,6 @@ def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: fl
 
     from pico import optim
     from pico.evaluate import evaluate_model
-    from pico.train import pick_device
 
     t, seq = params.training, params.data.seq_len
     if t.num_threads:

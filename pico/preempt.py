@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

@@ -16,13 +16,12 @@ written atomically (``pico.checkpoint``). ``pico.train_metrics`` owns those file
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,9 +29,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint, codedeps, distributed, dynamics, numerics, optim, runstore, train_metrics
+from pico import (
+    checkpoint,
+    codedeps,
+    distributed,
+    dynamics,
+    numerics,
+    optim,
+    runstore,
+    train_metrics,
+)
 from pico.config import Params
-from pico.data import tokenizer as tokenizer_stage
 from pico.data.eval_windows import EvalWindows
 from pico.data.loader import GlobalRowOrder, RowLoader
 from pico.data.tokens_dir import TokensDir
@@ -40,101 +47,23 @@ from pico.distributed import Dist
 from pico.errors import TrainingDiverged, TrainingFailed, TrainingInterrupted
 from pico.evaluate import evaluate_model
 from pico.faults import Faults
+from pico.lineage import continue_code, continue_plan, run_fingerprint, run_plan
 from pico.loss import resolve_kernel
-from pico.model import ModelDims, PicoDecoder, check_attention_kernel
+from pico.model import PicoDecoder, check_attention_kernel
 from pico.monitor import LossWatch, eval_verdict
 from pico.parentwatch import ParentWatch
 from pico.preempt import StopRequest
 from pico.runlock import RunLock
+from pico.runtime import build_model, model_dims, pick_device  # noqa: F401  (build_model: tests, benchmarks)
 from pico.train_metrics import RunStatus, TrainSummary
 
-# Params that define the trajectory so far: changing one starts a new run (the old one's checkpoints
-# are moved aside, never deleted). Micro-batch and accumulation enter only through the effective
-# batch, so a run may resume on another number of processes with the same effective batch.
-RUN_DEFINING_TRAINING_KEYS = ("seed", "shuffle", "precision", "compile", "loss_kernel", "attention_kernel", "numerics")
-# Params that only extend or watch a run (its plan): changing them continues the same run from its
-# newest checkpoint, recorded as a new plan segment in its lineage (``continue_plan``).
-PLAN_TRAINING_KEYS = ("max_steps", "log_every", "eval_every", "eval_at_start", "checkpoint_every", "keep_checkpoints")
 FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
-
-
-def model_dims(params: Params) -> ModelDims:
-    info = json.loads((Path(params.tokenizer.out_dir) / tokenizer_stage.META_FILE).read_text())
-    return ModelDims.from_config(params.model, info["vocab_size"])
-
-
-def build_model(params: Params) -> PicoDecoder:
-    return PicoDecoder(model_dims(params))
-
-
-def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, code: str, world: int = 1) -> str:
-    """What defines a run: params that change the computation, the data, the tokenizer and the
-    train stage's code (``pico.codedeps``). Two invocations with one fingerprint are one run."""
-    t = params.training.model_dump()
-    defining = {
-        "model": params.model.model_dump(mode="json"),
-        "optim": params.optim.model_dump(mode="json"),
-        "training": {k: t[k] for k in RUN_DEFINING_TRAINING_KEYS},
-        "effective_batch_rows": params.training.effective_batch_rows(world),
-        "train_data": data_manifest["sha256"],
-        "eval_data": eval_manifest["sha256"],
-        "eval_max_windows_per_source": params.evaluation.max_windows_per_source,
-        "eval_seen_rows": params.evaluation.seen_rows,
-        "tokenizer": data_manifest["tokenizer_sha256"],
-        "code": code,
-        "restart_from": params.training.restart_from,
-    }
-    return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def source_epochs(manifest: dict[str, Any], epochs: float) -> dict[str, dict[str, float]]:
     """Epochs over each source's unique documents after ``epochs`` over the packed rows."""
     return {name: {"epochs": round(epochs * s["copies"], 6), "copies": s["copies"], "unique_tokens": s["unique_tokens"]}
             for name, s in manifest.get("sources", {}).items() if s.get("unique_tokens")}
-
-
-def run_plan(params: Params) -> dict[str, Any]:
-    """The params that extend or watch a run without changing its trajectory so far, flat."""
-    t = params.training.model_dump()
-    return {**{f"training.{k}": t[k] for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()},
-            **{f"learning_dynamics.{k}": v for k, v in params.learning_dynamics.model_dump(mode="json").items()}}
-
-
-def _plan_of_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {**{f"training.{k}": config["training"].get(k) for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()},
-            **{f"learning_dynamics.{k}": v for k, v in config.get("learning_dynamics", {}).items()}}
-
-
-def continue_plan(params: Params, state: dict[str, Any]) -> str | None:
-    """Bring a checkpoint's state.json (``plan``, ``lineage``, status) to the current plan; returns
-    what changed, saying exactly what happens to the lr, or None when the plan is the same."""
-    step = state["step"]
-    old = state.get("plan") or _plan_of_config(state["config"])  # a checkpoint written before plans
-    lineage = state.get("lineage") or [{"step": 0, "max_steps": old["training.max_steps"], "kind": "retarget"}]
-    new = run_plan(params)
-    changed = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-    state["plan"], state["lineage"] = new, lineage
-    if not changed:
-        return None
-    o, max_steps = params.optim, params.training.max_steps
-    if "training.max_steps" in changed:
-        seg = optim.continued_segment(params, lineage, step, max_steps)
-        lineage.append(seg)
-        lr_now = o.lr * seg["factor_at_step"]
-        if seg["kind"] == "retarget" or o.schedule == "constant":
-            lr = f"the lr schedule ({o.schedule}, warmup {o.warmup_steps}) now ends at step {max_steps}"
-        elif seg["factor_at_step"] <= o.min_lr_ratio:
-            lr = f"the lr stays at {lr_now:.3g} (the schedule had reached its floor)"
-        else:
-            lr = f"the lr decays ({o.schedule}) from {lr_now:.3g} at step {step} to {o.lr * o.min_lr_ratio:.3g} at step {max_steps}"
-    else:
-        lr = "the lr schedule is unchanged"
-    if state.get("status") in ("completed", "early_stopped") and step < max_steps:
-        state["status"], state["reason"] = "running", None
-    what = ", ".join(f"{k} {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in changed.items())
-    return f"continued at step {step} under a changed plan: {what}; {lr}"
 
 
 def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = False) -> None:
@@ -147,13 +76,6 @@ def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = F
             layer.compile(mode=mode)
     else:
         model.hidden_states = torch.compile(model.hidden_states, mode=mode)  # shadows the method
-
-
-def pick_device(params: Params, d: Dist) -> torch.device:
-    want = params.training.device
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", d.local_rank) if d.world > 1 else torch.device("cuda")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -170,13 +92,14 @@ class TrainState:
     unlogged: dict[str, list[float]] = field(default_factory=lambda: {"losses": [], "norms": []})
     plan: dict[str, Any] = field(default_factory=dict)  # run_plan of the params now in effect
     lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.optim.continued_segment)
+    code_lineage: list[dict[str, Any]] = field(default_factory=list)  # training-code versions (pico.lineage)
 
     def state_dict(self) -> dict[str, Any]:
         # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
         history = {k: v for k, v in self.history.items() if k != "perf"}
         return {"step": self.step, "position": self.position, "status": self.status, "reason": self.reason,
                 "history": history, "loss_running_mean": self.watch.mean, "unlogged": self.unlogged,
-                "plan": self.plan, "lineage": self.lineage}
+                "plan": self.plan, "lineage": self.lineage, "code_lineage": self.code_lineage}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.position = state["step"], state["position"]
@@ -185,6 +108,7 @@ class TrainState:
         self.watch.mean = state.get("loss_running_mean")
         self.unlogged = state.get("unlogged", {"losses": [], "norms": []})
         self.plan, self.lineage = state["plan"], state["lineage"]  # set by continue_plan
+        self.code_lineage = state["code_lineage"]  # set by continue_code
 
 
 class Interval:
@@ -227,8 +151,8 @@ def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, params: Params, d: Dist, progress: bool, stop: StopRequest | None = None,
-                 resources: contextlib.ExitStack | None = None):
-        self.params, self.t, self.d, self.progress = params, params.training, d, progress
+                 resources: contextlib.ExitStack | None = None, on_start: Callable[[Params, tuple], None] | None = None):
+        self.params, self.t, self.d, self.progress, self.on_start = params, params.training, d, progress, on_start
         self.stop = stop or StopRequest(params.training.stop_grace_s)  # SIGTERM/SIGINT (pico.preempt)
         if self.t.num_threads:
             torch.set_num_threads(self.t.num_threads)
@@ -270,7 +194,8 @@ class Trainer:
         self.loader = RowLoader(self.rows, self.t.seed, self.t.micro_batch_size, self.t.grad_accum_steps,
                                 d.rank, d.world, self.t.shuffle)
         self.state = TrainState(LossWatch(params.early_stop), plan=run_plan(params),
-                                lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}])
+                                lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}],
+                                code_lineage=[{"step": 0, "code_version": self.code}])
         self.metrics = train_metrics.Writer(self.t.metrics_dir) if d.is_main else None
         self._build_model()
         self.dynamics = self._dynamics_capture()
@@ -318,15 +243,16 @@ class Trainer:
         r = self.restored
         if r is not None and r.rebase:
             self.scheduler = optim.rebased_scheduler(self.optimizer, params, r.state["step"])
-            r.state.update(plan=self.state.plan, lineage=self.state.lineage)  # a new run: a fresh plan
+            # a new run: a fresh plan and code lineage
+            r.state.update(plan=self.state.plan, lineage=self.state.lineage, code_lineage=self.state.code_lineage)
             r.state["history"].setdefault("events", []).append(
                 {"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"})
             print(f"restarting from {r.path} (step {r.state['step']}) with lr {params.optim.lr:g}")
         elif r is not None or self.fsdp:
-            change = continue_plan(params, r.state) if r else None
-            if change:
-                r.state["history"].setdefault("events", []).append({"step": r.state["step"], "event": change})
-                print(change)
+            for change in (continue_plan(params, r.state), continue_code(r.state, self.code)) if r else ():
+                if change:
+                    r.state["history"].setdefault("events", []).append({"step": r.state["step"], "event": change})
+                    print(change)
             self.scheduler = optim.make_scheduler(self.optimizer, params,
                                                   r.scheduler_state if r else self.scheduler.state_dict(),
                                                   r.state["lineage"] if r else None)
@@ -633,7 +559,7 @@ class Trainer:
             effective_batch_rows=self.batch_rows, effective_batch_tokens=self.tokens_per_step,
             processes=d.world, parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
             weights_identical_across_ranks=identical if d.world > 1 else None,
-            parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code,
+            parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code, code_lineage=s.code_lineage,
             events=s.history.get("events", []), eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
             source_epochs=source_epochs(self.data_manifest, s.position / len(self.rows)),
         )
@@ -645,14 +571,12 @@ class Trainer:
               f"{self.tokens_per_step:,} tokens/step; {len(self.rows)} rows of data; device {self.device}"
               + (f"; {d.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if d.world > 1 else ""))
         print(f"run fingerprint {self.fingerprint} (params, data, tokenizer, training code {self.code})")
-        if d.is_main and self.state.step < self.t.max_steps:
-            from pico.plan import make_plan
-
-            for line in make_plan(p, calibrate_s=None, sizes=(self.n_params, self.flops_per_token)).lines():
-                print(line)
+        if d.is_main and self.state.step < self.t.max_steps and self.on_start:
+            self.on_start(p, (self.n_params, self.flops_per_token))  # `pico train` prints the plan (pico.plan)
 
 
-def run(params: Params, progress: bool | None = None) -> TrainSummary:
+def run(params: Params, progress: bool | None = None, on_start: Callable[[Params, tuple], None] | None = None
+        ) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
     # signals are taken over first: a SIGTERM while the data loads or the model compiles still
     # stops the run cleanly (at its first step, or by the deadline)
@@ -664,7 +588,7 @@ def run(params: Params, progress: bool | None = None) -> TrainSummary:
             if d.is_main:
                 locks.enter_context(RunLock(params.training.checkpoint_dir))
             wants = os.isatty(2) if progress is None else progress
-            return Trainer(params, d, wants and d.is_main, stop, locks).fit()
+            return Trainer(params, d, wants and d.is_main, stop, locks, on_start).fit()
     finally:
         stop.uninstall()
         distributed.teardown(d)
@@ -675,13 +599,14 @@ def _newest_saved(run_dir: Path) -> str:
     return f"the rerun resumes from {newest}" if newest else "the rerun starts from step 0"
 
 
-def main(params: Params, params_path: str = "params.yaml") -> None:
+def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[Params, tuple], None] | None = None
+         ) -> None:
     """``pico train``: this process, or ``training.nproc`` processes under torchrun."""
     if params.training.nproc > 1 and not distributed.under_torchrun():
         code = distributed.launch(params_path, params.training.nproc)
         if code != 0:
             raise TrainingFailed(f"{params.training.nproc} training processes ended with exit code {code}")
         return
-    summary = run(params)
+    summary = run(params, on_start=on_start)
     final = f"{summary.final_loss:.4f}" if summary.final_loss is not None else "n/a"
     print(f"train: {summary.status} at step {summary.step}, final loss {final}")

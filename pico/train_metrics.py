@@ -74,6 +74,8 @@ class TrainSummary(BaseModel):
     parameters: int
     fingerprint: str
     code_version: str
+    # the training-code versions the run trained under, from step N on (pico.lineage.continue_code)
+    code_lineage: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     eta_s: float | None = None  # while running: seconds to max_steps at the last interval's rate
     # per training source: epochs over its unique documents (rows are shuffled uniformly, so a source

@@ -109,7 +109,13 @@ def test_a_restart_point_moved_aside_is_found_there(tmp_path, capsys):
     model, opt, _ = _model_opt(seed=3)  # the recovered experiment rerun on a fresh checkout
     restored = checkpoint.restore(tmp_path / "fresh", "run-recovered", str(root / "step_00000004"), model, opt, Dist())
     assert restored.path == tmp_path / "checkpoints.superseded/run-a/step_00000004"
-    assert "was moved aside; using" in capsys.readouterr().out
+    assert "now shows another run; using" in capsys.readouterr().out
+    # the run store: the folder named shows another run, the checkpoint is in the store
+    store = tmp_path / "store"
+    _save(store / "run-b", 8, fingerprint="run-b")
+    restored = checkpoint.restore(tmp_path / "fresh2", "run-c", str(root / "step_00000008"), model, opt, Dist(),
+                                  search=[store])
+    assert restored.path == store / "run-b/step_00000008"
 
 
 def test_checkpoints_command_lists_and_removes_only_set_aside_runs(tmp_path, capsys):

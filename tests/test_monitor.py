@@ -86,7 +86,7 @@ def test_restart_from_a_checkpoint_with_lower_lr(params_dict, prepared, tmp_path
     raw["training"]["restart_from"] = str(tmp_path / "checkpoints/step_00000008")
     summary = train.run(parse_params(raw), progress=False)
     out = capsys.readouterr().out
-    assert "restarting from" in out and "belongs to another run" in out
+    assert "restarting from" in out and "it stays in the run store" in out
     assert summary.step == 12 and summary.status == "completed"
     state = checkpoint.read_state(tmp_path / "checkpoints/step_00000012")
     assert state["history"]["events"][0]["step"] == 8

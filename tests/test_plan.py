@@ -39,6 +39,6 @@ def test_plan_is_saved_and_the_trainer_prints_it_first(prepared, tmp_path, capsy
     saved = json.loads((tmp_path / "metrics/plan.json").read_text())
     assert saved["wall_s"] == pytest.approx(made.wall_s) and "calibrated on this machine" in saved["basis"]
     capsys.readouterr()
-    train.run(prepared, progress=False)
+    train.run(prepared, progress=False, on_start=plan.announce)  # what `pico train` hands the trainer
     out = capsys.readouterr().out
     assert "plan: 12 steps x 256 tokens/step" in out and "`pico plan` projects it" in out
