@@ -34,12 +34,14 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 from pico.config import Params, load_params, read_params_file, with_overrides
 from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary, summary_path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_STAGE = "train"
+FRESH_ENV = "PICO_FRESH_RUN"  # pico.runstore.FRESH_ENV (not imported: the flow never loads torch)
 
 
 class PipelineFailed(RuntimeError):
@@ -275,17 +277,16 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
     logger = get_run_logger()
     root = Path(repo)
     params = apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
-    if fresh and (root / params.training.checkpoint_dir).exists():
-        from pico.checkpoint import move_aside  # never delete a run: move its checkpoints aside
-
-        moved = move_aside(root / params.training.checkpoint_dir, "fresh-start")
-        logger.info("fresh start requested: moved the checkpoints of %s to %s", params.training.checkpoint_dir, moved)
+    if fresh:  # the trainer moves its run's checkpoints aside (never deleted), once for this flow run
+        os.environ[FRESH_ENV] = str(flow_run.get_id() or time.time())
+        logger.info("fresh start requested: the train stage sets this run's checkpoints aside and starts at step 0")
     path = root / "params.yaml"
     asked = path.read_bytes()  # what the person asked for; recovery edits are undone
     recovery: dict[str, bytes] = {}  # what recovery last wrote into params.yaml
     try:
         return _pipeline(root, params, experiment, bool(overrides), retries, retry_delay_seconds, logger, recovery)
     finally:
+        os.environ.pop(FRESH_ENV, None)
         if "wrote" in recovery:
             if path.read_bytes() == recovery["wrote"]:
                 path.write_bytes(asked)

@@ -2,7 +2,7 @@
 SIGINT (Ctrl-C) ask the trainer to finish the optimizer step it is in, write a checkpoint and exit.
 
 ``StopRequest`` replaces Python's handlers while a trainer runs: the first signal only records
-itself (and says so in one line); the loop reads ``reason`` after every step. No exception is raised
+itself; the loop reads it before every step and stops with one line once the checkpoint is written. No exception is raised
 from inside a kernel or a checkpoint write, so Ctrl-C is one line rather than a traceback, and a
 second signal during the save changes nothing (saves are atomic anyway: ``pico.checkpoint``).
 
@@ -62,9 +62,8 @@ class StopRequest:
             print(f"{signal.Signals(signum).name} again: already stopping (the checkpoint being written "
                   "is not cut short)", file=sys.stderr, flush=True)
             return
+        # nothing printed yet: the trainer's one line, once the checkpoint is written, says it all
         self.signum, self.received_at = signum, time.monotonic()
-        print(f"{self.name} received: finishing this step and saving a checkpoint "
-              f"(within {self.grace_s:g} s)", file=sys.stderr, flush=True)
         threading.Thread(target=self._deadline, name="pico-stop-deadline", daemon=True).start()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -85,8 +85,10 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
             checkpoint.quarantine(out_dir, path, str(err))
             continue
         home = store / str(state["fingerprint"])
-        if _same_checkpoint(path, home / path.name):
-            continue
+        newest = checkpoint.latest_checkpoint(home)
+        if _same_checkpoint(path, home / path.name) or (
+                newest and checkpoint.read_state(newest)["step"] > state["step"]):
+            continue  # a copy, or an older step of a run the store holds further on (its pruning dropped it)
         home.mkdir(parents=True, exist_ok=True)
         dest = home / path.name
         if dest.exists():  # same name, other content (a run that was restarted): keep both
@@ -100,6 +102,23 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
         if dynamics.is_dir() and not (home / checkpoint.LEARNING_DYNAMICS).exists():
             _move(dynamics, home / checkpoint.LEARNING_DYNAMICS)
     return moved
+
+
+FRESH_ENV = "PICO_FRESH_RUN"  # set by a flow asked for a fresh start: a token naming that request
+FRESH_MARK = "FRESH_RUN"
+
+
+def start_fresh(run: Path, token: str) -> str | None:
+    """A fresh start of the run, once per request ``token`` (retries of the same request continue):
+    its checkpoints are moved aside, never deleted; returns the line saying where, or None."""
+    mark = run / FRESH_MARK
+    if mark.is_file() and mark.read_text().strip() == token:
+        return None
+    dest = checkpoint.move_aside(run, f"{run.name}-fresh") if _managed(run) else None
+    run.mkdir(parents=True, exist_ok=True)
+    mark.write_text(token + "\n")
+    return (f"fresh start requested: this run's checkpoints were moved to {dest} (`mv {dest}/* {run}/` brings "
+            "them back)") if dest else None
 
 
 def shown_run(out_dir: Path) -> tuple[str, int] | None:

@@ -220,6 +220,9 @@ class Trainer:
         if d.is_main:  # what checkpoint_dir holds that the store lacks goes into the store first
             for line in runstore.adopt(self.published, runstore.store_root(params)):
                 print(line)
+            if os.environ.get(runstore.FRESH_ENV) and (line := runstore.start_fresh(
+                    self.run_dir, os.environ[runstore.FRESH_ENV])):
+                print(line)
         d.barrier()
         self.restored = checkpoint.restore(self.run_dir, self.fingerprint, self.t.restart_from, self.model,
                                            self.optimizer, d, max_step=self.t.max_steps,

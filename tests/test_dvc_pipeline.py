@@ -138,7 +138,7 @@ def test_exp_run_changes_only_training_and_after(dvc_repo):
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     for stage in ("embedded_data", "tokenizer", "tokenize"):
         assert f"Running stage '{stage}'" not in out
-    assert "belongs to another run" in out  # the old checkpoints are not resumed
+    assert "it stays in the run store" in out and "starts at step 0" in out  # the old run is not resumed
     shown = json.loads(sh(dvc_repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "lower-lr" in text and '"ppl"' in text

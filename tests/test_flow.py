@@ -165,12 +165,12 @@ def test_diverged_run_recovers_with_lower_lr(prefect_server, tmp_path, monkeypat
     assert params["training"]["restart_from"] == "checkpoints/step_00000004"
     summary = json.loads((repo / "metrics/train_summary.json").read_text())
     assert summary["events"][0]["step"] == 4 and "restarted from" in summary["events"][0]["event"]
-    # the next experiment from this checkout runs (the recovered run's checkpoints are moved aside, kept)
+    # the next experiment from this checkout runs (the recovered run's checkpoints stay in the run store)
     monkeypatch.delenv("PICO_FAULT_NAN_AT_STEP")
     sh(repo, "dvc", "exp", "run", "-S", "optim.lr=1.0e-3")
     assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
-    assert list((repo / "checkpoints.superseded").glob("*/step_00000008"))
-    # and the recovered experiment still reproduces: its restart point is found where it was moved
+    assert list((repo / ".pico/runs").glob("*/step_00000008"))
+    # and the recovered experiment still reproduces: its restart point is found in the run store
     sh(repo, "dvc", "exp", "apply", "nan-recovery-1")
     sh(repo, "dvc", "repro", "--force", "train")
     assert json.loads((repo / "metrics/train_summary.json").read_text())["status"] == "completed"
