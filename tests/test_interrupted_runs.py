@@ -1,0 +1,175 @@
+"""A run survives what interrupts it, by every route a user takes: `dvc exp run` (whose forced
+checkout resets the checkpoint folder), a killed `dvc repro` continued by `dvc exp run`, queued
+experiments whose worker died, `pico preset`, and SIGTERM to DVC's process group or to DVC alone.
+Each rerun continues from the newest checkpoint in the run store (pico.runstore), training no step
+twice. One repository, committed after a 20-step run; the tests build on each other in order."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pico import checkpoint
+from tests.conftest import REPO, make_dvc_repo, sh
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = make_dvc_repo(tmp_path_factory.mktemp("interrupted") / "repo",
+                         {"training": {"max_steps": 20, "checkpoint_every": 10, "log_every": 5, "eval_every": 10}})
+    shutil.copytree(REPO / "presets", root / "presets")
+    sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "a 20-step run")
+    return root
+
+
+def _start(repo: Path, *cmd: str, step_seconds: float = 0.15) -> subprocess.Popen:
+    """A command in its own process group (as a shell runs a job), its training slowed down."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PICO_FAULT_STEP_SECONDS": str(step_seconds),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _store_steps(repo: Path, since: float = 0.0) -> list[int]:
+    """Steps of the checkpoints in the repository's run store (written since ``since``)."""
+    return sorted(checkpoint.read_state(p)["step"] for p in (repo / ".pico/runs").glob("*/step_*")
+                  if p.stat().st_mtime >= since)
+
+
+def _wait_for_step(repo: Path, proc: subprocess.Popen | None, step: int, timeout: float = 240) -> None:
+    started, deadline = time.time(), time.time() + timeout
+    while step not in _store_steps(repo, started):
+        assert proc is None or proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"no new step_{step} in the run store"
+        time.sleep(0.05)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _resumed_at(out: str) -> int:
+    found = re.findall(r"resuming from \S+ \(step (\d+),", out)
+    assert found, out
+    return int(found[-1])
+
+
+def test_a_killed_exp_run_with_a_changed_plan_resumes_from_its_newest_checkpoint(repo):
+    """The issue's case: `dvc exp run -S training.max_steps=40` SIGKILLed after step 30's checkpoint
+    (DVC's forced checkout of the next `dvc exp run` resets checkpoints/ to the 20-step run)."""
+    cmd = ("dvc", "exp", "run", "-S", "training.max_steps=40")
+    proc = _start(repo, *cmd)
+    _wait_for_step(repo, proc, 30)
+    _kill_group(proc)
+    proc = _start(repo, *cmd, step_seconds=0)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert _resumed_at(out) == 30
+    assert "train: completed at step 40" in out
+    sh(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+
+
+def test_a_killed_dvc_repro_continued_by_dvc_exp_run(repo):
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("max_steps: 20", "max_steps: 60", 1))
+    proc = _start(repo, "dvc", "repro")
+    _wait_for_step(repo, proc, 50)
+    _kill_group(proc)
+    proc = _start(repo, "dvc", "exp", "run", step_seconds=0)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert _resumed_at(out) == 50
+
+
+def test_sigterm_to_the_dvc_repro_process_group_saves_the_step_it_was_on(repo):
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("max_steps: 60", "max_steps: 90", 1))
+    proc = _start(repo, "dvc", "repro", step_seconds=0.3)
+    _wait_for_step(repo, proc, 70)
+    time.sleep(1.0)  # between checkpoints: 71, 72 or 73
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert time.time() - sent < 60
+    [line] = [x for x in out.splitlines() if x.startswith("train: stopped")]
+    stopped = int(re.match(r"train: stopped at step (\d+) of 90 \(SIGTERM\): checkpoint ", line).group(1))
+    assert 70 < stopped < 80 and max(_store_steps(repo)) == stopped and "Traceback" not in out
+    proc = _start(repo, "dvc", "repro", step_seconds=0)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert _resumed_at(out) == stopped  # no step trained twice
+
+
+def test_sigterm_to_dvc_alone_is_noticed_within_seconds(repo):
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("max_steps: 90", "max_steps: 120", 1))
+    proc = _start(repo, "dvc", "repro", step_seconds=0.3)
+    _wait_for_step(repo, proc, 100)
+    time.sleep(1.0)
+    sent = time.time()
+    os.kill(proc.pid, signal.SIGTERM)  # DVC dies; its trainer is not signalled
+    out, _ = proc.communicate(timeout=120)  # the pipe closes when the trainer, its last writer, exits
+    assert time.time() - sent < 30
+    [line] = [x for x in out.splitlines() if x.startswith("train: stopped")]
+    assert f"(the dvc process that started this trainer (PID {proc.pid}) has exited)" in line
+    stopped = int(re.match(r"train: stopped at step (\d+)", line).group(1))
+    assert stopped > 100 and max(_store_steps(repo)) == stopped
+    sh(repo, "git", "checkout", "--", "params.yaml")
+
+
+def _queue_processes(repo: Path) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+            cwd = os.readlink(cmdline.parent / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(repo)) and any(a in argv for a in ("queue", "exp", "train")):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_a_queued_experiment_whose_every_process_was_killed_continues_when_requeued(repo):
+    queue = ("dvc", "exp", "run", "--queue", "-S", "training.max_steps=70", "-S", "optim.lr=1.0e-3")
+    sh(repo, *queue)
+    _start(repo, "dvc", "queue", "start", step_seconds=0.3).wait(timeout=60)  # the worker inherits the slowdown
+    _wait_for_step(repo, None, 40, timeout=300)  # in the repository's store, from the queue's copy of it
+    for pid in _queue_processes(repo):  # the worker, the executor, DVC and the trainer: all gone
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sh(repo, *queue)
+    sh(repo, "dvc", "queue", "start")
+    deadline = time.time() + 400
+    while "Success" not in sh(repo, "dvc", "queue", "status").stdout:
+        assert time.time() < deadline, sh(repo, "dvc", "queue", "status").stdout
+        time.sleep(2)
+    names = [line.split()[1] for line in sh(repo, "dvc", "queue", "status").stdout.splitlines()
+             if "Success" in line]
+    assert names, sh(repo, "dvc", "queue", "status").stdout
+    log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout
+    assert _resumed_at(log) >= 40, log
+
+
+def test_a_killed_pico_preset_continues(repo):
+    proc = _start(repo, "pico", "preset", "v1", step_seconds=0.05)
+    _wait_for_step(repo, proc, 50)
+    _kill_group(proc)
+    proc = _start(repo, "pico", "preset", "v1", step_seconds=0)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    assert _resumed_at(out) >= 50
