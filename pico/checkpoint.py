@@ -345,39 +345,3 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
               "plan that reaches its step)")
     d.barrier()
     return restored
-
-
-def _folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def describe_folders(root: str | Path) -> str:
-    """``pico checkpoints``: this run's checkpoints, the runs moved aside and the quarantined ones."""
-    root = Path(root)
-    lines = [f"{root}: {len(list_checkpoints(root))} checkpoint(s) of the current run"]
-    for p in [*list_checkpoints(root), *([root / BEST] if (root / BEST / STATE).is_file() else [])]:
-        lines.append(f"  {p.name}  step {read_state(p).get('step')}  {_folder_size(p) / 2**20:,.1f} MiB")
-    ld = root / LEARNING_DYNAMICS
-    if ld.is_dir():
-        steps = sorted(int(m.group(1)) for p in ld.iterdir() if (m := STEP_DIR.match(p.name)))
-        lines.append(f"  {LEARNING_DYNAMICS}  {len(steps)} capture(s) at steps {', '.join(map(str, steps)) or '-'}  "
-                     f"{_folder_size(ld) / 2**20:,.1f} MiB (`pico export-analysis OUT` for pico-analyze)")
-    for kind, base in (("set aside (another run, or a plan shortened below its step)", superseded_dir(root, None).parent),
-                       ("quarantined (damaged)", root.resolve().with_name(f"{root.resolve().name}.quarantine"))):
-        runs = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-        lines.append(f"{base}: {len(runs)} {kind}")
-        for run in runs:
-            steps = ", ".join(p.name for p in list_checkpoints(run)) or "-"
-            lines.append(f"  {run.name}  {_folder_size(run) / 2**20:,.1f} MiB  {steps}")
-    return "\n".join(lines)
-
-
-def remove_set_aside(root: str | Path, name: str) -> Path:
-    """Delete one run that ``move_aside`` or ``quarantine`` put aside (nothing else): the user's call."""
-    root = Path(root).resolve()
-    for base in (superseded_dir(root, None).parent, root.with_name(f"{root.name}.quarantine")):
-        target = base / name
-        if name not in ("", ".", "..") and "/" not in name and target.is_dir():
-            shutil.rmtree(target)
-            return target
-    raise ValueError(f"no set-aside run named {name!r} next to {root} (see `pico checkpoints`)")

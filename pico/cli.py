@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--device", help="project from a stored figure for this device (h100, h200, a100, l4) instead")
     ck = sub.add_parser("checkpoints", help="list the run's checkpoints and the runs moved aside; remove one of those")
     ck.add_argument("--remove", metavar="NAME", help="delete a set-aside or quarantined folder (as listed)")
+    qu = sub.add_parser("queue", help="the DVC experiment queue's stale rows (running with no process, failed); "
+                                      "--clean drops them (their runs continue when queued again)")
+    qu.add_argument("--clean", action="store_true", help="have DVC mark them failed and remove them from the queue")
     ea = sub.add_parser("export-analysis", help="lay a run's learning dynamics out for pico-analyze "
                                                "(OUT/checkpoints/step_<N>/learning_dynamics, OUT/training_config.yaml)")
     ea.add_argument("out_dir", help="a new folder (or an earlier export), used as pico-analyze's --run_path")
@@ -143,18 +146,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.stage == "checkpoints":
-        from pico.checkpoint import describe_folders, remove_set_aside
+        from pico.folders import describe_folders, remove_set_aside
+        from pico.runstore import store_root
 
         try:
-            root = load_params(args.params).training.checkpoint_dir
+            params = load_params(args.params)
+            root, store = params.training.checkpoint_dir, store_root(params)
             if args.remove:
-                print(f"deleted {remove_set_aside(root, args.remove)}")
+                print(f"deleted {remove_set_aside(root, args.remove, store)}")
             else:
-                print(describe_folders(root))
+                print(describe_folders(root, store))
         except (ConfigError, OSError, ValueError) as err:
             print(f"error: {describe(err)}", file=sys.stderr)
             return 2
         return 0
+    if args.stage == "queue":
+        from pathlib import Path
+
+        from pico import queue
+
+        return queue.run(Path("."), args.clean)
 
     if args.stage == "reproduce":
         from pico.reproduce import ReproduceError, reproduce
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in r.verdicts:
             print(f"  {v.label}: {v.verdict}")
         print(f"  first difference: {r.first_difference}")
+        if r.replay:
+            print(f"  cannot replay exactly: {r.replay}")
         return 0 if r.ok else 1
 
     if args.stage == "preset":

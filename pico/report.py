@@ -28,6 +28,14 @@ from pico.train_metrics import TrainSummary, duration, median_rate
 RUN_INFO_MD = "run_info.md"
 
 
+def code_lineage_line(segments: list[dict], step: int) -> str:
+    """The training-code versions a run trained under, as one sentence (pico.lineage.continue_code)."""
+    ends = [seg["step"] for seg in segments[1:]] + [step]
+    parts = [f"steps {seg['step'] + 1}-{end} under `{seg['code_version']}`" for seg, end in zip(segments, ends)]
+    return (f"trained under {len(segments)} versions of the training code ({'; '.join(parts)}): a pipeline "
+            "upgrade continued the run (`training.on_code_change: new_run` would have started a new one)")
+
+
 def fmt(x: Any, digits: int = 4) -> str:
     if x is None:
         return "n/a"
@@ -223,8 +231,9 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
         "",
         *([f"- **When, where, how fast**: {when}"] if when else []),
         f"- **Status**: {status_line(s, t.max_steps)}",
-        f"- **Fingerprint**: `{s.fingerprint if s else None}` (params + data + tokenizer + training code "
+        f"- **Fingerprint**: `{s.fingerprint if s else None}` (params + data + tokenizer; training code "
         f"`{s.code_version if s else None}`)",
+        *([f"- **Code lineage**: {code_lineage_line(s.code_lineage, s.step)}"] if s and len(s.code_lineage) > 1 else []),
         f"- **Model**: pico-decoder-{m.preset} (d_model {m.dim}, hidden {m.hidden}, {m.n_layers} layers, "
         f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(s.parameters if s else None)} parameters",
         "",

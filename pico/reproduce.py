@@ -86,6 +86,7 @@ class Reproduction:
     noise_seeds: int
     seconds: float
     markdown: str = ""
+    replay: str | None = None  # why the rerun cannot replay the committed run exactly (its code lineage), if so
 
     @property
     def ok(self) -> bool:
@@ -252,11 +253,24 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
     verdicts.append(curve_verdict(committed.train, rerun.train, [n.train for n in noise_runs]))
     first, stages = first_difference(committed, rerun)
     result = Reproduction(ref, commit, verdicts, first, stages, (committed.run_info.get("machine", {}),
-                          rerun.run_info.get("machine", {})), noise_seeds, time.perf_counter() - started)
+                          rerun.run_info.get("machine", {})), noise_seeds, time.perf_counter() - started,
+                          replay=replay_limit(committed.summary.get("code_lineage") or [], ref))
     result.markdown = render(result, str(made) if keep else None)
     path = Path(out) if out else repo / "reproductions" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}-{commit[:10]}.md"
     atomic_write_text(path, result.markdown)
     return result
+
+
+def replay_limit(segments: list[dict], ref: str) -> str | None:
+    """Why a rerun at ``ref`` cannot replay a run that a pipeline upgrade continued (pico.lineage):
+    every step of the rerun trains under the code at ``ref``, the last segment's."""
+    if len(segments) < 2:
+        return None
+    earlier = ", ".join(f"`{seg['code_version']}` from step {seg['step']}" for seg in segments[:-1])
+    return (f"the committed run trained under {len(segments)} versions of the training code ({earlier}; "
+            f"`{segments[-1]['code_version']}` from step {segments[-1]['step']}); this rerun trains every step under "
+            f"the code at {ref}, so it cannot replay steps before {segments[-1]['step'] + 1} exactly: a difference "
+            "there may be the upgrade's, not irreproducibility")
 
 
 def _num(x: float | None) -> str:
@@ -278,6 +292,7 @@ def render(r: Reproduction, kept: str | None) -> str:
              f"- **Reran**: every stage from {r.ref}'s params, code and data recipe, in a fresh clone at another path "
              f"({r.seconds / 60:.1f} min on this machine)",
              f"- **First difference**: {r.first_difference}",
+             *([f"- **Cannot replay exactly**: {r.replay}"] if r.replay else []),
              f"- **Committed on**: {_machine(r.machines[0])}",
              f"- **Rerun on**: {_machine(r.machines[1])}", ""]
     lines += ["| metric | committed | rerun | difference | noise (seed spread) | verdict |", "|---|---|---|---|---|---|"]

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from pico import checkpoint
+from pico import checkpoint, folders
 from pico.distributed import Dist
 
 
@@ -125,11 +125,11 @@ def test_checkpoints_command_lists_and_removes_only_set_aside_runs(tmp_path, cap
     _save(root, 4)
     checkpoint.restore(root, "run-b", None, *_model_opt()[:2], Dist())
     _save(root, 2, fingerprint="run-b")
-    listing = checkpoint.describe_folders(root)
+    listing = folders.describe_folders(root)
     assert "step_00000002" in listing and "run-a" in listing and "step_00000004" in listing
     with pytest.raises(ValueError, match="no set-aside run named"):
-        checkpoint.remove_set_aside(root, "step_00000002")
-    removed = checkpoint.remove_set_aside(root, "run-a")
+        folders.remove_set_aside(root, "step_00000002")
+    removed = folders.remove_set_aside(root, "run-a")
     assert not removed.exists() and (root / "step_00000002").is_dir()
 
 

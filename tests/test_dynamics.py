@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from pico import checkpoint, dynamics, train
+from pico import checkpoint, dynamics, folders, train
 from pico.config import parse_params
 from pico.data.eval_windows import EvalWindows
 from pico.model import PicoDecoder, ModelDims
@@ -210,5 +210,5 @@ def test_plan_counts_the_captures_and_their_size(captured):
 
 
 def test_checkpoints_command_lists_the_captures(captured):
-    text = checkpoint.describe_folders(captured.training.checkpoint_dir)
+    text = folders.describe_folders(captured.training.checkpoint_dir)
     assert "learning_dynamics  4 capture(s) at steps 0, 4, 8, 12" in text

@@ -35,6 +35,7 @@ def repo(tmp_path_factory) -> Path:
 def _start(repo: Path, *cmd: str, step_seconds: float = 0.15) -> subprocess.Popen:
     """A command in its own process group (as a shell runs a job), its training slowed down."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo),  # the repository's own pico/ runs, not the checkout's (an editable install)
            "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PICO_FAULT_STEP_SECONDS": str(step_seconds),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -126,7 +127,16 @@ def test_sigterm_to_dvc_alone_is_noticed_within_seconds(repo):
     assert f"(the dvc process that started this trainer (PID {proc.pid}) has exited)" in line
     stopped = int(re.match(r"train: stopped at step (\d+)", line).group(1))
     assert stopped > 100 and max(_store_steps(repo)) == stopped
-    sh(repo, "git", "checkout", "--", "params.yaml")
+
+    # a pipeline upgrade that changes nothing a run computes: DVC reruns the stage, the run continues
+    config, plan = repo / "pico/config.py", repo / "pico/plan.py"
+    config.write_text(config.read_text() + "\n# a comment from the upgrade\n")
+    plan.write_text(plan.read_text() + "\n\ndef unused_helper():\n    return 42\n")
+    proc = _start(repo, "dvc", "repro", step_seconds=0)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert _resumed_at(out) == stopped and "changed training code" not in out and "showed run" not in out
+    sh(repo, "git", "checkout", "--", "params.yaml", "pico/config.py", "pico/plan.py")
 
 
 def _queue_processes(repo: Path) -> list[int]:
@@ -152,6 +162,8 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    stale = sh(repo, "pico", "queue", check=False)
+    assert stale.returncode == 1 and "DVC lists it as running, but its process" in stale.stdout, stale.stdout
     sh(repo, *queue)
     sh(repo, "dvc", "queue", "start")
     deadline = time.time() + 400
@@ -163,6 +175,11 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
     assert names, sh(repo, "dvc", "queue", "status").stdout
     log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout
     assert _resumed_at(log) >= 40, log
+    # the dead task's row: said, then cleaned; no row is left "Running" with another run's numbers
+    cleaned = sh(repo, "pico", "queue", "--clean")
+    assert "removed" in cleaned.stdout and "Running" not in sh(repo, "dvc", "queue", "status").stdout
+    assert "Running" not in sh(repo, "dvc", "exp", "show", "--no-pager").stdout
+    assert sh(repo, "pico", "queue").returncode == 0
 
 
 def test_a_killed_pico_preset_continues(repo):

@@ -44,3 +44,15 @@ def test_batch_line_counts_every_process(tmp_path, monkeypatch):
     md = report.run(params, date="2026-11-28").read_text()
     assert "micro 4 × accumulation 2 × 2 processes = 16 rows × 32 tokens per step" in md
     assert "completed at step 6 of 12" in md
+
+
+def test_a_run_continued_across_a_pipeline_upgrade_says_so_in_report_and_reproduction():
+    from pico.reproduce import replay_limit
+    from pico.report import code_lineage_line
+
+    segments = [{"step": 0, "code_version": "aaaa"}, {"step": 30, "code_version": "bbbb"}]
+    assert code_lineage_line(segments, 40) == (
+        "trained under 2 versions of the training code (steps 1-30 under `aaaa`; steps 31-40 under `bbbb`): a "
+        "pipeline upgrade continued the run (`training.on_code_change: new_run` would have started a new one)")
+    assert replay_limit(segments[:1], "HEAD") is None
+    assert "cannot replay steps before 31 exactly" in replay_limit(segments, "HEAD")

@@ -60,3 +60,20 @@ def test_a_fresh_start_sets_the_run_aside_once_per_request(tmp_path):
     _save(run, 2)  # the fresh run trained, then its stage was retried: the same request continues it
     assert runstore.start_fresh(run, "flow-1") is None and checkpoint.list_checkpoints(run)
     assert runstore.start_fresh(run, "flow-2") is not None and checkpoint.list_checkpoints(run) == []
+
+
+def test_pico_checkpoints_lists_the_store_and_removes_only_runs_not_shown(tmp_path):
+    import pytest
+
+    from pico import folders
+
+    store, view = tmp_path / "store", tmp_path / "checkpoints"
+    _save(store / "run-a", 4)
+    _save(store / "run-b", 6, fingerprint="run-b")
+    runstore.publish(store / "run-a", view)
+    text = folders.describe_folders(view, store)
+    assert f"{store}: 2 run(s) in the run store" in text
+    assert f"run-a" in text and f"(shown in {view})" in text and "run-b" in text
+    with pytest.raises(ValueError, match="it is the run checkpoint_dir shows"):
+        folders.remove_set_aside(view, "run-a", store)
+    assert folders.remove_set_aside(view, "run-b", store) == store / "run-b" and not (store / "run-b").exists()

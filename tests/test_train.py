@@ -479,3 +479,34 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     assert "beyond training.max_steps=6" in capsys.readouterr().out
     aside = list(store.with_name(f"{store.name}.superseded").iterdir())
     assert len(aside) == 1 and (aside[0] / "step_00000020/model.safetensors").read_bytes() == want
+
+
+def test_changed_training_code_continues_the_run_as_a_recorded_segment(params_dict, prepared, tmp_path, capsys,
+                                                                       monkeypatch):
+    """A pipeline upgrade that changes what the train code computes continues the run by default,
+    recorded in its code lineage; ``training.on_code_change: new_run`` starts a new run instead."""
+    import shutil
+
+    from pico import codedeps
+
+    first = train.run(prepared, progress=False)  # 12 steps, checkpoints 8 and 12
+    store = tmp_path / ".pico/runs" / first.fingerprint
+    for folder in (store, tmp_path / "checkpoints"):  # as if stopped after step 8's checkpoint
+        shutil.rmtree(folder / "step_00000012")
+    monkeypatch.setattr(codedeps, "code_version", lambda stage: "upgraded-code-01")
+    capsys.readouterr()
+    summary = train.run(prepared, progress=False)
+    out = capsys.readouterr().out
+    assert f"continued at step 8 under changed training code ({first.code_version} -> upgraded-code-01)" in out
+    assert summary.fingerprint == first.fingerprint and summary.step == 12
+    assert summary.code_lineage == [{"step": 0, "code_version": first.code_version},
+                                    {"step": 8, "code_version": "upgraded-code-01"}]
+    assert checkpoint.read_state(store / "step_00000012")["code_lineage"] == summary.code_lineage
+    assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
+
+    raw = copy.deepcopy(params_dict)
+    raw["training"]["on_code_change"] = "new_run"
+    strict = train.run(parse_params(raw), progress=False)
+    out = capsys.readouterr().out
+    assert strict.fingerprint != first.fingerprint and "starts at step 0" in out
+    assert strict.code_lineage == [{"step": 0, "code_version": "upgraded-code-01"}]
