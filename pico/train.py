@@ -216,14 +216,7 @@ class Trainer:
         self.guard_on_device = fused = self.fused_optimizer(self.device)
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
-        shown = runstore.shown_run(self.published)
-        if d.is_main:  # what checkpoint_dir holds that the store lacks goes into the store first
-            for line in runstore.adopt(self.published, runstore.store_root(params)):
-                print(line)
-            if os.environ.get(runstore.FRESH_ENV) and (line := runstore.start_fresh(
-                    self.run_dir, os.environ[runstore.FRESH_ENV])):
-                print(line)
-        d.barrier()
+        shown = self._open_run_folder()
         self.restored = checkpoint.restore(self.run_dir, self.fingerprint, self.t.restart_from, self.model,
                                            self.optimizer, d, max_step=self.t.max_steps,
                                            search=[runstore.store_root(params)])
@@ -234,7 +227,7 @@ class Trainer:
                       "(`git checkout REV -- params.yaml` or `dvc exp apply EXP`, then `dvc repro`). This run "
                       f"({self.fingerprint}) " + (f"continues from step {self.restored.state['step']}"
                                                   if self.restored else "starts at step 0"))
-            runstore.publish(self.run_dir, self.published)
+            runstore.publish(self.run_dir, self.published)  # checkpoint_dir shows this run from now on
         self.fsdp = d.world > 1 and (self.t.parallelism == "fsdp" or
                                      (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
         if self.t.compile:  # before sharding, as torchtitan
@@ -266,6 +259,20 @@ class Trainer:
         self.forward = self.model if d.world == 1 or self.fsdp else DistributedDataParallel(
             self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
         self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
+
+    def _open_run_folder(self) -> tuple[str, int] | None:
+        """Before restoring (rank 0 acts, all wait): what checkpoint_dir holds that the store lacks goes
+        into the store, and a fresh start the flow asked for sets this run aside. Returns the run
+        checkpoint_dir showed, (fingerprint, step), so the start can say what became of it."""
+        shown = runstore.shown_run(self.published)
+        if self.d.is_main:
+            for line in runstore.adopt(self.published, runstore.store_root(self.params)):
+                print(line)
+            token = os.environ.get(runstore.FRESH_ENV)
+            if token and (line := runstore.start_fresh(self.run_dir, token)):
+                print(line)
+        self.d.barrier()
+        return shown
 
     def _dynamics_capture(self) -> dynamics.Capture | None:
         if not self.params.learning_dynamics.enabled:

@@ -510,3 +510,19 @@ def test_changed_training_code_continues_the_run_as_a_recorded_segment(params_di
     out = capsys.readouterr().out
     assert strict.fingerprint != first.fingerprint and "starts at step 0" in out
     assert strict.code_lineage == [{"step": 0, "code_version": "upgraded-code-01"}]
+
+
+def test_a_fresh_start_request_sets_the_run_aside_once(prepared, tmp_path, capsys, monkeypatch):
+    """The flow's --fresh: the train stage sets its run aside (kept) and trains from step 0, once per
+    request: a retry of the same request continues the fresh run instead of starting over again."""
+    first = train.run(prepared, progress=False)
+    monkeypatch.setenv("PICO_FRESH_RUN", "flow-run-1")
+    capsys.readouterr()
+    again = train.run(prepared, progress=False)
+    out = capsys.readouterr().out
+    assert "fresh start requested: this run's checkpoints were moved to" in out and "resuming from" not in out
+    assert again.step == 12 and again.fingerprint == first.fingerprint
+    aside = tmp_path / ".pico/runs" / f"{first.fingerprint}.superseded"
+    assert [p.name for p in checkpoint.list_checkpoints(next(aside.iterdir()))] == ["step_00000008", "step_00000012"]
+    train.run(prepared, progress=False)  # the same request again (a retry): the fresh run is not set aside
+    assert "this run already ended" in capsys.readouterr().out and len(list(aside.iterdir())) == 1
