@@ -113,17 +113,32 @@ def launch(params_path: str, nproc: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "pico.cli", "--params", params_path, "train"]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
-    # torchrun in its own session, and this process passes SIGTERM/SIGINT on exactly once: a signal
-    # to the whole group would otherwise reach torchrun twice, and its second one cuts short the
-    # grace it gives the ranks to save (pico.preempt)
+    # torchrun in its own session, and this process passes SIGTERM/SIGINT on to the ranks themselves:
+    # each finishes its step and saves (pico.preempt) and they end cleanly, where torchrun, signalled,
+    # would shut them down on its own clock and print a failure report for every rank
     proc = subprocess.Popen(cmd, start_new_session=True)
-    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+
+    def forward(signum: int, frame: Any) -> None:
+        ranks = _children(proc.pid)
+        for pid in ranks or [proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (Linux /proc; none elsewhere)."""
+    found = []
+    for path in (f"/proc/{pid}/task/{pid}/children",):
+        with contextlib.suppress(OSError):
+            found = [int(x) for x in open(path).read().split()]
+    return found
 
 
 # ---- FSDP (fully_shard): parameters, gradients and optimizer state sharded across ranks ----

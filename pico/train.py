@@ -16,6 +16,7 @@ written atomically (``pico.checkpoint``). ``pico.train_metrics`` owns those file
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -609,14 +610,35 @@ def _newest_saved(run_dir: Path) -> str:
     return f"the rerun resumes from {newest}" if newest else "the rerun starts from step 0"
 
 
+# `pico train` with training.nproc > 1 names a file here for the ranks: a run stopped on request is
+# reported through it by the launcher (one line), not as torchrun's failure report of every rank
+STOP_REPORT_ENV = "PICO_STOP_REPORT"
+
+
 def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[Params, tuple], None] | None = None
          ) -> None:
     """``pico train``: this process, or ``training.nproc`` processes under torchrun."""
-    if params.training.nproc > 1 and not distributed.under_torchrun():
-        code = distributed.launch(params_path, params.training.nproc)
+    t = params.training
+    if t.nproc > 1 and not distributed.under_torchrun():
+        report = Path(f"{Path(t.checkpoint_dir).resolve()}.stopped.json")
+        report.unlink(missing_ok=True)
+        os.environ[STOP_REPORT_ENV] = str(report)
+        code = distributed.launch(params_path, t.nproc)
+        if report.is_file():
+            stopped = json.loads(report.read_text())
+            report.unlink()
+            raise TrainingInterrupted(stopped["message"], stopped["exit_code"])
         if code != 0:
-            raise TrainingFailed(f"{params.training.nproc} training processes ended with exit code {code}")
+            raise TrainingFailed(f"{t.nproc} training processes ended with exit code {code}")
         return
-    summary = run(params, on_start=on_start)
+    try:
+        summary = run(params, on_start=on_start)
+    except TrainingInterrupted as stopped:
+        if not os.environ.get(STOP_REPORT_ENV):
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            Path(os.environ[STOP_REPORT_ENV]).write_text(json.dumps({"message": str(stopped),
+                                                                     "exit_code": stopped.exit_code}))
+        return  # every rank ends cleanly; the launcher says where the run stopped
     final = f"{summary.final_loss:.4f}" if summary.final_loss is not None else "n/a"
     print(f"train: {summary.status} at step {summary.step}, final loss {final}")

@@ -95,3 +95,39 @@ def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tm
         summary = json.loads((tmp_path / "fsdp/metrics/train_summary.json").read_text())
         assert summary["parallelism"] == "fsdp" and summary["processes"] == 2
     assert_close_runs(tmp_path / "ref", tmp_path / "fsdp")
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_one_line(params_dict, prepared, tmp_path):
+    """Under torchrun a signal may reach any rank (a node's agent, a scheduler): all ranks agree to stop
+    after the same step, rank 0 saves it, and `pico train` ends with one line, not torchrun's report."""
+    import re
+    import signal
+    import time
+
+    raw = variant(params_dict, tmp_path, "two", nproc=2, micro=4, accum=1)
+    raw["training"].update(max_steps=200, log_every=1, checkpoint_every=1000, eval_every=1000)
+    project = tmp_path / "two"
+    write_params(project / "params.yaml", raw)
+    proc = subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                                 "PICO_FAULT_STEP_SECONDS": "0.2"})
+    deadline = time.time() + 180
+    while not (project / "metrics/train.csv").is_file() or len(losses(project)) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.1)
+    def rank_one(p: Path) -> bool:
+        try:
+            return b"LOCAL_RANK=1\0" in (p / "environ").read_bytes() and os.readlink(p / "cwd") == str(project)
+        except OSError:
+            return False
+
+    rank1 = [p for p in Path("/proc").glob("[0-9]*") if rank_one(p)]
+    assert len(rank1) == 1
+    os.kill(int(rank1[0].name), signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    [line] = [x for x in out.splitlines() if "stopped at step" in x]
+    step = int(re.search(r"stopped at step (\d+) of 200", line).group(1))
+    assert "Traceback" not in out and "ChildFailedError" not in out, out
+    assert (project / f"checkpoints/step_{step:08d}").is_dir()
