@@ -31,10 +31,15 @@ def _stage(module: str) -> Callable[[Params, str], None]:
 
 
 def _train(params: Params, params_path: str) -> None:
-    """``pico train``: the train stage, announcing the run's plan once the trainer knows its model."""
+    """``pico train``: the train stage, announcing the run's plan once the trainer knows its model.
+    SIGTERM/SIGINT are taken over before torch loads (seconds, on a loaded machine), so a run
+    signalled while it starts still stops in one line (pico.preempt)."""
+    from pico.preempt import StopRequest
+
+    stop = StopRequest(params.training.stop_grace_s).install()
     from pico import plan, train
 
-    train.main(params, params_path, on_start=plan.announce)
+    train.main(params, params_path, on_start=plan.announce, stop=stop)
 
 
 STAGES: dict[str, tuple[Callable[[Params, str], None], str]] = {

@@ -586,12 +586,12 @@ class Trainer:
             self.on_start(p, (self.n_params, self.flops_per_token))  # `pico train` prints the plan (pico.plan)
 
 
-def run(params: Params, progress: bool | None = None, on_start: Callable[[Params, tuple], None] | None = None
-        ) -> TrainSummary:
+def run(params: Params, progress: bool | None = None, on_start: Callable[[Params, tuple], None] | None = None,
+        stop: StopRequest | None = None) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
-    # signals are taken over first: a SIGTERM while the data loads or the model compiles still
-    # stops the run cleanly (at its first step, or by the deadline)
-    stop = StopRequest(params.training.stop_grace_s).install()
+    # signals are taken over first (``pico train`` does it before torch loads): a SIGTERM while the
+    # data loads or the model compiles still stops the run cleanly (at its first step, or by the deadline)
+    stop = stop or StopRequest(params.training.stop_grace_s).install()
     d = distributed.setup(params.training.backend)
     # one trainer per checkpoint folder (rank 0 holds the lock for the job)
     try:
@@ -615,11 +615,13 @@ def _newest_saved(run_dir: Path) -> str:
 STOP_REPORT_ENV = "PICO_STOP_REPORT"
 
 
-def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[Params, tuple], None] | None = None
-         ) -> None:
+def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[Params, tuple], None] | None = None,
+         stop: StopRequest | None = None) -> None:
     """``pico train``: this process, or ``training.nproc`` processes under torchrun."""
     t = params.training
     if t.nproc > 1 and not distributed.under_torchrun():
+        if stop and stop.signum:  # signalled while starting: nothing launched, nothing trained
+            raise TrainingInterrupted(f"stopped before training started ({stop.name}); rerun to train", stop.exit_code)
         report = Path(f"{Path(t.checkpoint_dir).resolve()}.stopped.json")
         report.unlink(missing_ok=True)
         os.environ[STOP_REPORT_ENV] = str(report)
@@ -632,7 +634,7 @@ def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[P
             raise TrainingFailed(f"{t.nproc} training processes ended with exit code {code}")
         return
     try:
-        summary = run(params, on_start=on_start)
+        summary = run(params, on_start=on_start, stop=stop)
     except TrainingInterrupted as stopped:
         if not os.environ.get(STOP_REPORT_ENV):
             raise
