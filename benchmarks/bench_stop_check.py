@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    one(5, True)  # warm-up: imports, allocator
+    one(25, True)  # warm-up: imports, allocator
     with_check, without = [], []
     for _ in range(args.rounds):
         without.append(one(args.steps, False))

@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 COMPARED = ("metrics/train.csv", "metrics/eval_history.csv")
 
 
-def project(root: Path, name: str) -> Path:
+def project(root: Path, name: str, steps: int) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["data"]["tokens_dir"] = str(REPO / raw["data"]["tokens_dir"])
     raw["tokenizer"]["out_dir"] = str(REPO / raw["tokenizer"]["out_dir"])
     raw["model"].update(d_model=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2)
     raw["optim"]["warmup_steps"] = 20
-    raw["training"].update(max_steps=1000, micro_batch_size=4, grad_accum_steps=1, log_every=5, eval_every=40,
+    raw["training"].update(max_steps=steps, micro_batch_size=4, grad_accum_steps=1, log_every=5, eval_every=40,
                            checkpoint_every=7, keep_checkpoints=2, eval_at_start=False, num_threads=1,
                            checkpoint_dir=str(root / name / "checkpoints"), metrics_dir=str(root / name / "metrics"))
     raw["evaluation"]["max_windows_per_source"] = 16
@@ -64,19 +64,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=2000, help="the run's length (long enough for every signal)")
     ap.add_argument("--signals", default="KILL,TERM,INT", help="signals to draw from (default KILL,TERM,INT)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     signals = [getattr(signal, f"SIG{name.strip()}") for name in args.signals.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        clean = project(root, "clean")
+        clean = project(root, "clean", args.steps)
         started = time.time()
         proc = train(clean)
         if proc.wait() != 0:
             raise SystemExit(f"the clean run failed:\n{proc.stdout.read()[-2000:]}")
         print(f"clean run: {time.time() - started:.1f} s")
-        killed, kills, expect_resume, redone, stops = project(root, "killed"), 0, None, 0, []
+        killed, kills, expect_resume, redone, stops = project(root, "killed", args.steps), 0, None, 0, []
         while True:
             proc = train(killed)
             if kills < args.kills:
@@ -106,9 +107,9 @@ def main() -> None:
             resumed = re.findall(r"\(step (\d+), \d+ rows consumed\)", out)
             if expect_resume is not None and resumed and int(resumed[0]) != expect_resume:
                 redone += expect_resume - int(resumed[0])
-            if newest_step(killed.parent) == 1000:
+            if newest_step(killed.parent) == args.steps:
                 break
-        ckpt = "checkpoints/step_00001000"
+        ckpt = f"checkpoints/step_{args.steps:08d}"
         same = {f: (clean.parent / f).read_bytes() == (killed.parent / f).read_bytes()
                 for f in (f"{ckpt}/model.safetensors", f"{ckpt}/trainer.pt", *COMPARED)}
         for f, ok in same.items():
