@@ -95,6 +95,11 @@ class TrainState:
     lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.optim.continued_segment)
     code_lineage: list[dict[str, Any]] = field(default_factory=list)  # training-code versions (pico.lineage)
 
+    @property
+    def code_version(self) -> str | None:
+        """The training code the newest steps ran under (an ended run rerun under newer code keeps its own)."""
+        return self.code_lineage[-1]["code_version"] if self.code_lineage else None
+
     def state_dict(self) -> dict[str, Any]:
         # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
         history = {k: v for k, v in self.history.items() if k != "perf"}
@@ -109,7 +114,8 @@ class TrainState:
         self.watch.mean = state.get("loss_running_mean")
         self.unlogged = state.get("unlogged", {"losses": [], "norms": []})
         self.plan, self.lineage = state["plan"], state["lineage"]  # set by continue_plan
-        self.code_lineage = state["code_lineage"]  # set by continue_code
+        # set by continue_code; a checkpoint from before code lineages: the version it recorded
+        self.code_lineage = state.get("code_lineage") or [{"step": 0, "code_version": state.get("code_version")}]
 
 
 class Interval:
@@ -246,7 +252,10 @@ class Trainer:
                 {"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"})
             print(f"restarting from {r.path} (step {r.state['step']}) with lr {params.optim.lr:g}")
         elif r is not None or self.fsdp:
-            for change in (continue_plan(params, r.state), continue_code(r.state, self.code)) if r else ():
+            changes = [continue_plan(params, r.state)] if r else []
+            if r and r.state.get("status") not in ("completed", "early_stopped"):  # it trains on: under this code
+                changes.append(continue_code(r.state, self.code))
+            for change in changes:
                 if change:
                     r.state["history"].setdefault("events", []).append({"step": r.state["step"], "event": change})
                     print(change)
@@ -472,7 +481,7 @@ class Trainer:
         if hasattr(self, "interval"):  # saves come after the host read the interval's steps
             self.state.unlogged = {"losses": list(self.interval.losses), "norms": list(self.interval.norms)}
         return {"fingerprint": self.fingerprint, **self.state.state_dict(), "model_dims": self.dims.to_dict(),
-                "config": self.params.model_dump(mode="json"), "code_version": self.code,
+                "config": self.params.model_dump(mode="json"), "code_version": self.state.code_version,
                 "tokenizer_sha256": self.data_manifest["tokenizer_sha256"],
                 "train_data_sha256": self.data_manifest["sha256"]}
 
@@ -570,7 +579,7 @@ class Trainer:
             effective_batch_rows=self.batch_rows, effective_batch_tokens=self.tokens_per_step,
             processes=d.world, parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
             weights_identical_across_ranks=identical if d.world > 1 else None,
-            parameters=self.n_params, fingerprint=self.fingerprint, code_version=self.code, code_lineage=s.code_lineage,
+            parameters=self.n_params, fingerprint=self.fingerprint, code_version=s.code_version, code_lineage=s.code_lineage,
             events=s.history.get("events", []), eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
             source_epochs=source_epochs(self.data_manifest, s.position / len(self.rows)),
         )

@@ -2,7 +2,6 @@
 the rerun trains no step twice and ends bit-identical to an uninterrupted run (pico.preempt)."""
 
 import copy
-import os
 import signal
 import subprocess
 import sys
@@ -10,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from pico import checkpoint
 from pico.preempt import StopRequest
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO
+from tests.helpers import assert_same_run, pico, run_folder
 
 
 def test_the_first_signal_is_recorded_and_a_second_changes_nothing(capsys):
@@ -42,19 +41,8 @@ def test_the_deadline_exits_when_the_step_does_not_finish_in_time():
         "exiting without one: the rerun resumes from X")
 
 
-def _project(root: Path, raw: dict, name: str) -> Path:
-    p = copy.deepcopy(raw)
-    p["training"]["checkpoint_dir"] = str(root / name / "checkpoints")
-    p["training"]["metrics_dir"] = str(root / name / "metrics")
-    (root / name).mkdir()
-    write_params(root / name / "params.yaml", p)
-    return root / name
-
-
 def _train(project: Path, slow: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PICO_FAULT_STEP_SECONDS": str(slow)}
-    return subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return pico(project, "train", PICO_FAULT_STEP_SECONDS=str(slow))
 
 
 def _logged_steps(project: Path) -> int:
@@ -68,7 +56,7 @@ def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_b
     raw = copy.deepcopy(params_dict)
     # one periodic checkpoint mid-run (step 16); the signals land between checkpoints
     raw["training"].update(max_steps=24, checkpoint_every=16, log_every=1, eval_every=8, keep_checkpoints=2)
-    clean, stopped = _project(tmp_path, raw, "clean"), _project(tmp_path, raw, "stopped")
+    clean, stopped = run_folder(tmp_path, raw, "clean"), run_folder(tmp_path, raw, "stopped")
     proc = _train(clean)
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
 
@@ -98,10 +86,4 @@ def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_b
     names = [p.name for p in checkpoint.list_checkpoints(stopped / "checkpoints")]
     assert names == [p.name for p in checkpoint.list_checkpoints(clean / "checkpoints")] == ["step_00000016",
                                                                                              "step_00000024"]
-    a, b = clean / "checkpoints/step_00000024", stopped / "checkpoints/step_00000024"
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    oa, ob = torch.load(a / "trainer.pt", weights_only=True), torch.load(b / "trainer.pt", weights_only=True)
-    for sa, sb in zip(oa["optimizer"]["state"].values(), ob["optimizer"]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    for name in ("train.csv", "eval_history.csv", "train_summary.json"):
-        assert (clean / "metrics" / name).read_text() == (stopped / "metrics" / name).read_text(), name
+    assert_same_run(clean, stopped, 24)

@@ -15,7 +15,8 @@ import torch
 from pico import checkpoint, evaluate, report, train
 from pico.config import parse_params
 from pico.errors import TrainingDiverged
-from tests.conftest import REPO, write_params
+from tests.conftest import REPO
+from tests.helpers import assert_same_run, run_folder
 
 
 def read_csv(path):
@@ -137,15 +138,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
     raw["model"].update(d_model=48, hidden_dim=192, n_layers=4)
     raw["training"].update(max_steps=120, checkpoint_every=10, log_every=5, eval_every=40, keep_checkpoints=3)
 
-    def project(name):
-        p = copy.deepcopy(raw)
-        p["training"]["checkpoint_dir"] = str(tmp_path / name / "checkpoints")
-        p["training"]["metrics_dir"] = str(tmp_path / name / "metrics")
-        (tmp_path / name).mkdir()
-        write_params(tmp_path / name / "params.yaml", p)
-        return tmp_path / name
-
-    clean, killed = project("clean"), project("killed")
+    clean, killed = run_folder(tmp_path, raw, "clean"), run_folder(tmp_path, raw, "killed")
     proc = _run_cli(clean, "train")
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
 
@@ -165,13 +158,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
     assert proc.returncode == 0, out
     assert "resuming from" in out
 
-    a, b = clean / "checkpoints/step_00000120", killed / "checkpoints/step_00000120"
-    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    oa, ob = torch.load(a / "trainer.pt", weights_only=True), torch.load(b / "trainer.pt", weights_only=True)
-    for sa, sb in zip(oa["optimizer"]["state"].values(), ob["optimizer"]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    for name in ("train.csv", "eval_history.csv", "train_summary.json"):
-        assert (clean / "metrics" / name).read_text() == (killed / "metrics" / name).read_text()
+    assert_same_run(clean, killed, 120)
 
 
 def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
@@ -526,3 +513,17 @@ def test_a_fresh_start_request_sets_the_run_aside_once(prepared, tmp_path, capsy
     assert [p.name for p in checkpoint.list_checkpoints(next(aside.iterdir()))] == ["step_00000008", "step_00000012"]
     train.run(prepared, progress=False)  # the same request again (a retry): the fresh run is not set aside
     assert "this run already ended" in capsys.readouterr().out and len(list(aside.iterdir())) == 1
+
+
+def test_an_ended_run_rerun_under_newer_code_keeps_its_own_code_version(prepared, capsys, monkeypatch):
+    """DVC reruns the train stage after any code edit; an ended run trains nothing then, so it
+    records no code segment and its summary still names the code it trained under."""
+    from pico import codedeps
+
+    first = train.run(prepared, progress=False)
+    monkeypatch.setattr(codedeps, "code_version", lambda stage: "newer-code-0001")
+    capsys.readouterr()
+    again = train.run(prepared, progress=False)
+    out = capsys.readouterr().out
+    assert "this run already ended" in out and "changed training code" not in out
+    assert again.code_version == first.code_version and again.code_lineage == first.code_lineage
