@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pico.fsutil import fsync_path, replace_dir
+from pico.fsutil import free_name, fsync_path, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 WEIGHTS, TRAINER, STATE = "model.safetensors", "trainer.pt", "state.json"
@@ -143,9 +143,9 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
 def prune(root: Path, keep: int) -> None:
     """Keep the newest ``keep`` periodic checkpoints, and an interim one only while it is the newest."""
     found = list_checkpoints(root)
-    interim = {p for p in found[:-1] if read_state(p).get("interim")}
-    periodic = [p for p in found if p not in interim and not (p == found[-1] and read_state(p).get("interim"))]
-    for old in [*sorted(interim), *periodic[:-keep]]:
+    interim = [p for p in found if read_state(p).get("interim")]
+    periodic = [p for p in found if p not in interim]
+    for old in [*(p for p in interim if p != found[-1]), *periodic[:-keep]]:
         shutil.rmtree(old)
 
 
@@ -241,12 +241,7 @@ def superseded_dir(root: Path, fingerprint: str | None) -> Path:
 
 def move_aside(root: Path, fingerprint: str | None) -> Path:
     """Move another run's checkpoints (and only them) out of the way; returns where they went."""
-    dest = superseded_dir(root, fingerprint)
-    if dest.exists():
-        n = 2
-        while dest.with_name(f"{dest.name}-{n}").exists():
-            n += 1
-        dest = dest.with_name(f"{dest.name}-{n}")
+    dest = free_name(superseded_dir(root, fingerprint))
     dest.mkdir(parents=True)
     for p in sorted(root.iterdir()):
         if p.is_dir() and (STEP_DIR.match(p.name) or p.name in (BEST, LEARNING_DYNAMICS)):
@@ -258,10 +253,7 @@ def move_aside(root: Path, fingerprint: str | None) -> Path:
 def quarantine(root: Path, path: Path, why: str) -> Path:
     """Move a damaged checkpoint out of the run's way (never deleted); returns where it went."""
     base = root.resolve()
-    dest = base.with_name(f"{base.name}.quarantine") / path.name
-    n = 2
-    while dest.exists():
-        dest, n = dest.with_name(f"{path.name}-{n}"), n + 1
+    dest = free_name(base.with_name(f"{base.name}.quarantine") / path.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, dest)
     (dest / "QUARANTINED.txt").write_text(why + "\n")

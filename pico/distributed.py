@@ -16,6 +16,7 @@ import subprocess
 import sys
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,11 +135,10 @@ def launch(params_path: str, nproc: int) -> int:
 
 def _children(pid: int) -> list[int]:
     """The direct child processes of ``pid`` (Linux /proc; none elsewhere)."""
-    found = []
-    for path in (f"/proc/{pid}/task/{pid}/children",):
-        with contextlib.suppress(OSError):
-            found = [int(x) for x in open(path).read().split()]
-    return found
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 # ---- FSDP (fully_shard): parameters, gradients and optimizer state sharded across ranks ----

@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 import yaml
 
 from pico.checkpoint import LEARNING_DYNAMICS as DIR  # inside the checkpoint folder: never pruned, moves aside with the run
-from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path
+from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path, link_or_copy
 
 SPLITS = ("train", "val")
 KINDS = ("activations", "weights", "gradients")
@@ -255,7 +254,4 @@ def _link(src: Path, dest: Path) -> None:
         if dest.is_file() and os.path.samefile(src, dest):
             return
         dest.unlink()
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+    link_or_copy(src, dest)

@@ -52,6 +52,22 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def free_name(dest: Path) -> Path:
+    """``dest``, or ``dest-2``, ``dest-3``, … whichever does not exist yet (a move never overwrites)."""
+    n, free = 2, dest
+    while free.exists():
+        free, n = dest.with_name(f"{dest.name}-{n}"), n + 1
+    return free
+
+
+def link_or_copy(src: str | Path, dest: str | Path) -> None:
+    """``dest`` as a hard link to ``src`` (a copy where links cannot be made: another filesystem)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written temp directory into place (the old one, if any, is removed first)."""
     if final.exists():

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -31,7 +30,6 @@ class StopRequest:
     def __init__(self, grace_s: float, on_deadline: Callable[[], str] = lambda: ""):
         self.grace_s, self.on_deadline = grace_s, on_deadline
         self.signum: int | None = None
-        self.received_at: float | None = None
         self._previous: dict[int, object] = {}
         self._done = threading.Event()
 
@@ -63,7 +61,7 @@ class StopRequest:
                   "is not cut short)", file=sys.stderr, flush=True)
             return
         # nothing printed yet: the trainer's one line, once the checkpoint is written, says it all
-        self.signum, self.received_at = signum, time.monotonic()
+        self.signum = signum
         threading.Thread(target=self._deadline, name="pico-stop-deadline", daemon=True).start()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

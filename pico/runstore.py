@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pico import checkpoint
 from pico.config import Params, dvc_root
-from pico.fsutil import fsync_path, replace_dir
+from pico.fsutil import free_name, fsync_path, link_or_copy, replace_dir
 
 STORE = Path(".pico") / "runs"
 EXPERIMENT_COPY = (".dvc", "tmp", "exps")  # where DVC runs queued and --temp experiments
@@ -73,12 +73,17 @@ def _same_checkpoint(a: Path, b: Path) -> bool:
 
 def adopt(out_dir: Path, store: Path) -> list[str]:
     """Move each checkpoint of ``out_dir`` that the store lacks into ``<store>/<its fingerprint>/``
-    (a damaged one is quarantined, as ``restore`` would); returns what it moved, as lines to print."""
+    (a damaged one is quarantined, as ``restore`` would), and captures the store lacks into the run
+    ``out_dir`` showed; returns what it moved, as lines to print."""
     moved = [f"removed an incomplete checkpoint left by a crash: {out_dir / name}"
              for name in checkpoint.remove_partial(out_dir)]
+    shown = shown_run(out_dir)
     for path in _managed(out_dir):
         if path.name == checkpoint.LEARNING_DYNAMICS:
-            continue  # captures are published from the store; a stray one is adopted with its run below
+            continue  # below, once the checkpoints are placed
+        home = _home(path, store)
+        if home is not None and _same_checkpoint(path, home / path.name):
+            continue  # a copy (what publish put there): nothing to hash, nothing to move
         try:
             state = checkpoint.verify(path)
         except checkpoint.DamagedCheckpoint as err:
@@ -86,22 +91,42 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
             continue
         home = store / str(state["fingerprint"])
         newest = checkpoint.latest_checkpoint(home)
-        if _same_checkpoint(path, home / path.name) or (
-                newest and checkpoint.read_state(newest)["step"] > state["step"]):
-            continue  # a copy, or an older step of a run the store holds further on (its pruning dropped it)
+        if newest and checkpoint.read_state(newest)["step"] > state["step"]:
+            continue  # an older step of a run the store holds further on (its pruning dropped it)
         home.mkdir(parents=True, exist_ok=True)
-        dest = home / path.name
-        if dest.exists():  # same name, other content (a run that was restarted): keep both
-            n = 2
-            while dest.with_name(f"{path.name}-{n}").exists():
-                n += 1
-            dest = dest.with_name(f"{path.name}-{n}")
+        dest = free_name(home / path.name)  # same name, other content (a restarted run): keep both
         _move(path, dest)
         moved.append(f"kept {path} in the run store: {dest}")
-        dynamics = out_dir / checkpoint.LEARNING_DYNAMICS
-        if dynamics.is_dir() and not (home / checkpoint.LEARNING_DYNAMICS).exists():
-            _move(dynamics, home / checkpoint.LEARNING_DYNAMICS)
+    captures = out_dir / checkpoint.LEARNING_DYNAMICS
+    if captures.is_dir() and shown:
+        kept = _merge_files(captures, store / shown[0] / checkpoint.LEARNING_DYNAMICS)
+        if kept:
+            moved.append(f"kept {kept} learning-dynamics file(s) of {captures} in the run store: "
+                         f"{store / shown[0] / checkpoint.LEARNING_DYNAMICS}")
     return moved
+
+
+def _home(path: Path, store: Path) -> Path | None:
+    """The store folder of the run a checkpoint names in its state.json, or None if it names none."""
+    try:
+        return store / str(checkpoint.read_state(path)["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _merge_files(src: Path, dest: Path) -> int:
+    """Move the files under ``src`` that ``dest`` lacks (same relative path) into it; how many."""
+    n = 0
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        target = dest / f.relative_to(src)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(f, target)
+            except OSError:  # another filesystem
+                shutil.copy2(f, target)
+            n += 1
+    return n
 
 
 FRESH_ENV = "PICO_FRESH_RUN"  # set by a flow asked for a fresh start: a token naming that request
@@ -143,12 +168,7 @@ def _move(src: Path, dest: Path) -> None:
 
 def link_tree(src: Path, dest: Path) -> None:
     """``dest`` as a tree of hard links to ``src``'s files (copies where links cannot be made)."""
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    shutil.copytree(src, dest, copy_function=link)
+    shutil.copytree(src, dest, copy_function=link_or_copy)
 
 
 def _published(src: Path, dest: Path) -> bool:

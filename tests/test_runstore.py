@@ -77,3 +77,17 @@ def test_pico_checkpoints_lists_the_store_and_removes_only_runs_not_shown(tmp_pa
     with pytest.raises(ValueError, match="it is the run checkpoint_dir shows"):
         folders.remove_set_aside(view, "run-a", store)
     assert folders.remove_set_aside(view, "run-b", store) == store / "run-b" and not (store / "run-b").exists()
+
+
+def test_captures_only_the_view_holds_are_kept_in_the_store_before_it_is_republished(tmp_path):
+    store, view = tmp_path / "store", tmp_path / "checkpoints"
+    _save(store / "run-a", 4)
+    runstore.publish(store / "run-a", view)
+    stray = view / "learning_dynamics/step_00000004/train_activations.pt"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"captured by an older version")
+    lines = runstore.adopt(view, store)
+    assert lines == [f"kept 1 learning-dynamics file(s) of {view / 'learning_dynamics'} in the run store: "
+                     f"{store / 'run-a/learning_dynamics'}"]
+    runstore.publish(store / "run-a", view)
+    assert (view / "learning_dynamics/step_00000004/train_activations.pt").read_bytes() == b"captured by an older version"
