@@ -475,6 +475,8 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
         else:
             shown = ""
         lines.append(f"  {key}: {msg}{shown}")
+    if len(lines) == 2:  # one problem: one line
+        return f"{lines[0]} {lines[1].strip()}"
     return "\n".join(lines)
 
 

@@ -5,11 +5,15 @@ class BadDocumentError(ValueError):
     """Strict mode: a line that is not a usable document (the message names file and line)."""
 
 
-class TrainingDiverged(RuntimeError):
+class PipelineError(RuntimeError):
+    """A failure the pipeline expects and explains in its message (the base of the ones below)."""
+
+
+class TrainingDiverged(PipelineError):
     """The training loss became NaN or infinite."""
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(PipelineError):
     """The training processes (torchrun) did not finish."""
 
 

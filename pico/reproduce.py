@@ -38,6 +38,7 @@ import yaml
 from pico import runs, train_metrics
 from pico.config import parse_params
 from pico.fsutil import atomic_write_text
+from pico.errors import PipelineError
 from pico.train_metrics import parse_csv
 
 # (label, file kind, key path): the figures a verdict is given for
@@ -51,7 +52,7 @@ HEADLINE = (
 )
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(PipelineError):
     """The rerun could not be made (the message says which command failed and where)."""
 
 

@@ -1,8 +1,9 @@
+import argparse
 import copy
 
 import yaml
 
-from pico.cli import main
+from pico.cli import COMMANDS, main, parser
 from pico.config import Params, load_params
 from tests.conftest import REPO, write_jsonl_gz, write_params
 
@@ -94,3 +95,41 @@ def test_params_files_dvc_would_refuse_are_one_line_exit_2(tmp_path, capsys):
         assert main(["--params", str(tmp_path / name), "check-params"]) == 2
         err = _errors(capsys)
         assert len(err) == 1 and str(tmp_path / name) in err[0], err
+
+
+def _positionals(name: str) -> list[str]:
+    """Placeholder values for a command's positional arguments (the params check comes first)."""
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [f"placeholder-{i}" for i, a in enumerate(sub.choices[name]._actions) if not a.option_strings]
+
+
+def test_every_command_refuses_an_unknown_key_with_exit_2_and_one_line(tmp_path, params_dict, capsys, monkeypatch):
+    raw = copy.deepcopy(params_dict)
+    raw["training"]["warmup_stpes"] = 10  # a typo a user makes
+    path = write_params(tmp_path / "p.yaml", raw)
+    monkeypatch.chdir(tmp_path)
+    assert set(COMMANDS) >= {"train", "export-hf", "export-analysis", "import-pico", "queue", "reproduce"}
+    for name in COMMANDS:
+        assert main(["--params", str(path), name, *_positionals(name)]) == 2, name
+        err = _errors(capsys)
+        assert len(err) == 1 and "training.warmup_stpes" in err[0] and name in err[0], (name, err)
+
+
+def test_an_expected_failure_is_one_line_and_exit_1(tmp_path, params_dict, capsys, monkeypatch):
+    path = write_params(tmp_path / "p.yaml", params_dict)
+    monkeypatch.chdir(tmp_path)
+    for argv, says in ((["export-hf", "no/such/checkpoint", "out"], "no/such/checkpoint"),
+                       (["import-pico", "no/such/run"], "no/such/run"),
+                       (["export-analysis", "out", "--checkpoint-dir", "no/such/dir"], "no/such/dir"),
+                       (["plan"], "tokenizer_meta.json: no such file or directory (the plan needs the tokenize")):
+        assert main(["--params", str(path), *argv]) == 1, argv
+        err = _errors(capsys)
+        assert len(err) == 1 and err[0].startswith(f"error in {argv[0]}: ") and says in err[0], err
+
+
+def test_commands_that_need_no_params_file_run_without_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    assert main(["export-hf", "no/such/checkpoint", "out"]) == 1
+    assert "no/such/checkpoint" in capsys.readouterr().err
+    assert main(["check-params"]) == 2  # the stages do need one, and say which file is missing
+    assert "params.yaml" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pico import checkpoint, evaluate
 from pico.cli import main as cli_main
 from pico.config import parse_params
 from pico.data import tokenizer as tokenizer_stage
+from tests.helpers import REPO
 from pico.import_pico import import_pico
 from pico.model import ModelDims, PicoDecoder
 
@@ -167,7 +168,7 @@ def test_import_refuses_foreign_tokenizer_data_and_keeps_what_was_there(prepared
 
 
 def test_import_errors_are_one_line(tmp_path, capsys):
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     bad = tmp_path / "nothing"
     bad.mkdir()
     assert cli_main(["--params", str(tmp_path / "params.yaml"), "import-pico", str(bad), "--out", str(tmp_path / "o")]) == 1
