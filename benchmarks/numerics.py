@@ -1,4 +1,4 @@
-"""Which CPU settings change the default run's numbers: the experiment behind the README's
+"""Which CPU settings change the default run's numbers: the experiment behind docs/experiments.md's
 reproducibility section (issue "Reproducing past results anywhere").
 
     python benchmarks/numerics.py [--steps 30] [--only baseline,mkl-compatible]   # after `dvc repro`

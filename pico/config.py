@@ -50,11 +50,11 @@ class _Strict(BaseModel):
 class EmbeddedConfig(_Strict):
     """The offline default corpus, built from text that ships with every CPython."""
 
-    out_dir: str = "data/embedded"
-    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    train_shards: int = Field(4, ge=1)
-    min_chars: int = Field(200, ge=1)
-    split_seed: int = Field(0, ge=0)
+    out_dir: str = "data/embedded"  # where the corpus is written (Dolma shards + Paloma sources)
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # documents held out for evaluation, a seeded draw
+    train_shards: int = Field(4, ge=1)  # training .json.gz shards the documents are spread over
+    min_chars: int = Field(200, ge=1)  # shorter documents are dropped
+    split_seed: int = Field(0, ge=0)  # seed of the train/eval split
 
 
 class SourceBudget(_Strict):
@@ -70,10 +70,11 @@ class DataConfig(_Strict):
     train_paths: list[str] = Field(["data/embedded/dolma/*.json.gz"], min_length=1)
     # Paloma-format evaluation documents (text, source, subdomain)
     eval_paths: list[str] = Field(["data/embedded/paloma/*/val.jsonl.gz"], min_length=1)
+    # tokens a row predicts (rows hold seq_len + 1 tokens; pico-train: 2048)
     seq_len: int = Field(128, ge=8, le=32768)
-    tokens_dir: str = "data/tokens"
+    tokens_dir: str = "data/tokens"  # the tokenize stage's output: packed rows, eval windows, manifests
     strict: bool = False  # fail on the first bad line instead of skipping it
-    max_documents: int | None = Field(None, ge=1)
+    max_documents: int | None = Field(None, ge=1)  # training documents to read, in reading order; null = all
     encode_batch_size: int = Field(1024, ge=1)  # documents per encode_batch call: more balances threads, costs memory
     # processes that tokenize training shards at once (1 = one stream in this process); the
     # output is byte-identical for any number
@@ -81,10 +82,12 @@ class DataConfig(_Strict):
     # where those shards run: local worker processes, or a Dask cluster through prefect-dask's
     # DaskTaskRunner (scheduler address from dask_address, else $PICO_DASK_ADDRESS, else a local cluster)
     tokenize_executor: Literal["process", "dask"] = "process"
+    # the Dask scheduler for tokenize_executor: dask; null = $PICO_DASK_ADDRESS, else a local cluster
     dask_address: str | None = None
     # pico's pretokenized data instead of tokenizing documents (hf://datasets/pico-lm/pretokenized-dolma@train,
     # hf://datasets/pico-lm/pretokenized-paloma-tinsy@val, or local parquet with the same columns)
     pretokenized_train: str | None = None
+    # evaluation rows from pico's pretokenized Paloma instead (the same forms as pretokenized_train)
     pretokenized_eval: str | None = None
     pretokenized_max_rows: int | None = Field(None, ge=1)  # training rows to take from the stream
     # per Dolma source: caps and a weight (e.g. {wiki: {max_documents: 29000}, books: {weight: 2.0}});
@@ -97,12 +100,14 @@ class TokenizerConfig(_Strict):
     # "train" (byte-level BPE trained on the training documents), a tokenizer.json path, or a
     # Hugging Face hub id such as allenai/OLMo-7B-0724-hf
     source: str = "train"
+    # the trained BPE's vocabulary (ignored for a loaded tokenizer)
     vocab_size: int = Field(4096, ge=260, le=1 << 20)
-    min_frequency: int = Field(2, ge=1)
-    eos_token: str = "<|endoftext|>"
-    pad_token: str = "<|padding|>"
+    min_frequency: int = Field(2, ge=1)  # BPE merges seen fewer times are not learned
+    eos_token: str = "<|endoftext|>"  # appended to every document when packing
+    pad_token: str = "<|padding|>"  # a special token the tokenizer reserves (packed rows need no padding)
+    # documents the BPE trains on; null = all training documents
     train_max_documents: int | None = Field(None, ge=1)
-    out_dir: str = "data/tokenizer"
+    out_dir: str = "data/tokenizer"  # tokenizer.json and its meta (hash, vocabulary) go here
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -114,22 +119,24 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 class ModelConfig(_Strict):
+    # pico-decoder size: tiny 11.3 M, small, medium, large 570 M parameters (at vocab 50,304)
     preset: Literal["tiny", "small", "medium", "large"] = "tiny"
     # Overrides of the preset (null = the preset's value)
     d_model: int | None = Field(None, ge=8)
-    hidden_dim: int | None = Field(None, ge=8)
-    n_layers: int = Field(12, ge=1)
-    n_heads: int = Field(12, ge=1)
-    n_kv_heads: int = Field(4, ge=1)
-    max_seq_len: int = Field(2048, ge=8)
+    hidden_dim: int | None = Field(None, ge=8)  # SwiGLU hidden width (preset: 4 x d_model)
+    n_layers: int = Field(12, ge=1)  # transformer blocks
+    n_heads: int = Field(12, ge=1)  # query heads; d_model / n_heads is the head dim (even, for RoPE)
+    n_kv_heads: int = Field(4, ge=1)  # key/value heads (grouped-query attention); divides n_heads
+    max_seq_len: int = Field(2048, ge=8)  # longest sequence RoPE is precomputed for; at least data.seq_len
     # null = the tokenizer's vocabulary rounded up to a multiple of vocab_multiple (50,280 -> 50,304)
     vocab_size: int | None = Field(None, ge=2)
-    vocab_multiple: int = Field(64, ge=1)
-    norm_eps: float = Field(1.0e-6, gt=0.0)
-    rope_theta: float = Field(10000.0, gt=0.0)
+    vocab_multiple: int = Field(64, ge=1)  # the vocabulary is padded up to a multiple of this (fast matmuls)
+    norm_eps: float = Field(1.0e-6, gt=0.0)  # RMSNorm epsilon
+    rope_theta: float = Field(10000.0, gt=0.0)  # RoPE base frequency
+    # residual and MLP dropout while training (the training log's fix: 0.1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init_std: float = Field(0.02, gt=0.0)
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout on attention probabilities while training
+    init_std: float = Field(0.02, gt=0.0)  # std of the normal init (init: normal)
     # how the weights start: normal = N(0, init_std), residual projections scaled by 1/sqrt(2 n_layers);
     # pico = pico-train's PyTorch module defaults (Embedding N(0, 1), Linear U(+-1/sqrt(fan_in))), whose
     # first loss sits far above ln(vocab) (the training log's 10.98)
@@ -157,11 +164,13 @@ class ModelConfig(_Strict):
 class OptimConfig(_Strict):
     lr: float = Field(3.0e-3, gt=0.0, le=1.0)  # pico-train: 3e-4 (for its far larger batch)
     betas: tuple[float, float] = (0.9, 0.95)  # pico-train: torch's (0.9, 0.999)
-    eps: float = Field(1.0e-8, gt=0.0)
+    eps: float = Field(1.0e-8, gt=0.0)  # AdamW epsilon
+    # AdamW decoupled weight decay, on matrices and embeddings (not RMSNorm gains)
     weight_decay: float = Field(0.01, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)  # null = no clipping (norm still logged)
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(20, ge=0)  # linear warmup from ~0 to lr
     schedule: Literal["linear", "cosine", "constant"] = "cosine"  # pico-train: linear to 0
+    # where cosine/linear decay ends, as a fraction of lr (pico-train: 0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     # warmup's first step: (step + 1) / warmup_steps, or pico-train's step / warmup_steps ("pico"),
     # whose first optimizer step runs at lr 0
@@ -177,26 +186,26 @@ class OptimConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    max_steps: int = Field(200, ge=1)
-    micro_batch_size: int = Field(16, ge=1)
-    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(200, ge=1)  # optimizer steps of the run (raise it later to continue the same run)
+    micro_batch_size: int = Field(16, ge=1)  # rows per forward/backward
+    grad_accum_steps: int = Field(1, ge=1)  # micro-batches per optimizer step
     # Optional check: micro_batch_size x grad_accum_steps x world size must equal it
     global_batch_size: int | None = Field(None, ge=1)
     seed: int = Field(42, ge=0)  # numpy seeds the row order: non-negative
     shuffle: bool = True  # seeded permutation of rows per epoch; false = rows in stored order (pico-train)
-    log_every: int = Field(10, ge=1)
-    eval_every: int = Field(50, ge=1)
-    eval_at_start: bool = True
-    checkpoint_every: int = Field(50, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)  # steps between lines of metrics/train.csv and the progress line
+    eval_every: int = Field(50, ge=1)  # steps between in-training evaluations (metrics/eval_history.csv)
+    eval_at_start: bool = True  # evaluate at step 0 too (the untrained model's loss)
+    checkpoint_every: int = Field(50, ge=1)  # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = Field(2, ge=1)  # newest checkpoints kept (plus best/, never pruned, when early stopping)
     checkpoint_dir: str = "checkpoints"  # the DVC output: the run's checkpoints, published from the run store
     # where runs train (pico.runstore); null = <repository>/.pico/runs, shared by DVC's experiment copies
     run_store: str | None = None
     # a changed training code (pico.codedeps, comments and docstrings aside): continue the run and record
     # the change as a segment of its code lineage, or start a new run (the old one stays in the store)
     on_code_change: Literal["continue", "new_run"] = "continue"
-    metrics_dir: str = "metrics"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    metrics_dir: str = "metrics"  # train.csv, eval_history.csv, perf.csv, train_summary.json, headline.json
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available, else cpu
     num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; null = torch default
     # CPU kernels: "portable" pins ATen and MKL to their AVX2 code paths so every x86-64 CPU computes
     # the same bits (pico.numerics); "native" lets them use the widest the CPU has
@@ -214,7 +223,7 @@ class TrainingConfig(_Strict):
     # GPU path (off by default; CI never has a GPU): bf16 autocast, torch.compile of the model.
     # On CUDA the trainer also uses fused AdamW, TF32 matmuls and pinned-memory batches.
     precision: Literal["fp32", "bf16"] = "fp32"
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (GPU path)
     # torch.compile mode: default | reduce-overhead (CUDA graphs: fewer launches at small batches)
     # | max-autotune-no-cudagraphs (longer compilation, tuned matmuls)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
@@ -251,7 +260,7 @@ class TrainingConfig(_Strict):
 class EarlyStopConfig(_Strict):
     """When to stop early (status early_stopped) or call a run diverged (status diverged)."""
 
-    enabled: bool = False
+    enabled: bool = False  # stop after patience evaluations without improvement; stop at once on an explosion
     patience: int = Field(3, ge=1)  # evaluations without an improvement of at least min_delta
     min_delta: float = Field(0.0, ge=0.0)  # in token-level eval loss (nats/token)
     explosion_factor: float | None = Field(1.5, gt=1.0)  # eval loss above best x factor: stop now
@@ -263,7 +272,7 @@ class LearningDynamicsConfig(_Strict):
     """Activations, weights and gradients of chosen layers at chosen steps, in the files pico-analyze
     reads (pico/dynamics.py; `pico export-analysis OUT` lays them out for it). Off by default."""
 
-    enabled: bool = False
+    enabled: bool = False  # capture learning dynamics (costs time and disk)
     every: int | None = Field(None, ge=1)  # steps between captures (and step 0, the last); null = checkpoint_every
     steps: list[int] = []  # further steps to capture (e.g. a window to watch closely: [8000, 8250, 8500])
     # modules whose name contains one of these are hooked (pico-train's defaults)
@@ -276,20 +285,20 @@ class RecoveryConfig(_Strict):
     """What the Prefect flow does with a diverged run: restart from the last good checkpoint
     with the learning rate scaled by lr_factor, at most max_attempts times."""
 
-    enabled: bool = False
-    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
-    max_attempts: int = Field(2, ge=1)
+    enabled: bool = False  # let the flow restart a diverged run from its last good checkpoint
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)  # the restarted run's lr = lr x lr_factor (per attempt)
+    max_attempts: int = Field(2, ge=1)  # restarts before the flow gives up and reports the divergence
 
 
 class EvaluationConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)  # windows per forward pass
     max_windows_per_source: int | None = Field(None, ge=1)  # cap for in-training evaluation
     # already-seen training rows scored in eval mode (dropout off) at each in-training evaluation, beside
     # the held-out windows: overfitting shows as held-out loss rising while these fall (0 = off)
     seen_rows: int = Field(64, ge=0)
     # auto: the best checkpoint when training stopped early, else the newest
     checkpoint: Literal["auto", "latest", "best"] = "auto"
-    out: str = "metrics/eval.json"
+    out: str = "metrics/eval.json"  # every figure per source, domain and window (the evaluate stage's output)
     domains_out: str = "metrics/eval_domains.csv"  # every source and Paloma domain, one row each (a stable table)
 
 
@@ -308,8 +317,8 @@ class DiagnosisConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    out_dir: str = "reports"
-    run_name: str = "pico-decoder-tiny (embedded default)"
+    out_dir: str = "reports"  # report.md and plots/
+    run_name: str = "pico-decoder-tiny (embedded default)"  # the report's title
     # what "What we did" compares with: a params file, a git revision or a DVC experiment name;
     # null = the committed params.yaml (HEAD)
     baseline: str | None = None

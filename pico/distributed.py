@@ -3,7 +3,7 @@ trainer needs. With one process every helper is a no-op, so the single-process p
 
 `pico train` with ``training.nproc: N`` re-launches itself under
 ``torchrun --standalone --nproc_per_node N``; a multi-node run calls torchrun directly with its
-rendezvous flags (see the README). Each rank reads its slice of the seeded global row order, so
+rendezvous flags (see docs/scaling-and-gpus.md). Each rank reads its slice of the seeded global row order, so
 N processes with the same effective batch follow the same batches as one.
 """
 
