@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ACTIVATE := . $(VENV)/bin/activate
 
-.PHONY: setup run test test-fast
+.PHONY: setup run test test-fast lint
 setup: $(VENV)/.installed
 
 # torch==2.13.0 first: the CPU build. A looser torch requirement resolved alone pulls a CUDA build.
@@ -29,3 +29,7 @@ test: setup
 
 test-fast: setup
 	$(ACTIVATE) && python -m pytest -m "not slow"
+
+# ruff: the formatter and the linter (pyproject.toml [tool.ruff]); CI fails on either
+lint: setup
+	$(ACTIVATE) && ruff format --check . && ruff check .

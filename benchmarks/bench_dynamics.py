@@ -29,9 +29,16 @@ from pico.config import parse_params
 
 def one_run(raw: dict, scratch: Path, capture: bool, max_steps: int) -> tuple[float, float]:
     """Wall seconds of the run, and the seconds its captures took (the trainer's own count)."""
-    raw = {**raw, "training": {**raw["training"], "max_steps": max_steps, "checkpoint_dir": str(scratch / "ckpt"),
-                               "metrics_dir": str(scratch / "metrics")},
-           "learning_dynamics": {**raw["learning_dynamics"], "enabled": capture}}
+    raw = {
+        **raw,
+        "training": {
+            **raw["training"],
+            "max_steps": max_steps,
+            "checkpoint_dir": str(scratch / "ckpt"),
+            "metrics_dir": str(scratch / "metrics"),
+        },
+        "learning_dynamics": {**raw["learning_dynamics"], "enabled": capture},
+    }
     params = parse_params(raw)
     numerics.apply(params.training.numerics)
     t0 = time.perf_counter()
@@ -55,19 +62,26 @@ def main() -> None:
     raw = yaml.safe_load(Path("params.yaml").read_text())
     plain, captured, spent = [], [], []
     for r in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as a, \
-                tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as b:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as a,
+            tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as b,
+        ):
             plain.append(one_run(raw, Path(a), False, args.max_steps)[0])
             wall, s = one_run(raw, Path(b), True, args.max_steps)
             captured.append(wall)
             spent.append(s)
-        print(f"round {r + 1}: plain {plain[-1]:.1f} s, capture at every checkpoint {captured[-1]:.1f} s "
-              f"(+{100 * (captured[-1] / plain[-1] - 1):.1f} %; the captures themselves {spent[-1]:.1f} s = "
-              f"{100 * spent[-1] / plain[-1]:.1f} % of the plain run)", flush=True)
+        print(
+            f"round {r + 1}: plain {plain[-1]:.1f} s, capture at every checkpoint {captured[-1]:.1f} s "
+            f"(+{100 * (captured[-1] / plain[-1] - 1):.1f} %; the captures themselves {spent[-1]:.1f} s = "
+            f"{100 * spent[-1] / plain[-1]:.1f} % of the plain run)",
+            flush=True,
+        )
     p, c, s = statistics.median(plain), statistics.median(captured), statistics.median(spent)
-    print(f"median: plain {p:.1f} s, with capture {c:.1f} s -> {100 * (c / p - 1):+.1f} %; capture time "
-          f"{s:.1f} s = {100 * s / p:.1f} % of the plain run ({args.max_steps} steps, checkpoint_every "
-          f"{raw['training']['checkpoint_every']})")
+    print(
+        f"median: plain {p:.1f} s, with capture {c:.1f} s -> {100 * (c / p - 1):+.1f} %; capture time "
+        f"{s:.1f} s = {100 * s / p:.1f} % of the plain run ({args.max_steps} steps, checkpoint_every "
+        f"{raw['training']['checkpoint_every']})"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ def main() -> None:
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
     elapsed = time.perf_counter() - t0
     tokens = metrics["overall"]["tokens"]
-    print(f"evaluation: {len(windows)} windows, {tokens:,} predicted tokens in {elapsed:.2f} s -> "
-          f"{tokens / elapsed:,.0f} tokens/s ({torch.get_num_threads()} threads, {model.num_parameters():,} params)")
+    print(
+        f"evaluation: {len(windows)} windows, {tokens:,} predicted tokens in {elapsed:.2f} s -> "
+        f"{tokens / elapsed:,.0f} tokens/s ({torch.get_num_threads()} threads, {model.num_parameters():,} params)"
+    )
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, dims.vocab_size, (2, 65))
@@ -58,8 +60,10 @@ def main() -> None:
         t0 = time.perf_counter()
         checkpoint.load(path, fresh, opt2, sched2)
         load_s = time.perf_counter() - t0
-    print(f"checkpoint: {size / 2**20:.1f} MB, save {save_s:.3f} s ({size / 2**20 / save_s:.0f} MB/s), "
-          f"resume (load) {load_s:.3f} s")
+    print(
+        f"checkpoint: {size / 2**20:.1f} MB, save {save_s:.3f} s ({size / 2**20 / save_s:.0f} MB/s), "
+        f"resume (load) {load_s:.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,16 @@ def params(root: Path, steps: int):
     for key in ("tokens_dir",):
         raw["data"][key] = str(REPO / raw["data"][key])
     raw["tokenizer"]["out_dir"] = str(REPO / raw["tokenizer"]["out_dir"])
-    raw["training"].update(max_steps=steps, eval_every=10_000, eval_at_start=False, checkpoint_every=20,
-                           log_every=10, num_threads=2, checkpoint_dir=str(root / "checkpoints"),
-                           metrics_dir=str(root / "metrics"))
+    raw["training"].update(
+        max_steps=steps,
+        eval_every=10_000,
+        eval_at_start=False,
+        checkpoint_every=20,
+        log_every=10,
+        num_threads=2,
+        checkpoint_dir=str(root / "checkpoints"),
+        metrics_dir=str(root / "metrics"),
+    )
     return parse_params(raw)
 
 
@@ -58,9 +65,11 @@ def main() -> None:
         without.append(one(args.steps, False))
         with_check.append(one(args.steps, True))
     a, b = statistics.median(with_check), statistics.median(without)
-    print(f"per step, {args.steps} steps x {args.rounds} rounds (incl. start-up and {args.steps // 20} saves): "
-          f"with the stop check {a * 1e3:.1f} ms, without {b * 1e3:.1f} ms; ratio {a / b:.3f} "
-          f"(rounds: {', '.join(f'{x * 1e3:.1f}' for x in with_check)} vs {', '.join(f'{x * 1e3:.1f}' for x in without)})")
+    print(
+        f"per step, {args.steps} steps x {args.rounds} rounds (incl. start-up and {args.steps // 20} saves): "
+        f"with the stop check {a * 1e3:.1f} ms, without {b * 1e3:.1f} ms; ratio {a / b:.3f} "
+        f"(rounds: {', '.join(f'{x * 1e3:.1f}' for x in with_check)} vs {', '.join(f'{x * 1e3:.1f}' for x in without)})"
+    )
 
 
 if __name__ == "__main__":

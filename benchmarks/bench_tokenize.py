@@ -78,44 +78,68 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
                 stats = ReadStats()
-                write_train_tokens(iter_documents(files, stats), stats, tok, TokensDir(tmp), layout,
-                                   params.data.encode_batch_size, progress=False)
+                write_train_tokens(
+                    iter_documents(files, stats),
+                    stats,
+                    tok,
+                    TokensDir(tmp),
+                    layout,
+                    params.data.encode_batch_size,
+                    progress=False,
+                )
                 return time.perf_counter() - t0
 
         timed = {"raw": raw, "stage": stage}
         times: dict[str, list[float]] = {"raw": [], "stage": []}
         cpu: dict[str, list[float]] = {"raw": [], "stage": []}  # CPU-seconds of this process, all threads
         for r in range(args.rounds):
-            for name in (("raw", "stage") if r % 2 == 0 else ("stage", "raw")):
+            for name in ("raw", "stage") if r % 2 == 0 else ("stage", "raw"):
                 c0 = cpu_seconds()
                 times[name].append(timed[name]())
                 cpu[name].append(cpu_seconds() - c0)
         ratios = [r / s for r, s in zip(times["raw"], times["stage"])]
         med = {k: statistics.median(v) for k, v in times.items()}
 
-        print(f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads; "
-              f"corpus {len(texts)} documents in {len(files)} shards (each training shard {args.scale}x), {mb:.2f} MB, "
-              f"{tokens:,} tokens; {args.rounds} paired rounds")
+        print(
+            f"machine: {platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads; "
+            f"corpus {len(texts)} documents in {len(files)} shards (each training shard {args.scale}x), {mb:.2f} MB, "
+            f"{tokens:,} tokens; {args.rounds} paired rounds"
+        )
         print(f"raw encode_batch : {mb / med['raw']:7.2f} MB/s  {tokens / med['raw']:12,.0f} tokens/s (median)")
-        print(f"tokenize stage   : {mb / med['stage']:7.2f} MB/s  {tokens / med['stage']:12,.0f} tokens/s "
-              f"(read + decompress + encode + pack + write)")
-        print(f"ratio stage/raw  : {statistics.median(ratios):.3f} median of rounds "
-              f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+        print(
+            f"tokenize stage   : {mb / med['stage']:7.2f} MB/s  {tokens / med['stage']:12,.0f} tokens/s "
+            f"(read + decompress + encode + pack + write)"
+        )
+        print(
+            f"ratio stage/raw  : {statistics.median(ratios):.3f} median of rounds "
+            f"(range {min(ratios):.3f}-{max(ratios):.3f})"
+        )
         c = {k: statistics.median(v) for k, v in cpu.items()}
         cores = available_cores()  # as many as the stage encodes on
-        print(f"CPU-seconds      : raw {c['raw']:.2f} ({c['raw'] / med['raw']:.2f} cores busy), stage {c['stage']:.2f} "
-              f"({c['stage'] / med['stage']:.2f}); the stage's CPU spread over all {cores} cores would take "
-              f"{c['stage'] / cores:.2f} s: at most {med['raw'] * cores / c['stage']:.3f} of raw on this machine")
+        print(
+            f"CPU-seconds      : raw {c['raw']:.2f} ({c['raw'] / med['raw']:.2f} cores busy), stage {c['stage']:.2f} "
+            f"({c['stage'] / med['stage']:.2f}); the stage's CPU spread over all {cores} cores would take "
+            f"{c['stage'] / cores:.2f} s: at most {med['raw'] * cores / c['stage']:.3f} of raw on this machine"
+        )
         for workers in args.workers:
             best = float("inf")
             for _ in range(min(args.rounds, 3)):
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
-                    pack_shards_parallel(files, str(Path(params.tokenizer.out_dir) / "tokenizer.json"),
-                                         TokensDir(tmp), layout, workers, False, params.data.encode_batch_size)
+                    pack_shards_parallel(
+                        files,
+                        str(Path(params.tokenizer.out_dir) / "tokenizer.json"),
+                        TokensDir(tmp),
+                        layout,
+                        workers,
+                        False,
+                        params.data.encode_batch_size,
+                    )
                     best = min(best, time.perf_counter() - t0)
-            print(f"{workers} worker processes: {mb / best:7.2f} MB/s  {tokens / best:12,.0f} tokens/s "
-                  f"(best of {min(args.rounds, 3)}; ratio to the raw median {med['raw'] / best:.3f})")
+            print(
+                f"{workers} worker processes: {mb / best:7.2f} MB/s  {tokens / best:12,.0f} tokens/s "
+                f"(best of {min(args.rounds, 3)}; ratio to the raw median {med['raw'] / best:.3f})"
+            )
 
 
 if __name__ == "__main__":

@@ -57,11 +57,17 @@ def main() -> None:
                 for s in shards:
                     shutil.copy(s, corpus / f"{i:03d}-{s.name}")
             size = sum(p.stat().st_size for p in corpus.iterdir())
-            out = subprocess.run([sys.executable, "-c", CHILD, args.params, str(corpus / "*.json.gz"), tmp,
-                                  str(args.workers)], capture_output=True, text=True, check=True).stdout.split()
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, args.params, str(corpus / "*.json.gz"), tmp, str(args.workers)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             self_mb, kids_mb, tokens_mb = int(out[0]) / 1024, int(out[1]) / 1024, int(out[2]) / 2**20
-            print(f"{k:3d}x input: {size / 2**20:7.1f} MB gzipped, {tokens_mb:7.1f} MB of tokens -> peak RSS "
-                  f"{self_mb:6.0f} MB (largest worker {kids_mb:4.0f} MB), {args.workers} worker(s)")
+            print(
+                f"{k:3d}x input: {size / 2**20:7.1f} MB gzipped, {tokens_mb:7.1f} MB of tokens -> peak RSS "
+                f"{self_mb:6.0f} MB (largest worker {kids_mb:4.0f} MB), {args.workers} worker(s)"
+            )
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
             return time.perf_counter() - t0
+
         return step
 
     pico_step = stepper(pico, lambda: pico(x[:, :-1], x[:, 1:]))
@@ -85,14 +86,18 @@ def main() -> None:
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
     achieved = rate["pico"] * pico.flops_per_token(args.seq_len)
     peak = matmul_flops()
-    print(f"preset {args.preset}: {pico.num_parameters():,} params (vocab {dims.vocab_size}), batch {args.batch} x seq "
-          f"{args.seq_len}, {args.steps} interleaved steps each on cpu, {torch.get_num_threads()} threads, "
-          f"{'both trunks compiled' if args.compile else 'eager'}")
+    print(
+        f"preset {args.preset}: {pico.num_parameters():,} params (vocab {dims.vocab_size}), batch {args.batch} x seq "
+        f"{args.seq_len}, {args.steps} interleaved steps each on cpu, {torch.get_num_threads()} threads, "
+        f"{'both trunks compiled' if args.compile else 'eager'}"
+    )
     for name, r in rate.items():
         print(f"{name:13s}: {r:10,.0f} tokens/s (median step {tokens / r * 1000:.0f} ms)")
     print(f"pico / transformers: {rate['pico'] / rate['transformers']:.2f}")
-    print(f"pico achieved {achieved / 1e9:.2f} GFLOP/s (6N + 12*L*d*T per token) vs fp32 matmul 2048^3 "
-          f"{peak / 1e9:.2f} GFLOP/s: {achieved / peak:.3f}")
+    print(
+        f"pico achieved {achieved / 1e9:.2f} GFLOP/s (6N + 12*L*d*T per token) vs fp32 matmul 2048^3 "
+        f"{peak / 1e9:.2f} GFLOP/s: {achieved / peak:.3f}"
+    )
 
 
 if __name__ == "__main__":

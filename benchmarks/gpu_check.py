@@ -114,16 +114,31 @@ class Check:
         work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         data = self.a.data
         raw = {
-            "data": {"train_paths": ["unused"], "eval_paths": ["unused"], "seq_len": SEQ,
-                     "tokens_dir": str(data / "tokens")},
+            "data": {
+                "train_paths": ["unused"],
+                "eval_paths": ["unused"],
+                "seq_len": SEQ,
+                "tokens_dir": str(data / "tokens"),
+            },
             "tokenizer": {"out_dir": str(data / "tokenizer")},
             "model": {"preset": preset, "vocab_size": self.a.vocab},
             "optim": {"lr": 3.0e-4, "warmup_steps": 2},
-            "training": {"max_steps": self.a.steps, "micro_batch_size": batch, "log_every": self.a.log_every,
-                         "eval_every": 10**6, "eval_at_start": False, "checkpoint_every": 10**6,
-                         "checkpoint_dir": str(work / "ckpt"), "metrics_dir": str(work / "metrics"),
-                         "precision": "bf16", "compile": self.a.compile, "compile_mode": mode, "loss_kernel": kernel,
-                         "attention_kernel": attention, "device": self.device.type},
+            "training": {
+                "max_steps": self.a.steps,
+                "micro_batch_size": batch,
+                "log_every": self.a.log_every,
+                "eval_every": 10**6,
+                "eval_at_start": False,
+                "checkpoint_every": 10**6,
+                "checkpoint_dir": str(work / "ckpt"),
+                "metrics_dir": str(work / "metrics"),
+                "precision": "bf16",
+                "compile": self.a.compile,
+                "compile_mode": mode,
+                "loss_kernel": kernel,
+                "attention_kernel": attention,
+                "device": self.device.type,
+            },
             "evaluation": {"batch_size": 8, "max_windows_per_source": 2, "out": str(work / "eval.json")},
         }
         try:
@@ -134,8 +149,13 @@ class Check:
             perf = parse_csv((work / "metrics" / PERF_CSV).read_text())
             steady = perf[1:-1] or perf[1:] or perf  # the first interval compiles; the last holds the final save
             rate = sum(float(r["tokens_per_s"]) for r in steady) / len(steady)
-            return {"tokens_per_s": rate, "final_loss": summary.final_loss, "wall_s": round(wall, 1),
-                    "parameters": summary.parameters, "peak_gib": self.peak_gib()}
+            return {
+                "tokens_per_s": rate,
+                "final_loss": summary.final_loss,
+                "wall_s": round(wall, 1),
+                "parameters": summary.parameters,
+                "peak_gib": self.peak_gib(),
+            }
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -199,7 +219,9 @@ class Check:
                 loss = model(x[:, :-1], x[:, 1:])
             loss.backward()
             losses[kernel] = loss.item()
-            grads[kernel] = [p.grad.float().clone() for p in (model.de_embedding_proj.weight, model.layers[0].swiglu.w_0.weight)]
+            grads[kernel] = [
+                p.grad.float().clone() for p in (model.de_embedding_proj.weight, model.layers[0].swiglu.w_0.weight)
+            ]
         model.zero_grad(set_to_none=True)
         ref = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())  # fp32, full logits
         ref.backward()
@@ -208,12 +230,23 @@ class Check:
         def rel(a: str, b: str) -> list[float]:
             return [round(((ga - gb).norm() / gb.norm()).item(), 6) for ga, gb in zip(grads[a], grads[b])]
 
-        row = {"check": "loss_paths", "preset": preset, "batch": batch, "loss_fp32_full_logits": ref.item(),
-               "loss_torch_bf16": losses["torch"], "abs_diff_torch_bf16_vs_fp32": abs(losses["torch"] - ref.item()),
-               "grad_rel_diff_torch_bf16_vs_fp32 [head, block0.w_0]": rel("torch", "fp32")}
+        row = {
+            "check": "loss_paths",
+            "preset": preset,
+            "batch": batch,
+            "loss_fp32_full_logits": ref.item(),
+            "loss_torch_bf16": losses["torch"],
+            "abs_diff_torch_bf16_vs_fp32": abs(losses["torch"] - ref.item()),
+            "grad_rel_diff_torch_bf16_vs_fp32 [head, block0.w_0]": rel("torch", "fp32"),
+        }
         if "liger" in losses:
-            row.update({"loss_liger_bf16": losses["liger"], "abs_diff_torch_vs_liger": abs(losses["torch"] - losses["liger"]),
-                        "grad_rel_diff_liger_vs_torch [head, block0.w_0]": rel("liger", "torch")})
+            row.update(
+                {
+                    "loss_liger_bf16": losses["liger"],
+                    "abs_diff_torch_vs_liger": abs(losses["torch"] - losses["liger"]),
+                    "grad_rel_diff_liger_vs_torch [head, block0.w_0]": rel("liger", "torch"),
+                }
+            )
         return row
 
     def profile(self, preset: str, batch: int) -> dict:
@@ -233,18 +266,31 @@ class Check:
             if t <= 0:
                 continue
             name = e.key.lower()
-            kind = ("attention" if any(k in name for k in ("flash", "fmha", "attention", "cudnn")) else
-                    "cross-entropy (liger)" if "liger" in name or "cross_entropy" in name or "_kernel_fwd" in name else
-                    "matmul" if any(k in name for k in ("gemm", "sm90", "cutlass", "nvjet", "matmul", "mm")) else
-                    "optimizer" if "adam" in name or "foreach" in name or "multi_tensor" in name else
-                    "fused elementwise (triton)" if "triton" in name else "other")
+            kind = (
+                "attention"
+                if any(k in name for k in ("flash", "fmha", "attention", "cudnn"))
+                else "cross-entropy (liger)"
+                if "liger" in name or "cross_entropy" in name or "_kernel_fwd" in name
+                else "matmul"
+                if any(k in name for k in ("gemm", "sm90", "cutlass", "nvjet", "matmul", "mm"))
+                else "optimizer"
+                if "adam" in name or "foreach" in name or "multi_tensor" in name
+                else "fused elementwise (triton)"
+                if "triton" in name
+                else "other"
+            )
             fam[kind] += t
             top.append((t, e.key[:90]))
         total = sum(fam.values())
         top.sort(reverse=True)
-        return {"check": "profile", "preset": preset, "batch": batch, "device_ms_per_step": round(total / 3 / 1e3, 2),
-                "share": {k: round(v / total, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
-                "top_kernels_ms_per_step": [[round(t / 3 / 1e3, 3), k] for t, k in top[:12]]}
+        return {
+            "check": "profile",
+            "preset": preset,
+            "batch": batch,
+            "device_ms_per_step": round(total / 3 / 1e3, 2),
+            "share": {k: round(v / total, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
+            "top_kernels_ms_per_step": [[round(t / 3 / 1e3, 3), k] for t, k in top[:12]],
+        }
 
     def attention(self, preset: str, batch: int) -> dict:
         """One layer's attention (forward + backward, causal, grouped-query) at the preset's shapes,
@@ -259,8 +305,10 @@ class Check:
         dtype = torch.bfloat16
         self.reset()
         q = torch.randn(batch, d.n_heads, SEQ, d.head_dim, device=self.device, dtype=dtype, requires_grad=True)
-        k, v = (torch.randn(batch, d.n_kv_heads, SEQ, d.head_dim, device=self.device, dtype=dtype, requires_grad=True)
-                for _ in range(2))
+        k, v = (
+            torch.randn(batch, d.n_kv_heads, SEQ, d.head_dim, device=self.device, dtype=dtype, requires_grad=True)
+            for _ in range(2)
+        )
         grad = torch.randn_like(q)
         flops = 3.5 * 2 * batch * d.n_heads * SEQ * SEQ * d.head_dim
         mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, SEQ, SEQ, device=self.device)
@@ -271,18 +319,26 @@ class Check:
                 with attention_backend(kernel):
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
                 out.backward(grad)
+
             return call
 
         def flex_call():
             flex(q, k, v, block_mask=mask, enable_gqa=True).backward(grad)
 
-        row: dict = {"check": "attention", "preset": preset, "batch": batch, "head_dim": d.head_dim,
-                     "heads": f"{d.n_heads} q / {d.n_kv_heads} kv"}
+        row: dict = {
+            "check": "attention",
+            "preset": preset,
+            "batch": batch,
+            "head_dim": d.head_dim,
+            "heads": f"{d.n_heads} q / {d.n_kv_heads} kv",
+        }
         calls = {name: sdpa(name) for name in ("auto", *ATTENTION_BACKENDS)} | {"flex": flex_call}
         for name, call in calls.items():
+
             def timed_ms(call=call) -> dict:
                 ms = self.seconds_per_call(call, min(self.a.seconds, 3.0)) * 1e3
                 return {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 2)}
+
             self.attempt(row, name, timed_ms)
         ok = {n: r["ms"] for n, r in row.items() if n in ATTENTION_BACKENDS and isinstance(r, dict)}
         if ok and isinstance(row.get("auto"), dict):
@@ -298,11 +354,18 @@ class Check:
         self.emit(row)
         best = row.get("fastest_sdpa_backend")
         if best and row.get("fastest_over_auto", 1.0) > 1.10:  # beyond timing noise: worth a whole trainer run
-            train_row = {"check": "train", "preset": preset, "batch": batch, "seq": SEQ, "loss_kernel": self.kernel,
-                         "attention_kernel": best}
+            train_row = {
+                "check": "train",
+                "preset": preset,
+                "batch": batch,
+                "seq": SEQ,
+                "loss_kernel": self.kernel,
+                "attention_kernel": best,
+            }
             if self.attempt(train_row, "trainer", self.trainer, preset, batch, self.kernel, "default", best):
-                train_row["mfu"] = round(train_row["trainer"]["tokens_per_s"] * self.flops_per_token(preset)
-                                         / self.a.peak_flops, 4)
+                train_row["mfu"] = round(
+                    train_row["trainer"]["tokens_per_s"] * self.flops_per_token(preset) / self.a.peak_flops, 4
+                )
             self.emit(train_row)
 
     def flops_per_token(self, preset: str) -> int:
@@ -331,16 +394,26 @@ class Check:
     def compile_variants(self, preset: str, batch: int) -> None:
         """The synthetic loop with each way of compiling, and the trainer with reduce-overhead."""
         row: dict = {"check": "compile_variants", "preset": preset, "batch": batch}
-        for name, mode, per_block in (("trunk", "default", False), ("per_block", "default", True),
-                                      ("trunk_reduce_overhead", "reduce-overhead", False)):
+        for name, mode, per_block in (
+            ("trunk", "default", False),
+            ("per_block", "default", True),
+            ("trunk_reduce_overhead", "reduce-overhead", False),
+        ):
             self.attempt(row, name, self.synthetic, preset, batch, self.kernel, mode, per_block)
         self.attempt(row, "trainer_reduce_overhead", self.trainer, preset, batch, self.kernel, "reduce-overhead")
         self.emit(row)
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        self.emit({"device": torch.cuda.get_device_name() if self.cuda else "cpu", "torch": torch.__version__,
-                   "loss_kernel": self.kernel, "compile": self.a.compile, "date": time.strftime("%Y-%m-%d")})
+        self.emit(
+            {
+                "device": torch.cuda.get_device_name() if self.cuda else "cpu",
+                "torch": torch.__version__,
+                "loss_kernel": self.kernel,
+                "compile": self.a.compile,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
         if self.a.compile_variants:
             self.compile_variants(*self.a.plan[0])
         for preset, batch in self.a.attention:
@@ -356,13 +429,17 @@ class Check:
             if self.attempt(row, "trainer", self.trainer, preset, batch, self.kernel):
                 row["mfu"] = round(row["trainer"]["tokens_per_s"] * self.flops_per_token(preset) / self.a.peak_flops, 4)
                 if self.attempt(row, "synthetic_tokens_per_s", self.synthetic, preset, batch, self.kernel):
-                    row["trainer_over_synthetic"] = round(row["trainer"]["tokens_per_s"] / row["synthetic_tokens_per_s"], 3)
+                    row["trainer_over_synthetic"] = round(
+                        row["trainer"]["tokens_per_s"] / row["synthetic_tokens_per_s"], 3
+                    )
                     biggest = (preset, batch)
                 if i == 0 and self.kernel != "torch" and not self.a.skip_loss_paths:
                     self.attempt(row, "trainer_torch_loss", self.trainer, preset, batch, "torch")
                 if (preset, batch) in (self.a.transformers_plan or self.a.plan[:1]):
                     if self.attempt(row, "transformers_tokens_per_s", self.transformers, preset, batch):
-                        row["pico_over_transformers"] = round(row["trainer"]["tokens_per_s"] / row["transformers_tokens_per_s"], 3)
+                        row["pico_over_transformers"] = round(
+                            row["trainer"]["tokens_per_s"] / row["transformers_tokens_per_s"], 3
+                        )
             row["elapsed_s"] = round(time.perf_counter() - t0, 1)
             self.emit(row)
             if biggest == (preset, batch) and preset == self.a.profile_preset:
@@ -377,12 +454,18 @@ def prepare(data: Path) -> None:
     from pico.data import embedded, tokenizer
     from pico.data import tokenize as tokenize_stage
 
-    params = parse_params({
-        "embedded": {"out_dir": str(data / "embedded")},
-        "data": {"train_paths": [str(data / "embedded/dolma/*.json.gz")],
-                 "eval_paths": [str(data / "embedded/paloma/*/val.jsonl.gz")], "seq_len": SEQ,
-                 "tokens_dir": str(data / "tokens")},
-        "tokenizer": {"out_dir": str(data / "tokenizer")}})
+    params = parse_params(
+        {
+            "embedded": {"out_dir": str(data / "embedded")},
+            "data": {
+                "train_paths": [str(data / "embedded/dolma/*.json.gz")],
+                "eval_paths": [str(data / "embedded/paloma/*/val.jsonl.gz")],
+                "seq_len": SEQ,
+                "tokens_dir": str(data / "tokens"),
+            },
+            "tokenizer": {"out_dir": str(data / "tokenizer")},
+        }
+    )
     embedded.run(params)
     tokenizer.run(params)
     tokenize_stage.run(params, progress=False)
@@ -401,15 +484,26 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=6.0, help="timed seconds per synthetic/transformers loop")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
-    ap.add_argument("--plan", default="small:16,small:64,tiny:64,medium:32",
-                    type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))])
+    ap.add_argument(
+        "--plan",
+        default="small:16,small:64,tiny:64,medium:32",
+        type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
+    )
     ap.add_argument("--profile-preset", default="small")
     ap.add_argument("--compile-variants", action="store_true", help="first: the synthetic loop compiled each way")
     ap.add_argument("--skip-loss-paths", action="store_true")
-    ap.add_argument("--attention", default=[], type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
-                    help="first: attention alone through each kernel at these preset:batch entries (e.g. small:64)")
-    ap.add_argument("--transformers-plan", default=None, type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
-                    help="plan entries also run with plain transformers (default: the first)")
+    ap.add_argument(
+        "--attention",
+        default=[],
+        type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
+        help="first: attention alone through each kernel at these preset:batch entries (e.g. small:64)",
+    )
+    ap.add_argument(
+        "--transformers-plan",
+        default=None,
+        type=lambda s: [(p, int(b)) for p, b in (x.split(":") for x in s.split(","))],
+        help="plan entries also run with plain transformers (default: the first)",
+    )
     args = ap.parse_args()
     if args.prepare:
         return prepare(args.prepare)

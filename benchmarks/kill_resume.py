@@ -39,9 +39,19 @@ def project(root: Path, name: str, steps: int) -> Path:
     raw["tokenizer"]["out_dir"] = str(REPO / raw["tokenizer"]["out_dir"])
     raw["model"].update(d_model=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2)
     raw["optim"]["warmup_steps"] = 20
-    raw["training"].update(max_steps=steps, micro_batch_size=4, grad_accum_steps=1, log_every=5, eval_every=40,
-                           checkpoint_every=7, keep_checkpoints=2, eval_at_start=False, num_threads=1,
-                           checkpoint_dir=str(root / name / "checkpoints"), metrics_dir=str(root / name / "metrics"))
+    raw["training"].update(
+        max_steps=steps,
+        micro_batch_size=4,
+        grad_accum_steps=1,
+        log_every=5,
+        eval_every=40,
+        checkpoint_every=7,
+        keep_checkpoints=2,
+        eval_at_start=False,
+        num_threads=1,
+        checkpoint_dir=str(root / name / "checkpoints"),
+        metrics_dir=str(root / name / "metrics"),
+    )
     raw["evaluation"]["max_windows_per_source"] = 16
     (root / name).mkdir(parents=True)
     path = root / name / "params.yaml"
@@ -50,9 +60,14 @@ def project(root: Path, name: str, steps: int) -> Path:
 
 
 def train(params: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(params), "train"], cwd=params.parent,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pico.cli", "--params", str(params), "train"],
+        cwd=params.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def newest_step(folder: Path) -> int:
@@ -98,8 +113,11 @@ def main() -> None:
                             raise SystemExit(f"{sig.name}: no checkpoint at the step it stopped on:\n{out[-2000:]}")
                         expect_resume = int(stopped[0])
                         stops.append(time.time() - sent)
-                    print(f"{sig.name:7s} {kills:2d}: exit {proc.returncode}, newest checkpoint step "
-                          f"{newest_step(killed.parent)}", flush=True)
+                    print(
+                        f"{sig.name:7s} {kills:2d}: exit {proc.returncode}, newest checkpoint step "
+                        f"{newest_step(killed.parent)}",
+                        flush=True,
+                    )
                     continue
             out, _ = proc.communicate()
             if proc.returncode != 0:
@@ -110,13 +128,17 @@ def main() -> None:
             if newest_step(killed.parent) == args.steps:
                 break
         ckpt = f"checkpoints/step_{args.steps:08d}"
-        same = {f: (clean.parent / f).read_bytes() == (killed.parent / f).read_bytes()
-                for f in (f"{ckpt}/model.safetensors", f"{ckpt}/trainer.pt", *COMPARED)}
+        same = {
+            f: (clean.parent / f).read_bytes() == (killed.parent / f).read_bytes()
+            for f in (f"{ckpt}/model.safetensors", f"{ckpt}/trainer.pt", *COMPARED)
+        }
         for f, ok in same.items():
             print(f"{f}: {'identical' if ok else 'DIFFERS'}")
         if stops:
-            print(f"{len(stops)} SIGTERM/SIGINT stops: exit after {min(stops):.1f}-{max(stops):.1f} s; optimizer "
-                  f"steps computed again after them: {redone}")
+            print(
+                f"{len(stops)} SIGTERM/SIGINT stops: exit after {min(stops):.1f}-{max(stops):.1f} s; optimizer "
+                f"steps computed again after them: {redone}"
+            )
         ok = all(same.values()) and redone == 0
         print(f"{kills} signals at random moments: {'resumed bit-identical' if ok else 'NOT identical'}")
         sys.exit(0 if ok else 1)

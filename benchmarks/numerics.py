@@ -69,9 +69,16 @@ def run(setting: str, env_extra: dict[str, str], steps: int, work: Path) -> dict
     folder = work / setting.replace("(", "_").replace(")", "")
     raw["data"]["tokens_dir"] = str(REPO / raw["data"]["tokens_dir"])
     raw["tokenizer"]["out_dir"] = str(REPO / raw["tokenizer"]["out_dir"])
-    raw["training"].update(max_steps=steps, log_every=steps, eval_every=10**6, checkpoint_every=steps,
-                           eval_at_start=False, checkpoint_dir=str(folder / "ckpt"), metrics_dir=str(folder / "metrics"),
-                           numerics="native")
+    raw["training"].update(
+        max_steps=steps,
+        log_every=steps,
+        eval_every=10**6,
+        checkpoint_every=steps,
+        eval_at_start=False,
+        checkpoint_dir=str(folder / "ckpt"),
+        metrics_dir=str(folder / "metrics"),
+        numerics="native",
+    )
     raw["optim"]["warmup_steps"] = min(raw["optim"]["warmup_steps"], steps)
     if "PICO_NUM_THREADS" in env_extra:
         raw["training"]["num_threads"] = int(env_extra["PICO_NUM_THREADS"])
@@ -86,8 +93,13 @@ def run(setting: str, env_extra: dict[str, str], steps: int, work: Path) -> dict
         for h in hogs:
             h.start()
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pico.cli", "--params", str(folder / "params.yaml"), "train"],
-                          env=env, capture_output=True, text=True, cwd=folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pico.cli", "--params", str(folder / "params.yaml"), "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=folder,
+    )
     seconds = time.perf_counter() - started
     for h in hogs:
         h.terminate()
@@ -96,8 +108,12 @@ def run(setting: str, env_extra: dict[str, str], steps: int, work: Path) -> dict
     ckpt = sorted((folder / "ckpt").glob("step_*"))[-1]
     rows = (folder / "metrics/train.csv").read_text().splitlines()
     loss = rows[-1].split(",")[1]
-    return {"setting": setting, "weights_sha256": hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16],
-            "loss": loss, "s_per_step": round(seconds / steps, 3)}
+    return {
+        "setting": setting,
+        "weights_sha256": hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()[:16],
+        "loss": loss,
+        "s_per_step": round(seconds / steps, 3),
+    }
 
 
 def main() -> None:
@@ -109,8 +125,10 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(SETTINGS)
     import torch
 
-    print(f"# {platform.processor() or platform.machine()} | torch {torch.__version__} | "
-          f"ATen capability {torch.backends.cpu.get_cpu_capability()} | {os.cpu_count()} cores | {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {platform.processor() or platform.machine()} | torch {torch.__version__} | "
+        f"ATen capability {torch.backends.cpu.get_cpu_capability()} | {os.cpu_count()} cores | {time.strftime('%Y-%m-%d')}"
+    )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = None
@@ -120,9 +138,16 @@ def main() -> None:
             same = "error" not in r and r.get("weights_sha256") == base.get("weights_sha256")
             r["same_as_baseline"] = same
             results.append(r)
-            print(f"{name:22s} " + (f"ERROR {r['error']}" if "error" in r else
-                  f"weights {r['weights_sha256']}  loss {r['loss']:<20s} {'==' if same else '!='} baseline  "
-                  f"{r['s_per_step']:.3f} s/step"), flush=True)
+            print(
+                f"{name:22s} "
+                + (
+                    f"ERROR {r['error']}"
+                    if "error" in r
+                    else f"weights {r['weights_sha256']}  loss {r['loss']:<20s} {'==' if same else '!='} baseline  "
+                    f"{r['s_per_step']:.3f} s/step"
+                ),
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

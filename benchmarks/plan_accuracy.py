@@ -30,9 +30,11 @@ from pico.config import with_overrides  # noqa: E402
 
 def preset_params(name: str, scratch: Path) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    overrides = {**presets.load(name, REPO / "presets")["overrides"],
-                 "training.checkpoint_dir": str(scratch / name / "checkpoints"),
-                 "training.metrics_dir": str(scratch / name / "metrics")}
+    overrides = {
+        **presets.load(name, REPO / "presets")["overrides"],
+        "training.checkpoint_dir": str(scratch / name / "checkpoints"),
+        "training.metrics_dir": str(scratch / name / "metrics"),
+    }
     raw, _ = with_overrides(raw, overrides, f"preset {name}")
     path = scratch / name / "params.yaml"
     path.parent.mkdir(parents=True)
@@ -62,8 +64,11 @@ def main() -> None:
             planned = json.loads((scratch / name / "metrics/plan.json").read_text())
             wall, _ = pico("--params", str(params), "train")
             rows[name] = {"planned_s": round(planned["wall_s"], 1), "measured_s": round(wall, 1)}
-            print(f"{name}: planned {planned['wall_s']:.1f} s, measured {wall:.1f} s "
-                  f"(ratio {wall / planned['wall_s']:.3f})", flush=True)
+            print(
+                f"{name}: planned {planned['wall_s']:.1f} s, measured {wall:.1f} s "
+                f"(ratio {wall / planned['wall_s']:.3f})",
+                flush=True,
+            )
             print("   " + "\n   ".join(out.strip().splitlines()), flush=True)
     finally:
         if not args.keep:
@@ -72,8 +77,18 @@ def main() -> None:
     predicted = rows[b]["planned_s"] / rows[a]["planned_s"]
     measured = rows[b]["measured_s"] / rows[a]["measured_s"]
     error = predicted / measured - 1
-    print(json.dumps({"presets": rows, f"{b}/{a} predicted": round(predicted, 3), f"{b}/{a} measured": round(measured, 3),
-                      "error": round(error, 3), "within_25_percent": abs(error) <= 0.25}, indent=1))
+    print(
+        json.dumps(
+            {
+                "presets": rows,
+                f"{b}/{a} predicted": round(predicted, 3),
+                f"{b}/{a} measured": round(measured, 3),
+                "error": round(error, 3),
+                "within_25_percent": abs(error) <= 0.25,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

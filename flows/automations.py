@@ -31,8 +31,12 @@ FLOW_NAME = "pico-pipeline"
 CRASH_ZOMBIES = "pico-pipeline: crash runs that stopped reporting"
 PAUSE_DIVERGED = "pico-pipeline: pause the deployment of a diverged run"
 DIVERGED_EVENT = "pico.training.diverged"
-FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed")
+FINAL_EVENTS = (
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+)
 
 
 def crash_zombies_automation(within_s: float | None = None) -> Automation:
@@ -51,10 +55,13 @@ def crash_zombies_automation(within_s: float | None = None) -> Automation:
             threshold=1,
             within=within,
         ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED,
-            message=f"no heartbeat for {within}: the run's process or the Prefect server went away. "
-                    "Rerun the flow: training resumes from its newest checkpoint.")],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {within}: the run's process or the Prefect server went away. "
+                "Rerun the flow: training resumes from its newest checkpoint.",
+            )
+        ],
     )
 
 
@@ -62,8 +69,9 @@ def pause_diverged_automation() -> Automation:
     return Automation(
         name=PAUSE_DIVERGED,
         description=f"Pauses the deployment of a {FLOW_NAME} run whose training diverged ({DIVERGED_EVENT}).",
-        trigger=EventTrigger(expect={DIVERGED_EVENT}, posture=Posture.Reactive, threshold=1,
-                             match={"prefect.resource.id": "pico.run.*"}),
+        trigger=EventTrigger(
+            expect={DIVERGED_EVENT}, posture=Posture.Reactive, threshold=1, match={"prefect.resource.id": "pico.run.*"}
+        ),
         actions=[PauseDeployment(source="inferred")],
     )
 
@@ -90,8 +98,11 @@ def ensure_one(wanted: Automation) -> Automation:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Create the pipeline's Prefect automations on $PREFECT_API_URL.")
-    ap.add_argument("--within", type=float, help="seconds without a heartbeat before a run is crashed "
-                                                  "(default: 3 x PREFECT_FLOWS_HEARTBEAT_FREQUENCY)")
+    ap.add_argument(
+        "--within",
+        type=float,
+        help="seconds without a heartbeat before a run is crashed (default: 3 x PREFECT_FLOWS_HEARTBEAT_FREQUENCY)",
+    )
     args = ap.parse_args(argv)
     ensure(args.within)
     for name in (CRASH_ZOMBIES, PAUSE_DIVERGED):

@@ -30,8 +30,12 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
@@ -149,8 +153,10 @@ class LiveView:
 
     def _progress(self, p: dict[str, Any]) -> None:
         done = round(100.0 * p["step"] / p["max_steps"], 2)
-        text = (f"step {p['step']:,} of {p['max_steps']:,} · {p['tokens_per_s']:,.0f} tokens/s · ETA {p['eta']} · "
-                f"training loss {p['loss']:.4f}")
+        text = (
+            f"step {p['step']:,} of {p['max_steps']:,} · {p['tokens_per_s']:,.0f} tokens/s · ETA {p['eta']} · "
+            f"training loss {p['loss']:.4f}"
+        )
         if self.progress_id is None:
             self.progress_id = create_progress_artifact(done, key="pico-train-progress", description=text)
         else:
@@ -163,8 +169,13 @@ class LiveView:
         params = load_params(self.repo / "params.yaml")
         # the metric files' paths are relative to the repository, not to this process's folder (which
         # stays put: other threads of the flow may rely on it)
-        params = params.model_copy(update={"training": params.training.model_copy(
-            update={"metrics_dir": str(self.repo / params.training.metrics_dir)})})
+        params = params.model_copy(
+            update={
+                "training": params.training.model_copy(
+                    update={"metrics_dir": str(self.repo / params.training.metrics_dir)}
+                )
+            }
+        )
         md = training_log(params)
         create_markdown_artifact(md, key="pico-training-log", description="training log, refreshed at each evaluation")
 
@@ -173,8 +184,9 @@ def dvc_streamed(repo: Path, log: Any, *args: str) -> int:
     """Run dvc and hand each line of its output (the stage's own, stdout and stderr merged) to
     ``log`` as it is printed, so a multi-day stage is visible in the Prefect UI while it runs."""
     env = {**_env(), "PYTHONUNBUFFERED": "1"}  # the stage's prints reach the pipe at once, not per 8 KB
-    with subprocess.Popen(["dvc", *args], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        ["dvc", *args], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
         for line in proc.stdout:
             if line.strip():
                 log(line.rstrip())
@@ -189,6 +201,7 @@ def _retry_unless_diverged(repo: Path, since: float):
         except Exception:
             return True
         return summary is None or summary.status != "diverged"
+
     return condition
 
 
@@ -199,18 +212,30 @@ def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str 
     root = Path(repo)
     report = root / params.report.out_dir / "report.md"
     if report.exists():
-        create_markdown_artifact(embed_images(report.read_text(), report.parent), key="pico-report",
-                                 description=f"training report{f' of {experiment}' if experiment else ''}")
+        create_markdown_artifact(
+            embed_images(report.read_text(), report.parent),
+            key="pico-report",
+            description=f"training report{f' of {experiment}' if experiment else ''}",
+        )
     eval_path = root / params.evaluation.out
     if eval_path.exists():
         ev = json.loads(eval_path.read_text())
-        table = [{"source": name, "token perplexity": _round(m["token_perplexity"]),
-                  "bits per byte": _round(m["bits_per_byte"]),
-                  "pico per-seq mean perplexity": _round(m["pico_mean_seq_perplexity"]), "tokens": m.get("tokens")}
-                 for name, m in [*ev["sources"].items(), ("macro (mean over sources)", ev["macro"])]]
+        table = [
+            {
+                "source": name,
+                "token perplexity": _round(m["token_perplexity"]),
+                "bits per byte": _round(m["bits_per_byte"]),
+                "pico per-seq mean perplexity": _round(m["pico_mean_seq_perplexity"]),
+                "tokens": m.get("tokens"),
+            }
+            for name, m in [*ev["sources"].items(), ("macro (mean over sources)", ev["macro"])]
+        ]
         stages = ", ".join(f"{k} {v}" for k, v in outcome.items())
-        create_table_artifact(table, key="pico-metrics",
-                              description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); {stages}")
+        create_table_artifact(
+            table,
+            key="pico-metrics",
+            description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); {stages}",
+        )
 
 
 def _round(x: Any, digits: int = 4) -> Any:
@@ -240,10 +265,24 @@ def emit(kind: str, summary: TrainSummary | None, params: Params, **payload: Any
     ``pico.metric.pathology``) for automations to react to; Prefect relates it to this flow run and
     its deployment. The run is the resource, named by its fingerprint."""
     fingerprint = summary.fingerprint if summary else "unknown"
-    body = {**({"step": summary.step, "max_steps": summary.max_steps, "reason": summary.reason,
-                "last_good_checkpoint": summary.last_good_checkpoint} if summary else {}), **payload}
-    emit_event(event=kind, resource={"prefect.resource.id": f"pico.run.{fingerprint}",
-                                     "prefect.resource.name": params.report.run_name}, payload=body)
+    body = {
+        **(
+            {
+                "step": summary.step,
+                "max_steps": summary.max_steps,
+                "reason": summary.reason,
+                "last_good_checkpoint": summary.last_good_checkpoint,
+            }
+            if summary
+            else {}
+        ),
+        **payload,
+    }
+    emit_event(
+        event=kind,
+        resource={"prefect.resource.id": f"pico.run.{fingerprint}", "prefect.resource.name": params.report.run_name},
+        payload=body,
+    )
 
 
 class _Diverged(Exception):
@@ -271,8 +310,14 @@ def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float]
 
 
 @flow(name="pico-pipeline")
-def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, experiment: str | None = None,
-             fresh: bool = False, retries: int = 2, retry_delay_seconds: float = 10.0) -> dict[str, str]:
+def pipeline(
+    repo: str = str(REPO),
+    overrides: dict[str, Any] | None = None,
+    experiment: str | None = None,
+    fresh: bool = False,
+    retries: int = 2,
+    retry_delay_seconds: float = 10.0,
+) -> dict[str, str]:
     """Run the DVC pipeline stage by stage; see the module docstring for retries and branches."""
     logger = get_run_logger()
     root = Path(repo)
@@ -295,8 +340,16 @@ def pipeline(repo: str = str(REPO), overrides: dict[str, Any] | None = None, exp
                 logger.warning("params.yaml was edited during the run; left as it is (not restored)")
 
 
-def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bool, retries: int,
-              retry_delay_seconds: float, logger: Any, recovery: dict[str, bytes]) -> dict[str, str]:
+def _pipeline(
+    root: Path,
+    params: Params,
+    experiment: str | None,
+    overridden: bool,
+    retries: int,
+    retry_delay_seconds: float,
+    logger: Any,
+    recovery: dict[str, bytes],
+) -> dict[str, str]:
     delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
     stages = dvc_stages(root)
     outcome: dict[str, str] = {}
@@ -317,17 +370,27 @@ def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bo
             attempt += 1
             new_lr = params.optim.lr * rec.lr_factor
             restart = str(Path(params.training.checkpoint_dir) / div.summary.last_good_checkpoint)
-            logger.warning("training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
-                           div.summary.reason, attempt, rec.max_attempts, restart, new_lr)
+            logger.warning(
+                "training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
+                div.summary.reason,
+                attempt,
+                rec.max_attempts,
+                restart,
+                new_lr,
+            )
             # written into params.yaml for DVC to run and `dvc exp save` to keep with the experiment, then undone
             params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
             recovery["wrote"] = (root / "params.yaml").read_bytes()
             experiment = f"{base_name}-recovery-{attempt}"
-            pending = stages[stages.index(TRAIN_STAGE):]
+            pending = stages[stages.index(TRAIN_STAGE) :]
     summary = train_summary(root, params)
     if summary is not None and summary.status == "early_stopped":
-        logger.info("training stopped early at step %s (%s); evaluated the best checkpoint (step %s)",
-                    summary.step, summary.reason, summary.best_eval_step)
+        logger.info(
+            "training stopped early at step %s (%s); evaluated the best checkpoint (step %s)",
+            summary.step,
+            summary.reason,
+            summary.best_eval_step,
+        )
     if experiment or overridden:
         args = ["exp", "save", "--force"] + (["-n", experiment] if experiment else [])
         saved = dvc(root, *args)
@@ -340,8 +403,13 @@ def _pipeline(root: Path, params: Params, experiment: str | None, overridden: bo
         emit(f"pico.training.{summary.status.replace('_', '-')}", summary, params)
     ratio = _pathology_ratio(root, params)
     if ratio is not None and ratio > params.report.diagnosis.pathology_ratio:
-        emit("pico.metric.pathology", summary, params, seq_mean_over_token_ratio=ratio,
-             threshold=params.report.diagnosis.pathology_ratio)
+        emit(
+            "pico.metric.pathology",
+            summary,
+            params,
+            seq_mean_over_token_ratio=ratio,
+            threshold=params.report.diagnosis.pathology_ratio,
+        )
         logger.warning("metric pathology: pico's per-sequence mean perplexity is %.3g x the token-level one", ratio)
     publish(str(root), params, outcome, experiment)
     return outcome
@@ -357,15 +425,28 @@ def _pathology_ratio(root: Path, params: Params) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run the pico DVC pipeline as a Prefect flow.")
     ap.add_argument("--repo", default=str(REPO))
-    ap.add_argument("--set", "-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="param override, as with `dvc exp run -S` (repeatable)")
+    ap.add_argument(
+        "--set",
+        "-S",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="param override, as with `dvc exp run -S` (repeatable)",
+    )
     ap.add_argument("--exp", dest="experiment", help="save the run as this DVC experiment")
     ap.add_argument("--fresh", action="store_true", help="discard existing checkpoints instead of resuming")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-delay", type=float, default=10.0, help="first retry delay in seconds (doubles)")
     args = ap.parse_args(argv)
-    result = pipeline(repo=args.repo, overrides=parse_overrides(args.overrides) or None, experiment=args.experiment,
-                      fresh=args.fresh, retries=args.retries, retry_delay_seconds=args.retry_delay)
+    result = pipeline(
+        repo=args.repo,
+        overrides=parse_overrides(args.overrides) or None,
+        experiment=args.experiment,
+        fresh=args.fresh,
+        retries=args.retries,
+        retry_delay_seconds=args.retry_delay,
+    )
     print(json.dumps(result, indent=1))
 
 

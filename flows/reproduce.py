@@ -29,8 +29,9 @@ def rerun(ref: str, repo: str, from_stage: str | None, noise_seeds: int) -> Repr
 
 
 @flow(name="pico-reproduce")
-def reproduce_flow(ref: str = "HEAD", repo: str = str(REPO), from_stage: str | None = None,
-                   noise_seeds: int = 1) -> dict[str, str]:
+def reproduce_flow(
+    ref: str = "HEAD", repo: str = str(REPO), from_stage: str | None = None, noise_seeds: int = 1
+) -> dict[str, str]:
     logger = get_run_logger()
     result = rerun(ref, repo, from_stage, noise_seeds)
     create_markdown_artifact(result.markdown, key="pico-reproduce", description=f"reproduction of {ref}")

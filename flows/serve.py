@@ -40,11 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--exp", dest="experiment", help="save each run as this DVC experiment")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--retry-delay", type=float, default=10.0)
-    ap.add_argument("--on-overlap", choices=sorted(ON_OVERLAP), default="skip",
-                    help="a run that comes due while another runs: wait for it, or skip it (default)")
+    ap.add_argument(
+        "--on-overlap",
+        choices=sorted(ON_OVERLAP),
+        default="skip",
+        help="a run that comes due while another runs: wait for it, or skip it (default)",
+    )
     args = ap.parse_args(argv)
-    parameters = {"repo": args.repo, "overrides": parse_overrides(args.overrides) or None,
-                  "experiment": args.experiment, "retries": args.retries, "retry_delay_seconds": args.retry_delay}
+    parameters = {
+        "repo": args.repo,
+        "overrides": parse_overrides(args.overrides) or None,
+        "experiment": args.experiment,
+        "retries": args.retries,
+        "retry_delay_seconds": args.retry_delay,
+    }
     schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
     automations.ensure()  # runs that stop reporting are Crashed; a diverged run pauses its deployment
     print(f"automations {automations.CRASH_ZOMBIES!r} and {automations.PAUSE_DIVERGED!r} are in place")

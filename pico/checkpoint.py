@@ -112,10 +112,19 @@ def verify(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-         scheduler: Any, state: dict[str, Any], keep: int | None, name: str | None = None,
-         weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
-         interim: bool = False) -> Path:
+def save(
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int | None,
+    name: str | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    interim: bool = False,
+) -> Path:
     """Write a checkpoint atomically as ``step_NNNNNNNN`` (or ``name``); keep the newest ``keep`` (None:
     prune nothing). ``weights`` / ``optimizer_state`` replace the model's and optimizer's own (gathered
     FSDP state). Without an optimizer it holds weights only (an imported model: evaluated, not resumed).
@@ -129,8 +138,16 @@ def save(root: str | Path, step: int, model: torch.nn.Module, optimizer: torch.o
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write(tmp, step, model, optimizer, scheduler, {**state, "interim": True} if interim else state,
-               weights, optimizer_state)
+        _write(
+            tmp,
+            step,
+            model,
+            optimizer,
+            scheduler,
+            {**state, "interim": True} if interim else state,
+            weights,
+            optimizer_state,
+        )
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError("unexpected pos")
         shutil.rmtree(tmp, ignore_errors=True)  # at once: a failed checkpoint must not hold the space
         raise CheckpointWriteError(_write_failure(root, final, err)) from None
@@ -156,15 +173,26 @@ class CheckpointWriteError(OSError):
 def _write_failure(root: Path, final: Path, err: BaseException) -> str:
     free = shutil.disk_usage(root).free
     enospc = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or free < (64 << 20)
-    why = (f"no space left on the device ({free / 2**20:,.0f} MiB free)" if enospc
-           else str(err).splitlines()[0][:200] or type(err).__name__)
+    why = (
+        f"no space left on the device ({free / 2**20:,.0f} MiB free)"
+        if enospc
+        else str(err).splitlines()[0][:200] or type(err).__name__
+    )
     previous = latest_checkpoint(root)
     resume = f"the run resumes from {previous.name}" if previous else "the run starts from step 0"
     return f"could not write checkpoint {final}: {why}; free space (or fix the folder) and rerun: {resume}"
 
 
-def _write(tmp: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-           state: dict[str, Any], weights: dict[str, torch.Tensor] | None, optimizer_state: dict[str, Any] | None) -> None:
+def _write(
+    tmp: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None,
+    optimizer_state: dict[str, Any] | None,
+) -> None:
     tmp.mkdir()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in (weights or model.state_dict()).items()}
     # one metadata key: safetensors stores metadata in a hash map, so several keys come out in any order
@@ -198,7 +226,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _apply_weights(path: Path, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}/{WEIGHTS} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path}/{WEIGHTS} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:
@@ -280,8 +310,11 @@ def find_restart_point(source: Path, search: list[Path] = ()) -> Path:
     if (source / STATE).is_file():
         return source
     aside = superseded_dir(source.parent, None).parent  # <checkpoint_dir>.superseded beside the named folder
-    found = sorted((p for base in (*search, aside) if base.is_dir() for p in base.glob(f"*/{source.name}/{STATE}")),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted(
+        (p for base in (*search, aside) if base.is_dir() for p in base.glob(f"*/{source.name}/{STATE}")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     if not found:
         where = " nor ".join(f"{base}/*/{source.name}" for base in (*search, aside))
         raise FileNotFoundError(f"training.restart_from: no checkpoint at {source} (nor {where})")
@@ -289,9 +322,16 @@ def find_restart_point(source: Path, search: list[Path] = ()) -> Path:
     return found[0].parent
 
 
-def restore(root: str | Path, fingerprint: str, restart_from: str | None, model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, d: Any, max_step: int | None = None,
-            search: list[Path] = ()) -> Restored | None:
+def restore(
+    root: str | Path,
+    fingerprint: str,
+    restart_from: str | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    d: Any,
+    max_step: int | None = None,
+    search: list[Path] = (),
+) -> Restored | None:
     """Resume the same run from its newest sound checkpoint, or restart from ``restart_from``, or
     None (step 0). A checkpoint beyond ``max_step`` (the plan was shortened below where the run
     got) cannot be continued: that run is moved aside like another run's. ``d`` is the process
@@ -302,6 +342,7 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
         for name in remove_partial(root):
             print(f"removed an incomplete checkpoint left by a crash: {root / name}")
     d.barrier()
+
     def same_run(state: dict) -> bool:
         return state["fingerprint"] == fingerprint and (max_step is None or state["step"] <= max_step)
 
@@ -330,10 +371,15 @@ def restore(root: str | Path, fingerprint: str, restart_from: str | None, model:
     d.barrier()  # every rank has read what it needs before rank 0 moves the old run aside
     if latest is not None and d.is_main:
         dest = move_aside(root, found)
-        why = (f"belongs to another run (fingerprint {found} != {fingerprint})" if found != fingerprint else
-               f"is at step {newest[1]['step']}, beyond training.max_steps={max_step}")
-        print(f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} (listed by `pico "
-              f"checkpoints`); to continue that run instead, stop this one and `mv {dest}/* {root}/` (with a "
-              "plan that reaches its step)")
+        why = (
+            f"belongs to another run (fingerprint {found} != {fingerprint})"
+            if found != fingerprint
+            else f"is at step {newest[1]['step']}, beyond training.max_steps={max_step}"
+        )
+        print(
+            f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} (listed by `pico "
+            f"checkpoints`); to continue that run instead, stop this one and `mv {dest}/* {root}/` (with a "
+            "plan that reaches its step)"
+        )
     d.barrier()
     return restored

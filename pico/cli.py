@@ -39,9 +39,11 @@ class Command:
 
 def _stage(module: str) -> Handler:
     """A DVC stage: ``run(params)`` of its module. Imported on use: ``pico report`` never loads torch."""
+
     def call(args: argparse.Namespace, params: Params) -> None:
         numerics.apply(params.training.numerics)  # before the stage imports torch
         importlib.import_module(module).run(params)
+
     return call
 
 
@@ -65,8 +67,9 @@ def _plan(args: argparse.Namespace, params: Params) -> None:
     try:
         plan.run(params, args.device)
     except FileNotFoundError as err:
-        raise PipelineError(f"{describe(err)} (the plan needs the tokenize stage's output: "
-                            "`dvc repro tokenize`)") from None
+        raise PipelineError(
+            f"{describe(err)} (the plan needs the tokenize stage's output: `dvc repro tokenize`)"
+        ) from None
 
 
 def _checkpoints(args: argparse.Namespace, params: Params) -> None:
@@ -122,16 +125,20 @@ def _export_analysis(args: argparse.Namespace, params: Params) -> None:
     from pico.dynamics import export_analysis
 
     out, steps = export_analysis(args.checkpoint_dir or params.training.checkpoint_dir, args.out_dir)
-    print(f"exported learning dynamics of steps {', '.join(map(str, steps))} -> {out} "
-          f"(pico-analyze: analyze --config_path CONFIG --run_path {out})")
+    print(
+        f"exported learning dynamics of steps {', '.join(map(str, steps))} -> {out} "
+        f"(pico-analyze: analyze --config_path CONFIG --run_path {out})"
+    )
 
 
 def _import_pico(args: argparse.Namespace, params: Params) -> None:
     from pico.import_pico import import_pico
 
     path = import_pico(args.source, args.out or params.training.checkpoint_dir, params)
-    print(f"imported {args.source} -> {path}; `pico evaluate` scores it on data.tokens_dir "
-          "(which must be tokenized with the model's tokenizer)")
+    print(
+        f"imported {args.source} -> {path}; `pico evaluate` scores it on data.tokens_dir "
+        "(which must be tokenized with the model's tokenizer)"
+    )
 
 
 def _args_plan(p: argparse.ArgumentParser) -> None:
@@ -156,8 +163,12 @@ def _args_preset(p: argparse.ArgumentParser) -> None:
 def _args_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("ref", help="a git revision (HEAD, a tag, a commit) or a DVC experiment name")
     p.add_argument("--from", dest="from_stage", help="rerun from this stage on (earlier outputs from the DVC cache)")
-    p.add_argument("--noise-seeds", type=int, default=1,
-                   help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)")
+    p.add_argument(
+        "--noise-seeds",
+        type=int,
+        default=1,
+        help="extra runs with seeds +1..+N that measure run-to-run noise (default 1; 0 = none)",
+    )
     p.add_argument("--out", help="markdown report (default: reproductions/<REF>-<commit>.md)")
     p.add_argument("--keep", action="store_true", help="keep the scratch clone")
 
@@ -176,46 +187,80 @@ def _args_export_hf(p: argparse.ArgumentParser) -> None:
 
 def _args_export_analysis(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="a new folder (or an earlier export), used as pico-analyze's --run_path")
-    p.add_argument("--checkpoint-dir", help="the run's checkpoint folder (default: training.checkpoint_dir; "
-                                            "a run in the store: .pico/runs/<fingerprint>)")
+    p.add_argument(
+        "--checkpoint-dir",
+        help="the run's checkpoint folder (default: training.checkpoint_dir; "
+        "a run in the store: .pico/runs/<fingerprint>)",
+    )
 
 
 def _args_import_pico(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="pico-train's runs/<run>/checkpoints/step_<N> (or latest), or an HF "
-                                  "checkpoint folder (config.json + model.safetensors / pytorch_model.bin)")
+    p.add_argument(
+        "source",
+        help="pico-train's runs/<run>/checkpoints/step_<N> (or latest), or an HF "
+        "checkpoint folder (config.json + model.safetensors / pytorch_model.bin)",
+    )
     p.add_argument("--out", help="checkpoint folder to write into (default: training.checkpoint_dir)")
 
 
 COMMANDS: dict[str, Command] = {
     # the DVC stages, in pipeline order
-    "build-embedded": Command(_stage(STAGE_MODULES["embedded_data"]),
-                              "build the offline default corpus (Dolma + Paloma format) from CPython's own docs"),
+    "build-embedded": Command(
+        _stage(STAGE_MODULES["embedded_data"]),
+        "build the offline default corpus (Dolma + Paloma format) from CPython's own docs",
+    ),
     "tokenizer": Command(_stage(STAGE_MODULES["tokenizer"]), "train or fetch the tokenizer"),
-    "tokenize": Command(_stage(STAGE_MODULES["tokenize"]),
-                        "pack training documents into rows and evaluation documents into windows"),
+    "tokenize": Command(
+        _stage(STAGE_MODULES["tokenize"]), "pack training documents into rows and evaluation documents into windows"
+    ),
     "train": Command(_train, "train (resumes from the newest checkpoint of the same run)"),
     "evaluate": Command(_stage(STAGE_MODULES["evaluate"]), "Paloma-style metrics of the final checkpoint"),
     "report": Command(_stage(STAGE_MODULES["report"]), "Markdown report with plots"),
     # around the stages
     "check-params": Command(lambda args, params: print("params OK"), "validate params.yaml and exit"),
-    "plan": Command(_plan, "what the run will cost: tokens, epochs, FLOPs, projected wall time, disk, "
-                           "device-hours (calibrated on this machine)", _args_plan),
-    "checkpoints": Command(_checkpoints, "list the run's checkpoints and the runs in the run store; "
-                                         "remove one of those", _args_checkpoints),
-    "queue": Command(_queue, "the DVC experiment queue's stale rows (running with no process, failed); "
-                             "--clean drops them (their runs continue when queued again)", _args_queue, False),
+    "plan": Command(
+        _plan,
+        "what the run will cost: tokens, epochs, FLOPs, projected wall time, disk, "
+        "device-hours (calibrated on this machine)",
+        _args_plan,
+    ),
+    "checkpoints": Command(
+        _checkpoints, "list the run's checkpoints and the runs in the run store; remove one of those", _args_checkpoints
+    ),
+    "queue": Command(
+        _queue,
+        "the DVC experiment queue's stale rows (running with no process, failed); "
+        "--clean drops them (their runs continue when queued again)",
+        _args_queue,
+        False,
+    ),
     "preset": Command(_preset, "run a named preset (presets/*.yaml) as a DVC experiment", _args_preset),
-    "reproduce": Command(_reproduce, "rerun a past run (git revision or DVC experiment) in a scratch clone "
-                                     "and report, per metric, how close it came", _args_reproduce, False),
-    "compare": Command(_compare, "the training log of two runs (git revisions or DVC experiments) side by side",
-                       _args_compare, False),
-    "export-hf": Command(_export_hf, "write a checkpoint as a Hugging Face LlamaForCausalLM folder",
-                         _args_export_hf, False),
-    "export-analysis": Command(_export_analysis, "lay a run's learning dynamics out for pico-analyze "
-                                                 "(OUT/checkpoints/step_<N>/learning_dynamics, "
-                                                 "OUT/training_config.yaml)", _args_export_analysis),
-    "import-pico": Command(_import_pico, "a pico-train run folder or Hugging Face checkpoint as a checkpoint of "
-                                         "this pipeline, for `pico evaluate` and the report", _args_import_pico),
+    "reproduce": Command(
+        _reproduce,
+        "rerun a past run (git revision or DVC experiment) in a scratch clone "
+        "and report, per metric, how close it came",
+        _args_reproduce,
+        False,
+    ),
+    "compare": Command(
+        _compare, "the training log of two runs (git revisions or DVC experiments) side by side", _args_compare, False
+    ),
+    "export-hf": Command(
+        _export_hf, "write a checkpoint as a Hugging Face LlamaForCausalLM folder", _args_export_hf, False
+    ),
+    "export-analysis": Command(
+        _export_analysis,
+        "lay a run's learning dynamics out for pico-analyze "
+        "(OUT/checkpoints/step_<N>/learning_dynamics, "
+        "OUT/training_config.yaml)",
+        _args_export_analysis,
+    ),
+    "import-pico": Command(
+        _import_pico,
+        "a pico-train run folder or Hugging Face checkpoint as a checkpoint of "
+        "this pipeline, for `pico evaluate` and the report",
+        _args_import_pico,
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ def direct_imports(module: str) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def closure(module: str) -> tuple[str, ...]:
     """``module`` and every package module it reaches through imports, sorted. Packages on the way
     (``pico/__init__.py``, ``pico/data/__init__.py``) are included: importing runs them."""
@@ -97,8 +97,12 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
     return tree
 

@@ -42,8 +42,10 @@ class _Strict(BaseModel):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
                 if isinstance(value, bool) and field is not None and "bool" not in str(field.annotation):
-                    raise ValueError(f"{key}: {value} is a boolean; this setting takes a "
-                                     f"{getattr(field.annotation, '__name__', field.annotation)}")
+                    raise ValueError(
+                        f"{key}: {value} is a boolean; this setting takes a "
+                        f"{getattr(field.annotation, '__name__', field.annotation)}"
+                    )
         return data
 
 
@@ -151,7 +153,7 @@ class ModelConfig(_Strict):
         return self.hidden_dim or PRESETS[self.preset]["hidden_dim"]
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelConfig":
+    def _heads_divide(self) -> ModelConfig:
         if self.dim % self.n_heads:
             raise ValueError(f"model.d_model={self.dim} is not divisible by model.n_heads={self.n_heads}")
         if (self.dim // self.n_heads) % 2:
@@ -246,7 +248,7 @@ class TrainingConfig(_Strict):
         return self.micro_batch_size * self.grad_accum_steps * (self.nproc if world is None else world)
 
     @model_validator(mode="after")
-    def _batch_adds_up(self) -> "TrainingConfig":
+    def _batch_adds_up(self) -> TrainingConfig:
         if self.global_batch_size is not None:
             per_step = self.micro_batch_size * self.grad_accum_steps
             if self.global_batch_size % per_step:
@@ -340,11 +342,9 @@ class Params(_Strict):
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Params":
+    def _cross_checks(self) -> Params:
         if self.data.seq_len > self.model.max_seq_len:
-            raise ValueError(
-                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
-            )
+            raise ValueError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.optim.warmup_steps > self.training.max_steps:
             raise ValueError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds training.max_steps={self.training.max_steps}"
@@ -360,22 +360,31 @@ class Params(_Strict):
         for key, value in folders.items():
             p = PurePath(os.path.normpath(value)) if value.strip() else PurePath(".")
             if str(p) in (".", "..") or ".." in p.parts or p == PurePath(p.anchor):
-                raise ValueError(f"{key}={value!r} must name a folder of its own (not the project, a parent or the root)")
+                raise ValueError(
+                    f"{key}={value!r} must name a folder of its own (not the project, a parent or the root)"
+                )
             if not p.is_absolute() and p.parts[0] in SOURCE_FOLDERS:
-                raise ValueError(f"{key}={value!r} is inside the project's source folder {p.parts[0]}/; "
-                                 "outputs need a folder of their own")
+                raise ValueError(
+                    f"{key}={value!r} is inside the project's source folder {p.parts[0]}/; "
+                    "outputs need a folder of their own"
+                )
             norm[key] = p
         keys = list(norm)
         for i, a in enumerate(keys):
-            for b in keys[i + 1:]:
+            for b in keys[i + 1 :]:
                 if norm[a] == norm[b] or norm[a] in norm[b].parents or norm[b] in norm[a].parents:
                     raise ValueError(f"{a}={folders[a]!r} and {b}={folders[b]!r} overlap; give each its own folder")
 
     def output_folders(self) -> dict[str, str]:
         """The folders the stages write, by key."""
-        return {"embedded.out_dir": self.embedded.out_dir, "data.tokens_dir": self.data.tokens_dir,
-                "tokenizer.out_dir": self.tokenizer.out_dir, "training.checkpoint_dir": self.training.checkpoint_dir,
-                "training.metrics_dir": self.training.metrics_dir, "report.out_dir": self.report.out_dir}
+        return {
+            "embedded.out_dir": self.embedded.out_dir,
+            "data.tokens_dir": self.data.tokens_dir,
+            "tokenizer.out_dir": self.tokenizer.out_dir,
+            "training.checkpoint_dir": self.training.checkpoint_dir,
+            "training.metrics_dir": self.training.metrics_dir,
+            "report.out_dir": self.report.out_dir,
+        }
 
     def fingerprint(self, *sections: str) -> str:
         """Short hash of the named sections (all when none), stable across runs and machines."""
@@ -420,8 +429,10 @@ class _ParamsLoader(yaml.SafeLoader):
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_EXPANDED_VALUES:
-            raise ConfigError(f"{self.source}: its YAML aliases expand to over {MAX_EXPANDED_VALUES:,} values; "
-                              "params files do not need aliases: write the values out")
+            raise ConfigError(
+                f"{self.source}: its YAML aliases expand to over {MAX_EXPANDED_VALUES:,} values; "
+                "params files do not need aliases: write the values out"
+            )
         return self.construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -430,8 +441,10 @@ class _ParamsLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise ConfigError(f"{self.source}: key {key!r} is given twice (lines {seen[key]} and {line}); "
-                                  "DVC refuses such a file: keep one")
+                raise ConfigError(
+                    f"{self.source}: key {key!r} is given twice (lines {seen[key]} and {line}); "
+                    "DVC refuses such a file: keep one"
+                )
             if isinstance(key, (str, int, float, bool)):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -457,9 +470,10 @@ def read_params_file(path: str | Path) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
-                          "save it as UTF-8") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     return read_yaml(text, str(path))
 
 
@@ -476,8 +490,12 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
         if e["loc"]:
             value: Any = raw
             for p in e["loc"]:
-                value = value.get(p) if isinstance(value, dict) else (
-                    value[p] if isinstance(value, (list, tuple)) and isinstance(p, int) and p < len(value) else None
+                value = (
+                    value.get(p)
+                    if isinstance(value, dict)
+                    else (
+                        value[p] if isinstance(value, (list, tuple)) and isinstance(p, int) and p < len(value) else None
+                    )
                 )
             # capped: a value may be huge or deeply shared (YAML aliases), and this is one line per key
             shown = f" (got {_SHOWN.repr(value)})" if e["type"] != "missing" else ""
@@ -524,8 +542,10 @@ def _outputs_inside_dvc_repo(params: Params, path: Path) -> None:
             continue
         where = Path(value).expanduser().resolve()
         if where != root and root not in where.parents:
-            raise ConfigError(f"{path}: {key}={value!r} is outside the DVC project {root}; DVC cannot track "
-                              "outputs there: use a folder inside the project")
+            raise ConfigError(
+                f"{path}: {key}={value!r} is outside the DVC project {root}; DVC cannot track "
+                "outputs there: use a folder inside the project"
+            )
 
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any], source: str = "params") -> tuple[dict, Params]:

@@ -38,7 +38,7 @@ def loss_spikes(train: list[dict], factor: float) -> list[int]:
     """Steps whose loss exceeds ``factor`` x the median of the previous five interval means."""
     out = []
     for i in range(3, len(train)):
-        ref = median(r["loss_mean"] for r in train[max(0, i - 5):i])
+        ref = median(r["loss_mean"] for r in train[max(0, i - 5) : i])
         if math.isfinite(ref) and (not math.isfinite(train[i]["loss"]) or train[i]["loss"] > factor * ref):
             out.append(int(train[i]["step"]))
     return out
@@ -62,9 +62,11 @@ def _divergence(train, summary, cfg) -> list[str] | None:
         best = min(train, key=lambda r: r["loss_mean"])
         last = train[-1]
         if last["loss_mean"] > cfg.divergence_factor * best["loss_mean"]:
-            return [f"training loss rose from its minimum {g(best['loss_mean'])} (step {int(best['step'])}) to "
-                    f"{g(last['loss_mean'])} at step {int(last['step'])} "
-                    f"({last['loss_mean'] / best['loss_mean']:.2f}x) and did not come back"]
+            return [
+                f"training loss rose from its minimum {g(best['loss_mean'])} (step {int(best['step'])}) to "
+                f"{g(last['loss_mean'])} at step {int(last['step'])} "
+                f"({last['loss_mean'] / best['loss_mean']:.2f}x) and did not come back"
+            ]
     return None
 
 
@@ -77,7 +79,7 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
     if len(evals) < cfg.overfit_min_evals + 1:
         return None
     best_i = min(range(len(evals)), key=lambda i: evals[i]["loss"])
-    after = evals[best_i + 1:]
+    after = evals[best_i + 1 :]
     if len(after) < cfg.overfit_min_evals:
         return None
     best, last = evals[best_i], evals[-1]
@@ -88,10 +90,12 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
         s_best, s_last = best["seen_loss"], last["seen_loss"]
         if s_last >= s_best:
             return None  # held-out worse, seen rows not better: not memorisation (a dropout-only gap is not it)
-        ev = [f"token-level held-out loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to "
-              f"{g(last['loss'])} (step {int(last['step'])}) over {len(after)} evaluations while the loss on "
-              f"already-seen training rows (eval mode, no dropout) fell {g(s_best)} → {g(s_last)}",
-              f"the held-out − seen gap grew {g(best['loss'] - s_best)} → {g(last['loss'] - s_last)} nats/token"]
+        ev = [
+            f"token-level held-out loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to "
+            f"{g(last['loss'])} (step {int(last['step'])}) over {len(after)} evaluations while the loss on "
+            f"already-seen training rows (eval mode, no dropout) fell {g(s_best)} → {g(s_last)}",
+            f"the held-out − seen gap grew {g(best['loss'] - s_best)} → {g(last['loss'] - s_last)} nats/token",
+        ]
         return ev + _epochs_evidence(last, summary)
     t_best, t_last = _train_mean_at(train, best["step"]), _train_mean_at(train, last["step"])
     if t_best is None or t_last is None or t_last >= t_best:
@@ -99,10 +103,12 @@ def _overfitting(train, evals, summary, cfg) -> list[str] | None:
     gap0, gap1 = best["loss"] - t_best, last["loss"] - t_last
     if gap1 <= gap0:
         return None
-    ev = [f"token-level eval loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to {g(last['loss'])} "
-          f"(step {int(last['step'])}) over {len(after)} evaluations while training loss fell {g(t_best)} → {g(t_last)}",
-          f"the eval − train gap grew {g(gap0)} → {g(gap1)} nats/token (training loss is measured with dropout "
-          "on; no seen-rows loss was recorded to confirm it)"]
+    ev = [
+        f"token-level eval loss rose from its best {g(best['loss'])} (step {int(best['step'])}) to {g(last['loss'])} "
+        f"(step {int(last['step'])}) over {len(after)} evaluations while training loss fell {g(t_best)} → {g(t_last)}",
+        f"the eval − train gap grew {g(gap0)} → {g(gap1)} nats/token (training loss is measured with dropout "
+        "on; no seen-rows loss was recorded to confirm it)",
+    ]
     return ev + _epochs_evidence(last, summary)
 
 
@@ -127,10 +133,12 @@ def schedule_flattened(train: list[dict], tail: list[dict], cfg: Any) -> str | N
     tail_lr = math.fsum(r.get("lr", 0.0) for r in tail) / len(tail)
     if peak <= 0 or tail_lr > cfg.plateau_lr_fraction * peak:
         return None
-    return (f"the training loss flattened while the lr schedule decayed (mean lr {g(tail_lr)} over steps "
-            f"{int(tail[0]['step'])}–{int(tail[-1]['step'])}, {tail_lr / peak * 100:.0f} % of its peak {g(peak)}): "
-            "a schedule effect, not a plateau of the model; raising training.max_steps continues the run with "
-            "the decay stretched")
+    return (
+        f"the training loss flattened while the lr schedule decayed (mean lr {g(tail_lr)} over steps "
+        f"{int(tail[0]['step'])}–{int(tail[-1]['step'])}, {tail_lr / peak * 100:.0f} % of its peak {g(peak)}): "
+        "a schedule effect, not a plateau of the model; raising training.max_steps continues the run with "
+        "the decay stretched"
+    )
 
 
 def _flat_tail(train: list[dict], cfg: Any) -> list[dict] | None:
@@ -138,7 +146,7 @@ def _flat_tail(train: list[dict], cfg: Any) -> list[dict] | None:
     ``plateau_min_improvement`` over it, else None."""
     if len(train) < 8:
         return None
-    tail = train[int(len(train) * (1 - cfg.plateau_fraction)):]
+    tail = train[int(len(train) * (1 - cfg.plateau_fraction)) :]
     first, last = tail[0]["loss_mean"], tail[-1]["loss_mean"]
     rel = (first - last) / abs(first) if first else 0.0
     return tail if rel < cfg.plateau_min_improvement else None
@@ -152,8 +160,10 @@ def _plateau(train, evals, cfg) -> list[str] | None:
     rel = (first - last) / abs(first) if first else 0.0
     if schedule_flattened(train, tail, cfg):
         return None  # the lr had decayed: the schedule flattened the curve, not the model (diagnose says so)
-    ev = [f"training loss moved {g(first)} → {g(last)} ({-rel * 100:+.2f} %) over the last "
-          f"{cfg.plateau_fraction * 100:.0f} % of training (steps {int(tail[0]['step'])}–{int(tail[-1]['step'])})"]
+    ev = [
+        f"training loss moved {g(first)} → {g(last)} ({-rel * 100:+.2f} %) over the last "
+        f"{cfg.plateau_fraction * 100:.0f} % of training (steps {int(tail[0]['step'])}–{int(tail[-1]['step'])})"
+    ]
     tail_evals = [e for e in evals if e["step"] >= tail[0]["step"]]
     if len(tail_evals) >= 2:
         e0, e1 = tail_evals[0]["loss"], tail_evals[-1]["loss"]
@@ -168,25 +178,34 @@ def _pathology(evals, final_eval, cfg) -> list[str] | None:
     macro = final_eval.get("macro", {})
     ratio = macro.get("seq_mean_over_token_ratio")
     ratio = float(ratio) if ratio is not None else None
-    hist = [(e["step"], e["pico_mean_seq_perplexity"] / e["token_perplexity"]) for e in evals
-            if e.get("token_perplexity") and math.isfinite(e["token_perplexity"])]
+    hist = [
+        (e["step"], e["pico_mean_seq_perplexity"] / e["token_perplexity"])
+        for e in evals
+        if e.get("token_perplexity") and math.isfinite(e["token_perplexity"])
+    ]
     worst = max(hist, key=lambda x: x[1]) if hist else None
     if not ((ratio is not None and ratio > cfg.pathology_ratio) or (worst and worst[1] > cfg.pathology_ratio)):
         return None
     if ratio is not None:
-        ev.append(f"final: pico per-sequence mean perplexity {g(float(macro['pico_mean_seq_perplexity']))} vs "
-                  f"token-level {g(macro['token_perplexity'])} ({g(ratio)}x)")
+        ev.append(
+            f"final: pico per-sequence mean perplexity {g(float(macro['pico_mean_seq_perplexity']))} vs "
+            f"token-level {g(macro['token_perplexity'])} ({g(ratio)}x)"
+        )
     if worst and len(evals) >= 2:
         e0, e1 = evals[0], evals[-1]
-        ev.append(f"over training the per-sequence mean went {g(e0['pico_mean_seq_perplexity'])} → "
-                  f"{g(e1['pico_mean_seq_perplexity'])} while token-level perplexity went "
-                  f"{g(e0['token_perplexity'])} → {g(e1['token_perplexity'])} (worst ratio {g(worst[1])}x at step {int(worst[0])})")
+        ev.append(
+            f"over training the per-sequence mean went {g(e0['pico_mean_seq_perplexity'])} → "
+            f"{g(e1['pico_mean_seq_perplexity'])} while token-level perplexity went "
+            f"{g(e0['token_perplexity'])} → {g(e1['token_perplexity'])} (worst ratio {g(worst[1])}x at step {int(worst[0])})"
+        )
     dom = final_eval.get("per_sequence_dominance")
     if dom and dom.get("top_windows"):
         top = dom["top_windows"][0]
-        ev.append(f"window {top['window']} (source {top['source']}, document {top['doc']}, {top['tokens']} tokens, "
-                  f"mean loss {g(top['loss'])} nats) alone makes {top['share'] * 100:.1f} % of the per-sequence sum; "
-                  f"the top {len(dom['top_windows'])} windows make {dom['top_share'] * 100:.1f} %")
+        ev.append(
+            f"window {top['window']} (source {top['source']}, document {top['doc']}, {top['tokens']} tokens, "
+            f"mean loss {g(top['loss'])} nats) alone makes {top['share'] * 100:.1f} % of the per-sequence sum; "
+            f"the top {len(dom['top_windows'])} windows make {dom['top_share'] * 100:.1f} %"
+        )
         shares = sorted(dom.get("source_share", {}).items(), key=lambda kv: -kv[1])
         if shares:
             ev.append("share by source: " + ", ".join(f"{s} {v * 100:.1f} %" for s, v in shares))
@@ -197,51 +216,73 @@ def recommendations(d: Diagnosis, params: Any, summary: TrainSummary | None, eva
     o, t = params.optim, params.training
     recs = []
     if d.verdict == "divergence":
-        recs.append(f"lower the learning rate: {g(o.lr)} → {g(o.lr / 3)} (÷3), and restart from the last good checkpoint "
-                    f"({(summary.last_good_checkpoint if summary else None) or 'none kept'})")
+        recs.append(
+            f"lower the learning rate: {g(o.lr)} → {g(o.lr / 3)} (÷3), and restart from the last good checkpoint "
+            f"({(summary.last_good_checkpoint if summary else None) or 'none kept'})"
+        )
         if o.max_grad_norm is None:
             recs.append("turn on gradient clipping (optim.max_grad_norm: 1.0): it is off")
         if o.warmup_steps < 0.05 * t.max_steps:
-            recs.append(f"lengthen the warmup: {o.warmup_steps} steps is {o.warmup_steps / t.max_steps * 100:.1f} % of the run")
+            recs.append(
+                f"lengthen the warmup: {o.warmup_steps} steps is {o.warmup_steps / t.max_steps * 100:.1f} % of the run"
+            )
     elif d.verdict == "overfitting":
         best = min(evals, key=lambda e: e["loss"])
-        recs.append(f"stop early: the best eval loss {g(best['loss'])} was at step {int(best['step'])} "
-                    f"(early_stop.enabled: true keeps that checkpoint)")
+        recs.append(
+            f"stop early: the best eval loss {g(best['loss'])} was at step {int(best['step'])} "
+            f"(early_stop.enabled: true keeps that checkpoint)"
+        )
         epochs = summary.epochs if summary else 0
         repeated = {n: v["epochs"] for n, v in (summary.source_epochs if summary else {}).items() if v["epochs"] > 1}
         if epochs > 1 or repeated:
-            recs.append(f"more data: the run saw its rows {epochs:.2f} times"
-                        + (" (" + ", ".join(f"{n} {e:.2f}×" for n, e in sorted(repeated.items())) + " per source)"
-                           if repeated else ""))
+            recs.append(
+                f"more data: the run saw its rows {epochs:.2f} times"
+                + (
+                    " (" + ", ".join(f"{n} {e:.2f}×" for n, e in sorted(repeated.items())) + " per source)"
+                    if repeated
+                    else ""
+                )
+            )
         if params.model.dropout == 0:
             recs.append("regularise: model.dropout is 0")
     elif d.verdict == "plateau":
-        recs.append(f"the loss has flattened at step {summary.step if summary else 0}: try a higher peak lr than "
-                    f"{g(o.lr)} or a larger model than {params.model.preset}; more steps alone buys little")
+        recs.append(
+            f"the loss has flattened at step {summary.step if summary else 0}: try a higher peak lr than "
+            f"{g(o.lr)} or a larger model than {params.model.preset}; more steps alone buys little"
+        )
     else:
         if len(evals) >= 2:
             e0, e1 = evals[-2], evals[-1]
-            recs.append(f"train longer: eval loss still fell {g(e0['loss'])} → {g(e1['loss'])} between steps "
-                        f"{int(e0['step'])} and {int(e1['step'])}")
+            recs.append(
+                f"train longer: eval loss still fell {g(e0['loss'])} → {g(e1['loss'])} between steps "
+                f"{int(e0['step'])} and {int(e1['step'])}"
+            )
     if d.spikes:
         recs.append(f"inspect the {len(d.spikes)} loss spike(s) at steps {', '.join(map(str, d.spikes[:5]))}")
     if d.pathology:
-        recs.append("judge the model by token-level perplexity and bits per byte, not pico's per-sequence mean: "
-                    + d.pathology[0])
+        recs.append(
+            "judge the model by token-level perplexity and bits per byte, not pico's per-sequence mean: "
+            + d.pathology[0]
+        )
     if len(evals) < 4:
-        recs.append(f"evaluate more often: {len(evals)} evaluations (training.eval_every={t.eval_every}) are too few "
-                    f"to see a trend")
+        recs.append(
+            f"evaluate more often: {len(evals)} evaluations (training.eval_every={t.eval_every}) are too few "
+            f"to see a trend"
+        )
     return recs
 
 
-def diagnose(train: list[dict], evals: list[dict], summary: TrainSummary | None, final_eval: dict,
-             params: Any) -> Diagnosis:
+def diagnose(
+    train: list[dict], evals: list[dict], summary: TrainSummary | None, final_eval: dict, params: Any
+) -> Diagnosis:
     cfg = params.report.diagnosis
     spikes = loss_spikes(train, cfg.spike_factor)
     explosions = grad_explosions(train, cfg.grad_explosion_factor)
-    for verdict, evidence in (("divergence", _divergence(train, summary, cfg)),
-                              ("overfitting", _overfitting(train, evals, summary, cfg)),
-                              ("plateau", _plateau(train, evals, cfg))):
+    for verdict, evidence in (  # noqa: B007 (the verdict found is used after the loop)
+        ("divergence", _divergence(train, summary, cfg)),
+        ("overfitting", _overfitting(train, evals, summary, cfg)),
+        ("plateau", _plateau(train, evals, cfg)),
+    ):
         if evidence:
             break
     else:
@@ -255,14 +296,20 @@ def diagnose(train: list[dict], evals: list[dict], summary: TrainSummary | None,
                 evidence.append(flat)
         if evals:
             best = min(evals, key=lambda e: e["loss"])
-            evidence.append(f"token-level eval loss {g(evals[0]['loss'])} → {g(evals[-1]['loss'])} "
-                            f"(best {g(best['loss'])} at step {int(best['step'])})")
+            evidence.append(
+                f"token-level eval loss {g(evals[0]['loss'])} → {g(evals[-1]['loss'])} "
+                f"(best {g(best['loss'])} at step {int(best['step'])})"
+            )
     if spikes:
-        evidence.append(f"{len(spikes)} training-loss spike(s) above {cfg.spike_factor}x the recent mean "
-                        f"(steps {', '.join(map(str, spikes[:5]))})")
+        evidence.append(
+            f"{len(spikes)} training-loss spike(s) above {cfg.spike_factor}x the recent mean "
+            f"(steps {', '.join(map(str, spikes[:5]))})"
+        )
     if explosions:
-        evidence.append(f"{len(explosions)} interval(s) with gradient norm above {cfg.grad_explosion_factor}x its "
-                        f"median (steps {', '.join(map(str, explosions[:5]))})")
+        evidence.append(
+            f"{len(explosions)} interval(s) with gradient norm above {cfg.grad_explosion_factor}x its "
+            f"median (steps {', '.join(map(str, explosions[:5]))})"
+        )
     d = Diagnosis(verdict, evidence, _pathology(evals, final_eval, cfg), spikes=spikes, grad_explosions=explosions)
     d.recommendations = recommendations(d, params, summary, evals)
     return d

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +111,18 @@ def under_torchrun() -> bool:
 
 def launch(params_path: str, nproc: int) -> int:
     """Re-run `pico train` as ``nproc`` processes on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pico.cli", "--params", params_path, "train"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pico.cli",
+        "--params",
+        params_path,
+        "train",
+    ]
     print(f"launching {nproc} processes: {' '.join(cmd[1:])}", flush=True)
     # torchrun in its own session, and this process passes SIGTERM/SIGINT on to the ranks themselves:
     # each finishes its step and saves (pico.preempt) and they end cleanly, where torchrun, signalled,
@@ -145,6 +155,7 @@ def _children(pid: int) -> list[int]:
 # Checkpoints stay in the single-process format (full weights, index-keyed optimizer state), gathered
 # on rank 0, so they load on any number of processes, sharded or not.
 
+
 def shard(model: torch.nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
@@ -153,8 +164,9 @@ def shard(model: torch.nn.Module) -> None:
     fully_shard(model)
 
 
-def shard_with_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, names: list[str],
-                         make_optimizer: Any) -> torch.optim.Optimizer:
+def shard_with_optimizer(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, names: list[str], make_optimizer: Any
+) -> torch.optim.Optimizer:
     """Shard a (possibly restored) model and return a new optimizer over the shards holding the
     old one's state. ``names``: parameter names in the optimizer's group order;
     ``make_optimizer(model)`` builds the optimizer."""
@@ -190,18 +202,23 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
         return sd
     names = [n for g in sd["param_groups"] for n in g["params"]]
     index = {n: i for i, n in enumerate(names)}
-    return {"state": {index[n]: v for n, v in sd["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]}
+    return {
+        "state": {index[n]: v for n, v in sd["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]],
+    }
 
 
-def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any],
-                              names: list[str]) -> None:
+def load_full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, sd: dict[str, Any], names: list[str]
+) -> None:
     """Load an index-keyed full optimizer state into an optimizer over sharded parameters.
     ``names`` are the parameter names in the optimizer's group order."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
-           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    fqn = {
+        "state": {names[i]: v for i, v in sd["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, fqn, options=_options())
 
 

@@ -42,7 +42,9 @@ import numpy as np
 import torch
 import yaml
 
-from pico.checkpoint import LEARNING_DYNAMICS as DIR  # inside the checkpoint folder: never pruned, moves aside with the run
+from pico.checkpoint import (
+    LEARNING_DYNAMICS as DIR,  # inside the checkpoint folder: never pruned, moves aside with the run
+)
 from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path, link_or_copy
 
 SPLITS = ("train", "val")
@@ -69,25 +71,34 @@ def captured_steps(checkpoint_dir: str | Path) -> list[int]:
 
 def hooked_modules(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str, torch.nn.Module]:
     """The modules pico-train hooks: every one whose name contains a suffix and that has a weight."""
-    found = {name: m for name, m in model.named_modules()
-             if any(s in name for s in suffixes) and isinstance(getattr(m, "weight", None), torch.Tensor)}
+    found = {
+        name: m
+        for name, m in model.named_modules()
+        if any(s in name for s in suffixes) and isinstance(getattr(m, "weight", None), torch.Tensor)
+    }
     if not found:
-        raise ValueError(f"learning_dynamics.layer_suffixes {list(suffixes)} match no layer of the model "
-                         "(names look like layers.0.attention.v_proj)")
+        raise ValueError(
+            f"learning_dynamics.layer_suffixes {list(suffixes)} match no layer of the model "
+            "(names look like layers.0.attention.v_proj)"
+        )
     return found
 
 
 @contextlib.contextmanager
-def _hooks(modules: dict[str, torch.nn.Module], last: dict[str, torch.Tensor | None],
-           acts: dict[str, list[torch.Tensor]]) -> Iterator[None]:
+def _hooks(
+    modules: dict[str, torch.nn.Module], last: dict[str, torch.Tensor | None], acts: dict[str, list[torch.Tensor]]
+) -> Iterator[None]:
     """Forward hooks that keep each module's output at each row's last input position
     (``last["index"]``: per-row positions, or None for the final position)."""
+
     def hook(name: str):
         def keep(_module, _inputs, out):
             idx = last["index"]
             picked = out[:, -1, :] if idx is None else out[torch.arange(out.shape[0], device=out.device), idx]
             acts[name].append(picked.detach().float().cpu())
+
         return keep
+
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
     try:
         yield
@@ -96,8 +107,14 @@ def _hooks(modules: dict[str, torch.nn.Module], last: dict[str, torch.Tensor | N
             h.remove()
 
 
-def capture(model: torch.nn.Module, rows: Sequence[np.ndarray], suffixes: Sequence[str], batch_size: int,
-            device: torch.device, autocast: Any = None) -> dict[str, dict[str, torch.Tensor]]:
+def capture(
+    model: torch.nn.Module,
+    rows: Sequence[np.ndarray],
+    suffixes: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    autocast: Any = None,
+) -> dict[str, dict[str, torch.Tensor]]:
     """Activations, weights and gradients of the hooked layers over ``rows`` (token sequences; each
     predicts ``row[1:]`` from ``row[:-1]``; rows may differ in length). The model's gradients must
     be empty (set to None) on entry and are again on exit; its train/eval mode is restored."""
@@ -109,13 +126,13 @@ def capture(model: torch.nn.Module, rows: Sequence[np.ndarray], suffixes: Sequen
     try:
         with _hooks(modules, last, acts):
             for b in range(0, len(rows), batch_size):
-                seqs = rows[b:b + batch_size]
+                seqs = rows[b : b + batch_size]
                 width = max(len(s) for s in seqs)
                 ids = torch.zeros((len(seqs), width), dtype=torch.long)
                 labels = torch.full((len(seqs), width - 1), -100, dtype=torch.long)
                 for r, s in enumerate(seqs):
-                    ids[r, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-                    labels[r, :len(s) - 1] = ids[r, 1:len(s)]
+                    ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+                    labels[r, : len(s) - 1] = ids[r, 1 : len(s)]
                 lengths = torch.tensor([len(s) for s in seqs])
                 last["index"] = None if bool((lengths == width).all()) else (lengths - 2).to(device)
                 with autocast or contextlib.nullcontext():
@@ -140,8 +157,13 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         torch.save({k: v.contiguous() for k, v in sorted(tensors.items())}, fh)
 
 
-def write_split(checkpoint_dir: str | Path, step: int, split: str, states: dict[str, dict[str, torch.Tensor]],
-                row_ids: Sequence[int]) -> Path:
+def write_split(
+    checkpoint_dir: str | Path,
+    step: int,
+    split: str,
+    states: dict[str, dict[str, torch.Tensor]],
+    row_ids: Sequence[int],
+) -> Path:
     """Write one split's three files (and its rows in ``rows.json``) into the step's folder."""
     folder = step_folder(checkpoint_dir, step)
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,20 +196,42 @@ def training_config(params: Any, dims: Any, run_name: str) -> dict[str, Any]:
     ``checkpointing.run_name``), with this pipeline's full params under ``pico_pipeline``."""
     t, o, ld = params.training, params.optim, params.learning_dynamics
     return {
-        "checkpointing": {"run_name": run_name, "save_every_n_steps": ld.every or t.checkpoint_every,
-                          "learning_dynamics": {"layer_suffixes": list(ld.layer_suffixes), "sequence_idx": -1,
-                                                "batch_size": ld.batch_size, "eval_data": "evaluation windows"}},
-        "model": {"model_type": "pico_decoder", "d_model": dims.d_model, "n_layers": dims.n_layers,
-                  "vocab_size": dims.vocab_size, "batch_size": t.micro_batch_size, "max_seq_len": dims.max_seq_len,
-                  "attention_n_heads": dims.n_heads, "attention_n_kv_heads": dims.n_kv_heads,
-                  "activation_hidden_dim": dims.hidden_dim, "norm_eps": dims.norm_eps,
-                  "position_emb_theta": dims.rope_theta},
-        "training": {"max_steps": t.max_steps,
-                     "optimization": {"optimizer": "adamw", "lr": o.lr, "lr_scheduler": o.schedule,
-                                      "lr_warmup_steps": o.warmup_steps,
-                                      "gradient_accumulation_steps": t.grad_accum_steps}},
+        "checkpointing": {
+            "run_name": run_name,
+            "save_every_n_steps": ld.every or t.checkpoint_every,
+            "learning_dynamics": {
+                "layer_suffixes": list(ld.layer_suffixes),
+                "sequence_idx": -1,
+                "batch_size": ld.batch_size,
+                "eval_data": "evaluation windows",
+            },
+        },
+        "model": {
+            "model_type": "pico_decoder",
+            "d_model": dims.d_model,
+            "n_layers": dims.n_layers,
+            "vocab_size": dims.vocab_size,
+            "batch_size": t.micro_batch_size,
+            "max_seq_len": dims.max_seq_len,
+            "attention_n_heads": dims.n_heads,
+            "attention_n_kv_heads": dims.n_kv_heads,
+            "activation_hidden_dim": dims.hidden_dim,
+            "norm_eps": dims.norm_eps,
+            "position_emb_theta": dims.rope_theta,
+        },
+        "training": {
+            "max_steps": t.max_steps,
+            "optimization": {
+                "optimizer": "adamw",
+                "lr": o.lr,
+                "lr_scheduler": o.schedule,
+                "lr_warmup_steps": o.warmup_steps,
+                "gradient_accumulation_steps": t.grad_accum_steps,
+            },
+        },
         "data": {"dataloader": {"batch_size": t.effective_batch_rows()}},
-        "evaluation": {}, "monitoring": {"logging": {"log_every_n_steps": t.log_every}},
+        "evaluation": {},
+        "monitoring": {"logging": {"log_every_n_steps": t.log_every}},
         "pico_pipeline": params.model_dump(mode="json"),
     }
 
@@ -199,8 +243,17 @@ def write_training_config(checkpoint_dir: str | Path, config: dict[str, Any]) ->
 class Capture:
     """The trainer's side: when a capture is due and what it writes (rank 0 of a one-process run)."""
 
-    def __init__(self, params: Any, dims: Any, windows: Any, rows: np.ndarray, loader: Any, device: torch.device,
-                 autocast: Any, root: str | Path):
+    def __init__(
+        self,
+        params: Any,
+        dims: Any,
+        windows: Any,
+        rows: np.ndarray,
+        loader: Any,
+        device: torch.device,
+        autocast: Any,
+        root: str | Path,
+    ):
         self.ld, self.root = params.learning_dynamics, root  # the run's folder in the run store (pico.runstore)
         self.every = self.ld.every or params.training.checkpoint_every
         self.max_steps = params.training.max_steps

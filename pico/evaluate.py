@@ -39,8 +39,13 @@ def _exp(x: float) -> float:
 
 
 @torch.no_grad()
-def window_nll(model: torch.nn.Module, windows: EvalWindows, indices: np.ndarray, batch_size: int,
-               device: torch.device | str = "cpu") -> np.ndarray:
+def window_nll(
+    model: torch.nn.Module,
+    windows: EvalWindows,
+    indices: np.ndarray,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """Summed NLL (nats, float64) of each selected window's predicted tokens."""
     was_training = model.training
     model.eval()
@@ -48,14 +53,14 @@ def window_nll(model: torch.nn.Module, windows: EvalWindows, indices: np.ndarray
     order = indices[np.argsort(-lengths, kind="stable")]  # similar lengths together: less padding
     out = np.zeros(len(windows.table), dtype=np.float64)
     for b in range(0, len(order), batch_size):
-        chunk = order[b:b + batch_size]
+        chunk = order[b : b + batch_size]
         seqs = [windows.window(int(i)) for i in chunk]
         width = max(len(s) for s in seqs)
         ids = torch.zeros((len(seqs), width), dtype=torch.long)
         labels = torch.full((len(seqs), width - 1), -100, dtype=torch.long)
         for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.from_numpy(s)
-            labels[r, :len(s) - 1] = torch.from_numpy(s[1:])
+            ids[r, : len(s)] = torch.from_numpy(s)
+            labels[r, : len(s) - 1] = torch.from_numpy(s[1:])
         # per-token NLL through the chunked loss: never the batch's full logits (pico.loss)
         nll = model(ids[:, :-1].to(device), labels.to(device), reduction="none")
         out[chunk] = nll.double().sum(dim=1).cpu().numpy()
@@ -106,12 +111,19 @@ def aggregate(nll: np.ndarray, table: np.ndarray, sources: list[str], subdomains
     # Paloma's own convention averages over domains (subdomains), so a source with many small
     # domains weighs by its domains; the source macro above stays the pipeline's headline
     domains = {k: math.fsum(v[k] for v in per_sub.values()) / len(per_sub) for k in keys} if per_sub else {}
-    return {"macro": macro, "macro_domains": {**domains, "domains": len(per_sub)}, "overall": summarize(nll, n_tokens, n_bytes),
-            "sources": per_source, "subdomains": per_sub, "per_sequence_dominance": dominant}
+    return {
+        "macro": macro,
+        "macro_domains": {**domains, "domains": len(per_sub)},
+        "overall": summarize(nll, n_tokens, n_bytes),
+        "sources": per_source,
+        "subdomains": per_sub,
+        "per_sequence_dominance": dominant,
+    }
 
 
-def dominant_windows(nll: np.ndarray, n_tokens: np.ndarray, table: np.ndarray, sources: list[str],
-                     subdomains: list[str], top: int = 5) -> dict[str, Any]:
+def dominant_windows(
+    nll: np.ndarray, n_tokens: np.ndarray, table: np.ndarray, sources: list[str], subdomains: list[str], top: int = 5
+) -> dict[str, Any]:
     """Which windows (and sources) make up the per-sequence mean: each window's share of
     Σ exp(window loss). A share near 1 for a handful of windows is the metric pathology."""
     losses = nll / n_tokens
@@ -119,12 +131,19 @@ def dominant_windows(nll: np.ndarray, n_tokens: np.ndarray, table: np.ndarray, s
     finite = np.isfinite(ppl)
     total = math.fsum(ppl[finite]) if finite.all() else math.inf
     order = np.argsort(-losses, kind="stable")[:top]
-    windows = [{
-        "window": int(i), "doc": int(table["doc"][i]), "source": sources[int(table["source"][i])],
-        "subdomain": subdomains[int(table["subdomain"][i])], "loss": float(losses[i]),
-        "tokens": int(n_tokens[i]), "perplexity": float(ppl[i]),
-        "share": float(ppl[i] / total) if math.isfinite(total) else (1.0 if not finite[i] else 0.0),
-    } for i in order]
+    windows = [
+        {
+            "window": int(i),
+            "doc": int(table["doc"][i]),
+            "source": sources[int(table["source"][i])],
+            "subdomain": subdomains[int(table["subdomain"][i])],
+            "loss": float(losses[i]),
+            "tokens": int(n_tokens[i]),
+            "perplexity": float(ppl[i]),
+            "share": float(ppl[i] / total) if math.isfinite(total) else (1.0 if not finite[i] else 0.0),
+        }
+        for i in order
+    ]
     by_source = {}
     for s, name in enumerate(sources):
         m = table["source"] == s
@@ -134,8 +153,13 @@ def dominant_windows(nll: np.ndarray, n_tokens: np.ndarray, table: np.ndarray, s
     return {"top_windows": windows, "top_share": math.fsum(w["share"] for w in windows), "source_share": by_source}
 
 
-def evaluate_model(model: torch.nn.Module, windows: EvalWindows, batch_size: int,
-                   max_per_source: int | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate_model(
+    model: torch.nn.Module,
+    windows: EvalWindows,
+    batch_size: int,
+    max_per_source: int | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     indices = windows.select(max_per_source)
     nll = window_nll(model, windows, indices, batch_size, device)
     return aggregate(nll, windows.table[indices], windows.sources, windows.subdomains)
@@ -161,8 +185,10 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
         kind = "best" if status == "early_stopped" else "latest"
         if kind == "best" and not (root / checkpoint.BEST / checkpoint.STATE).is_file():
             # early stopping turned on mid-run (a continued plan) after the best evaluation: not kept
-            print(f"evaluate: no best checkpoint in {root} (early stopping was enabled after the best "
-                  "evaluation); evaluating the latest")
+            print(
+                f"evaluate: no best checkpoint in {root} (early stopping was enabled after the best "
+                "evaluation); evaluating the latest"
+            )
             kind = "latest"
     if kind == "best":
         if not (root / checkpoint.BEST / checkpoint.STATE).is_file():
@@ -178,22 +204,37 @@ def check_tokenizer(ckpt: Path, state: dict[str, Any], windows: EvalWindows, tok
     """Scores mean something only on data tokenized with the model's own tokenizer."""
     want, have = state.get("tokenizer_sha256"), windows.manifest.get("tokenizer_sha256")
     if want and have and want != have:
-        raise ValueError(f"{ckpt} was trained with tokenizer {want[:12]} but {tokens_dir} is tokenized with "
-                         f"{have[:12]}; tokenize the evaluation data with the model's tokenizer (tokenizer.source)")
+        raise ValueError(
+            f"{ckpt} was trained with tokenizer {want[:12]} but {tokens_dir} is tokenized with "
+            f"{have[:12]}; tokenize the evaluation data with the model's tokenizer (tokenizer.source)"
+        )
     vocab = state["model_dims"]["vocab_size"]
     top = int(windows.tokens.max()) if len(windows.tokens) else 0
     if top >= vocab:
-        raise ValueError(f"{tokens_dir} holds token id {top}, beyond the vocabulary of {ckpt} ({vocab}); "
-                         "tokenize the evaluation data with the model's tokenizer")
+        raise ValueError(
+            f"{tokens_dir} holds token id {top}, beyond the vocabulary of {ckpt} ({vocab}); "
+            "tokenize the evaluation data with the model's tokenizer"
+        )
 
 
-DOMAIN_COLUMNS = ("level", "source", "domain", "windows", "tokens", "bytes", "loss", "token_perplexity",
-                  "bits_per_byte", "pico_mean_seq_perplexity")
+DOMAIN_COLUMNS = (
+    "level",
+    "source",
+    "domain",
+    "windows",
+    "tokens",
+    "bytes",
+    "loss",
+    "token_perplexity",
+    "bits_per_byte",
+    "pico_mean_seq_perplexity",
+)
 
 
 def write_domain_table(path: Path, metrics: dict[str, Any]) -> Path:
     """Every Paloma domain (subdomain) and source, then both macros, as one CSV with fixed columns,
     sorted by source and domain, numbers to 6 significant digits: a table to diff and paste."""
+
     def fmt(v: Any) -> str:
         return format(v, ".6g") if isinstance(v, float) else str(v)
 
@@ -221,18 +262,29 @@ def run(params: Params) -> dict[str, Any]:
     checkpoint.load_weights(ckpt, model)
     windows = EvalWindows(params.data.tokens_dir)
     check_tokenizer(ckpt, state, windows, params.data.tokens_dir)
-    print(f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources")
+    print(
+        f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources"
+    )
     metrics = evaluate_model(model, windows, params.evaluation.batch_size)
-    result = {"step": state["step"], "checkpoint": str(ckpt), "checkpoint_kind": kind, "train_status": train_status,
-              "fingerprint": state["fingerprint"], "code_version": state.get("code_version"),
-              **({"imported_from": state["imported_from"]} if state.get("imported_from") else {}),
-              "model_dims": state["model_dims"], **metrics,
-              "contamination": TokensDir(params.data.tokens_dir).contamination()}
+    result = {
+        "step": state["step"],
+        "checkpoint": str(ckpt),
+        "checkpoint_kind": kind,
+        "train_status": train_status,
+        "fingerprint": state["fingerprint"],
+        "code_version": state.get("code_version"),
+        **({"imported_from": state["imported_from"]} if state.get("imported_from") else {}),
+        "model_dims": state["model_dims"],
+        **metrics,
+        "contamination": TokensDir(params.data.tokens_dir).contamination(),
+    }
     atomic_write_json(Path(params.evaluation.out), json_safe(result))
     write_domain_table(Path(params.evaluation.domains_out), metrics)
     for name, m in metrics["sources"].items():
-        print(f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "
-              f"pico per-seq mean ppl {m['pico_mean_seq_perplexity']:.4g} ({m['seq_mean_over_token_ratio']:.3g}x)")
+        print(
+            f"  {name}: token ppl {m['token_perplexity']:.3f}, bits/byte {m['bits_per_byte']:.4f}, "
+            f"pico per-seq mean ppl {m['pico_mean_seq_perplexity']:.4g} ({m['seq_mean_over_token_ratio']:.3g}x)"
+        )
     mac = metrics["macro"]
     print(f"  macro: token ppl {mac['token_perplexity']:.3f}, bits/byte {mac['bits_per_byte']:.4f}")
     return result

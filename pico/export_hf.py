@@ -101,18 +101,39 @@ def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | No
     save_file(convert_state_dict(sd, dims), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = hf_config(dims, meta["eos_id"], meta["pad_id"])
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / "generation_config.json").write_text(json.dumps(
-        {"eos_token_id": meta["eos_id"], "pad_token_id": meta["pad_id"]}, indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": meta["eos_id"], "pad_token_id": meta["pad_id"]}, indent=2) + "\n"
+    )
     shutil.copy(tok_dir / "tokenizer.json", tmp / "tokenizer.json")
     eos = state["config"]["tokenizer"]["eos_token"]
     pad = state["config"]["tokenizer"]["pad_token"] if meta["pad_id"] is not None else None
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad, "bos_token": None,
-        "model_max_length": dims.max_seq_len, "add_bos_token": False, "add_eos_token": False,
-    }, indent=2) + "\n")
-    (tmp / MARKER).write_text(json.dumps(
-        {"checkpoint": str(ckpt), "step": state["step"], "fingerprint": state["fingerprint"],
-         "code_version": state.get("code_version")}, indent=2) + "\n")
+    (tmp / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": eos,
+                "pad_token": pad,
+                "bos_token": None,
+                "model_max_length": dims.max_seq_len,
+                "add_bos_token": False,
+                "add_eos_token": False,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "checkpoint": str(ckpt),
+                "step": state["step"],
+                "fingerprint": state["fingerprint"],
+                "code_version": state.get("code_version"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if out.exists():
         shutil.rmtree(out)  # an earlier export (it has the marker) or an empty folder
     tmp.rename(out)

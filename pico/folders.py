@@ -16,11 +16,16 @@ def _folder_size(path: Path) -> int:
 
 
 def _set_aside_bases(root: Path, store: Path | None) -> list[tuple[str, Path]]:
-    bases = [("set aside (another run, or a plan shortened below its step)", superseded_dir(root, None).parent),
-             ("quarantined (damaged)", root.resolve().with_name(f"{root.resolve().name}.quarantine"))]
+    bases = [
+        ("set aside (another run, or a plan shortened below its step)", superseded_dir(root, None).parent),
+        ("quarantined (damaged)", root.resolve().with_name(f"{root.resolve().name}.quarantine")),
+    ]
     if store is not None and store.is_dir():
-        bases += [(f"set aside in the run store ({p.name})", p) for p in sorted(store.iterdir())
-                  if p.is_dir() and p.name.endswith((".superseded", ".quarantine"))]
+        bases += [
+            (f"set aside in the run store ({p.name})", p)
+            for p in sorted(store.iterdir())
+            if p.is_dir() and p.name.endswith((".superseded", ".quarantine"))
+        ]
     return bases
 
 
@@ -33,8 +38,10 @@ def describe_folders(root: str | Path, store: str | Path | None = None) -> str:
     ld = root / LEARNING_DYNAMICS
     if ld.is_dir():
         steps = sorted(int(m.group(1)) for p in ld.iterdir() if (m := STEP_DIR.match(p.name)))
-        lines.append(f"  {LEARNING_DYNAMICS}  {len(steps)} capture(s) at steps {', '.join(map(str, steps)) or '-'}  "
-                     f"{_folder_size(ld) / 2**20:,.1f} MiB (`pico export-analysis OUT` for pico-analyze)")
+        lines.append(
+            f"  {LEARNING_DYNAMICS}  {len(steps)} capture(s) at steps {', '.join(map(str, steps)) or '-'}  "
+            f"{_folder_size(ld) / 2**20:,.1f} MiB (`pico export-analysis OUT` for pico-analyze)"
+        )
     if store is not None:
         shown = list_checkpoints(root)
         current = read_state(shown[-1]).get("fingerprint") if shown else None

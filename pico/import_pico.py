@@ -42,11 +42,20 @@ def resolve_source(source: Path) -> Path:
     ckpts = source / "checkpoints"
     if (ckpts / "latest" / "config.json").is_file():
         return (ckpts / "latest").resolve()
-    steps = sorted((int(m.group(1)), p) for p in ckpts.glob("step_*") if (m := PICO_STEP.match(p.name))
-                   and (p / "config.json").is_file()) if ckpts.is_dir() else []
+    steps = (
+        sorted(
+            (int(m.group(1)), p)
+            for p in ckpts.glob("step_*")
+            if (m := PICO_STEP.match(p.name)) and (p / "config.json").is_file()
+        )
+        if ckpts.is_dir()
+        else []
+    )
     if not steps:
-        raise FileNotFoundError(f"{source}: no config.json here nor in {ckpts}/latest or {ckpts}/step_<N> "
-                                "(expected a pico-train step folder, run folder or HF checkpoint)")
+        raise FileNotFoundError(
+            f"{source}: no config.json here nor in {ckpts}/latest or {ckpts}/step_<N> "
+            "(expected a pico-train step folder, run folder or HF checkpoint)"
+        )
     return steps[-1][1]
 
 
@@ -55,11 +64,18 @@ def dims_of(config: dict[str, Any], source: Path) -> ModelDims:
     if config.get("model_type", "pico_decoder") != "pico_decoder":
         raise ValueError(f"{source}/config.json: model_type {config.get('model_type')!r} is not pico_decoder")
     try:
-        return ModelDims(vocab_size=int(config["vocab_size"]), d_model=int(config["d_model"]),
-                         hidden_dim=int(config["activation_hidden_dim"]), n_layers=int(config["n_layers"]),
-                         n_heads=int(config["attention_n_heads"]), n_kv_heads=int(config.get("attention_n_kv_heads") or config["attention_n_heads"]),
-                         max_seq_len=int(config["max_seq_len"]), norm_eps=float(config.get("norm_eps", 1e-6)),
-                         rope_theta=float(config.get("position_emb_theta", 10000.0)), init="pico")
+        return ModelDims(
+            vocab_size=int(config["vocab_size"]),
+            d_model=int(config["d_model"]),
+            hidden_dim=int(config["activation_hidden_dim"]),
+            n_layers=int(config["n_layers"]),
+            n_heads=int(config["attention_n_heads"]),
+            n_kv_heads=int(config.get("attention_n_kv_heads") or config["attention_n_heads"]),
+            max_seq_len=int(config["max_seq_len"]),
+            norm_eps=float(config.get("norm_eps", 1e-6)),
+            rope_theta=float(config.get("position_emb_theta", 10000.0)),
+            init="pico",
+        )
     except KeyError as err:
         raise ValueError(f"{source}/config.json lacks {err.args[0]!r} (not a pico-train model config)") from None
 
@@ -90,11 +106,16 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
     weights = read_weights(src)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
-    wrong = [f"{k} {tuple(weights[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(weights))
-             if weights[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} != {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(weights))
+        if weights[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
-        raise ValueError(f"{src}: the weights do not fit a pico decoder of config.json's size: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {wrong[:2]}")
+        raise ValueError(
+            f"{src}: the weights do not fit a pico decoder of config.json's size: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, shapes {wrong[:2]}"
+        )
     model.load_state_dict(weights)
     m = PICO_STEP.match(src.name)
     step = int(m.group(1)) if m else 0
@@ -115,10 +136,18 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
         if found != fingerprint:
             dest = checkpoint.move_aside(root, found)
             print(f"{root} held another run ({found}); moved to {dest}")
-    state = {"fingerprint": fingerprint, "status": "imported", "model_dims": dims.to_dict(),
-             "imported_from": str(src), "pico_train_config": config, "tokenizer_sha256": tok_sha,
-             "config": params.model_dump(mode="json") if params else None}
+    state = {
+        "fingerprint": fingerprint,
+        "status": "imported",
+        "model_dims": dims.to_dict(),
+        "imported_from": str(src),
+        "pico_train_config": config,
+        "tokenizer_sha256": tok_sha,
+        "config": params.model_dump(mode="json") if params else None,
+    }
     final = checkpoint.save(root, step, model, None, None, state, keep=None)  # weights only, nothing pruned
-    print(f"pico-train checkpoint {src}: {model.num_parameters():,} parameters, step {step}"
-          + ("" if tok_sha else "; no tokenizer.json beside it, so the evaluation data's tokenizer is not checked"))
+    print(
+        f"pico-train checkpoint {src}: {model.num_parameters():,} parameters, step {step}"
+        + ("" if tok_sha else "; no tokenizer.json beside it, so the evaluation data's tokenizer is not checked")
+    )
     return final

@@ -51,15 +51,19 @@ def run_fingerprint(params: Params, data_manifest: dict, eval_manifest: dict, co
 def run_plan(params: Params) -> dict[str, Any]:
     """The params that extend or watch a run without changing its trajectory so far, flat."""
     t = params.training.model_dump()
-    return {**{f"training.{k}": t[k] for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()},
-            **{f"learning_dynamics.{k}": v for k, v in params.learning_dynamics.model_dump(mode="json").items()}}
+    return {
+        **{f"training.{k}": t[k] for k in PLAN_TRAINING_KEYS},
+        **{f"early_stop.{k}": v for k, v in params.early_stop.model_dump(mode="json").items()},
+        **{f"learning_dynamics.{k}": v for k, v in params.learning_dynamics.model_dump(mode="json").items()},
+    }
 
 
 def _plan_of_config(config: dict[str, Any]) -> dict[str, Any]:
-    return {**{f"training.{k}": config["training"].get(k) for k in PLAN_TRAINING_KEYS},
-            **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()},
-            **{f"learning_dynamics.{k}": v for k, v in config.get("learning_dynamics", {}).items()}}
+    return {
+        **{f"training.{k}": config["training"].get(k) for k in PLAN_TRAINING_KEYS},
+        **{f"early_stop.{k}": v for k, v in config.get("early_stop", {}).items()},
+        **{f"learning_dynamics.{k}": v for k, v in config.get("learning_dynamics", {}).items()},
+    }
 
 
 def continue_plan(params: Params, state: dict[str, Any]) -> str | None:
@@ -104,6 +108,8 @@ def continue_code(state: dict[str, Any], code: str) -> str | None:
         segments.pop()
     previous = segments[-1]["code_version"] if segments else state.get("code_version")
     segments.append({"step": step, "code_version": code})
-    return (f"continued at step {step} under changed training code ({previous} -> {code}); recorded as "
-            f"segment {len(segments)} of the run's code lineage (training.on_code_change: new_run starts a "
-            "new run instead)")
+    return (
+        f"continued at step {step} under changed training code ({previous} -> {code}); recorded as "
+        f"segment {len(segments)} of the run's code lineage (training.on_code_change: new_run starts a "
+        "new run instead)"
+    )

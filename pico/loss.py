@@ -64,8 +64,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(hidden) if wants_grad else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if wants_grad else None
             for start in range(0, hidden.shape[0], chunk):
-                h = hidden[start:start + chunk].to(dtype)
-                t = targets[start:start + chunk]
+                h = hidden[start : start + chunk].to(dtype)
+                t = targets[start : start + chunk]
                 keep = t != IGNORE_INDEX
                 safe_t = torch.where(keep, t, 0).unsqueeze(1)
                 logits = (h @ w.T).float()
@@ -75,14 +75,14 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 e = logits.sub_(peak).exp_()
                 total = e.sum(dim=-1, keepdim=True)
                 lse = (peak + total.log()).squeeze(1)
-                nll[start:start + chunk] = torch.where(keep, lse - target, 0.0)
+                nll[start : start + chunk] = torch.where(keep, lse - target, 0.0)
                 if wants_grad:
                     # d nll / d logits = softmax - one_hot, for kept tokens
                     g = e.div_(total)
                     g.scatter_(1, safe_t, g.gather(1, safe_t) - 1)  # one index per row: deterministic
                     g.mul_(keep.unsqueeze(1))
                     g = g.to(dtype)
-                    grad_h[start:start + chunk] = (g @ w).to(hidden.dtype)
+                    grad_h[start : start + chunk] = (g @ w).to(hidden.dtype)
                     grad_w.add_(g.T @ h)
         if wants_grad:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
@@ -101,9 +101,13 @@ def _chunk_rows(vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS // vocab)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         kernel: Literal["torch", "liger"] = "torch",
-                         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    kernel: Literal["torch", "liger"] = "torch",
+    reduction: Literal["mean", "none"] = "mean",
+) -> torch.Tensor:
     """Cross-entropy of ``hidden @ weight.T`` (hidden: (..., d), targets: (...), -100 ignored).
 
     ``mean``: mean over the tokens not ignored (a scalar, differentiable); ``none``: per-token
@@ -118,8 +122,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
         dtype = _compute_dtype(h)
         with torch.autocast(h.device.type, enabled=False):
-            return liger_fused_linear_cross_entropy(h.to(dtype), weight.to(dtype), t, ignore_index=IGNORE_INDEX,
-                                                    accum_dtype=torch.float32).float()
+            return liger_fused_linear_cross_entropy(
+                h.to(dtype), weight.to(dtype), t, ignore_index=IGNORE_INDEX, accum_dtype=torch.float32
+            ).float()
     # the mean over kept tokens, without reading the count back to the host
     count = (t != IGNORE_INDEX).sum().clamp(min=1)
     return ChunkedLinearCrossEntropy.apply(h, weight, t, chunk).sum() / count

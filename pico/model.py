@@ -44,15 +44,24 @@ class ModelDims:
     init: Literal["normal", "pico"] = "normal"
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, tokenizer_vocab: int) -> "ModelDims":
+    def from_config(cls, cfg: ModelConfig, tokenizer_vocab: int) -> ModelDims:
         vocab = cfg.vocab_size or math.ceil(tokenizer_vocab / cfg.vocab_multiple) * cfg.vocab_multiple
         if vocab < tokenizer_vocab:
             raise ValueError(f"model.vocab_size={vocab} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})")
         return cls(
-            vocab_size=vocab, d_model=cfg.dim, hidden_dim=cfg.hidden, n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, max_seq_len=cfg.max_seq_len,
-            norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout, init_std=cfg.init_std, init=cfg.init,
+            vocab_size=vocab,
+            d_model=cfg.dim,
+            hidden_dim=cfg.hidden,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads,
+            max_seq_len=cfg.max_seq_len,
+            norm_eps=cfg.norm_eps,
+            rope_theta=cfg.rope_theta,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            init_std=cfg.init_std,
+            init=cfg.init,
         )
 
     @property
@@ -66,8 +75,12 @@ class ModelDims:
 AttentionKernel = Literal["auto", "flash", "cudnn", "efficient", "math"]
 # training.attention_kernel: which of SDPA's backends runs attention; "auto" leaves it to PyTorch
 # (at torch 2.11 on Hopper: cuDNN; on CPU: its flash kernel). Numerically the same attention.
-ATTENTION_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                      "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+ATTENTION_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
 
 
 def attention_backend(kernel: AttentionKernel) -> contextlib.AbstractContextManager:
@@ -75,8 +88,9 @@ def attention_backend(kernel: AttentionKernel) -> contextlib.AbstractContextMana
     return contextlib.nullcontext() if kernel == "auto" else sdpa_kernel(ATTENTION_BACKENDS[kernel])
 
 
-def check_attention_kernel(kernel: AttentionKernel, dims: "ModelDims", device: torch.device,
-                           dtype: torch.dtype) -> AttentionKernel:
+def check_attention_kernel(
+    kernel: AttentionKernel, dims: ModelDims, device: torch.device, dtype: torch.dtype
+) -> AttentionKernel:
     """``kernel`` if SDPA can run it here for this model (device, dtype, head_dim, grouped-query
     attention, attention dropout), else a config error naming the key, before any step: each backend
     has its own limits (cuDNN and efficient need CUDA; flash takes no dropout on CPU), which PyTorch
@@ -93,16 +107,19 @@ def check_attention_kernel(kernel: AttentionKernel, dims: "ModelDims", device: t
         warnings.simplefilter("always")
         try:
             with attention_backend(kernel), torch.enable_grad():
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
-                                                     dropout_p=dims.attention_dropout)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, enable_gqa=True, dropout_p=dims.attention_dropout
+                )
                 out.sum().backward()
             return kernel
         except RuntimeError as err:
             reasons = [str(w.message).split("(Triggered internally")[0].strip() for w in said]
             why = " ".join(r for r in reasons if r) or str(err).strip().splitlines()[0]
-    raise ValueError(f"{where}: PyTorch cannot run it on {device.type} for this model (head_dim {dims.head_dim}, "
-                     f"{str(dtype).removeprefix('torch.')}, attention_dropout {dims.attention_dropout}): {why} "
-                     "Use auto.")
+    raise ValueError(
+        f"{where}: PyTorch cannot run it on {device.type} for this model (head_dim {dims.head_dim}, "
+        f"{str(dtype).removeprefix('torch.')}, attention_dropout {dims.attention_dropout}): {why} "
+        "Use auto."
+    )
 
 
 class RMSNorm(nn.Module):
@@ -150,7 +167,11 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=True,
+            q,
+            k,
+            v,
+            is_causal=True,
+            enable_gqa=True,
             dropout_p=self.attention_dropout if self.training else 0.0,
         )
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
@@ -229,8 +250,9 @@ class PicoDecoder(nn.Module):
                 x = layer(x, cos, sin)
         return self.output_norm(x)
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: Literal["mean", "none"] = "mean"
+    ) -> torch.Tensor:
         """Logits (fp32) without ``targets``; with them (as nanoGPT), the cross-entropy — the mean
         over tokens, or per token with ``reduction="none"`` — computed by ``pico.loss`` chunk by
         chunk, so the full logits tensor is never built."""

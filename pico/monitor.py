@@ -35,8 +35,10 @@ def eval_verdict(evals: list[dict], cfg: EarlyStopConfig) -> EvalVerdict:
         if not math.isfinite(loss):
             reason = f"evaluation loss is {loss} at step {step}"
         elif cfg.explosion_factor is not None and loss > best_loss * cfg.explosion_factor:
-            reason = (f"evaluation loss {loss:.4f} at step {step} exceeds {cfg.explosion_factor} x the best "
-                      f"{best_loss:.4f} (step {best_step})")
+            reason = (
+                f"evaluation loss {loss:.4f} at step {step} exceeds {cfg.explosion_factor} x the best "
+                f"{best_loss:.4f} (step {best_step})"
+            )
         else:
             # evaluations since the last one that improved on its predecessors' best by min_delta
             record, since = math.inf, 0
@@ -46,8 +48,10 @@ def eval_verdict(evals: list[dict], cfg: EarlyStopConfig) -> EvalVerdict:
                 else:
                     since += 1
             if since >= cfg.patience:
-                reason = (f"evaluation loss has not improved by {cfg.min_delta} for {since} evaluations "
-                          f"(best {best_loss:.4f} at step {best_step})")
+                reason = (
+                    f"evaluation loss has not improved by {cfg.min_delta} for {since} evaluations "
+                    f"(best {best_loss:.4f} at step {best_step})"
+                )
     return EvalVerdict(is_best, best_loss, best_step, reason)
 
 
@@ -64,8 +68,13 @@ class LossWatch:
         if not math.isfinite(grad_norm):
             return f"gradient norm is {grad_norm} at step {step}"
         f = self.cfg.loss_spike_factor
-        if (self.cfg.enabled and f is not None and self.mean is not None
-                and step > self.cfg.spike_warmup_steps and loss > f * self.mean):
+        if (
+            self.cfg.enabled
+            and f is not None
+            and self.mean is not None
+            and step > self.cfg.spike_warmup_steps
+            and loss > f * self.mean
+        ):
             return f"training loss spiked to {loss:.4f} at step {step}, {loss / self.mean:.2f} x its running mean {self.mean:.4f}"
         self.mean = loss if self.mean is None else self.beta * self.mean + (1 - self.beta) * loss
         return None

@@ -35,14 +35,22 @@ def apply(mode: str) -> list[str]:
     Too late once torch is loaded (then the libraries already chose), which is said."""
     if mode != "portable" or not is_x86():
         return []
-    if "avx2" not in _cpuinfo("flags", "avx2").split():  # no /proc (macOS): every x86-64 Mac has AVX2  # ATen would run AVX2 instructions it was told to use: SIGILL
-        print("note: this CPU has no AVX2, so training.numerics=portable cannot pin the AVX2 code paths; "
-              "its results may differ from other machines'", file=sys.stderr)
+    if (
+        "avx2" not in _cpuinfo("flags", "avx2").split()
+    ):  # no /proc (macOS): every x86-64 Mac has AVX2  # ATen would run AVX2 instructions it was told to use: SIGILL
+        print(
+            "note: this CPU has no AVX2, so training.numerics=portable cannot pin the AVX2 code paths; "
+            "its results may differ from other machines'",
+            file=sys.stderr,
+        )
         return []
     changed = [f"{k}={v}" for k, v in PORTABLE_ENV.items() if os.environ.get(k) != v]
     if changed and "torch" in sys.modules:
-        print("note: training.numerics=portable takes effect only in a fresh process (torch is already "
-              f"loaded here); not set: {', '.join(changed)}", file=sys.stderr)
+        print(
+            "note: training.numerics=portable takes effect only in a fresh process (torch is already "
+            f"loaded here); not set: {', '.join(changed)}",
+            file=sys.stderr,
+        )
         return []
     os.environ.update(PORTABLE_ENV)
     return changed
@@ -52,10 +60,15 @@ def describe() -> dict[str, str | int | None]:
     """The numerics this process runs with (call after torch is imported)."""
     import torch
 
-    return {"cpu": _cpuinfo("model name", platform.processor() or platform.machine()), "cores": os.cpu_count(), "torch": torch.__version__,
-            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "mkl_cbwr": os.environ.get("MKL_CBWR"), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return {
+        "cpu": _cpuinfo("model name", platform.processor() or platform.machine()),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def _cpuinfo(field: str, default: str) -> str:

@@ -81,12 +81,19 @@ def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) 
     o = params.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=o.betas, eps=o.eps, **({"fused": True} if fused else {"foreach": False}),
+        lr=o.lr,
+        betas=o.betas,
+        eps=o.eps,
+        **({"fused": True} if fused else {"foreach": False}),
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, params: Params, state: dict[str, Any] | None = None,
-                   lineage: list[dict[str, Any]] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    params: Params,
+    state: dict[str, Any] | None = None,
+    lineage: list[dict[str, Any]] | None = None,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The lr schedule, fresh or continuing from a saved ``state_dict()`` under the run's plan
     segments (``lineage``)."""
     fn = lr_lambda(params, lineage)

@@ -35,8 +35,11 @@ def field_comments(cls: type) -> dict[str, str]:
     """The comments of each field of a class: the comment lines right above it, then the one after it."""
     text = textwrap.dedent(inspect.getsource(cls))
     lines = text.splitlines()
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.COMMENT}
+    comments = {
+        tok.start[0]: tok.string.lstrip("#").strip()
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.type == tokenize.COMMENT
+    }
     found: dict[str, str] = {}
     for node in ast.parse(text).body[0].body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
@@ -54,7 +57,7 @@ def _type(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         return " or ".join("null" if a is type(None) else _type(a) for a in args)
     if origin in (list, tuple, dict):
         return f"{origin.__name__}[{', '.join(_type(a) for a in args if a is not Ellipsis)}]"
@@ -62,8 +65,12 @@ def _type(annotation: Any) -> str:
 
 
 def _bounds(metadata: list) -> str:
-    marks = {annotated_types.Ge: ("≥", "ge"), annotated_types.Gt: (">", "gt"),
-             annotated_types.Le: ("≤", "le"), annotated_types.Lt: ("<", "lt")}
+    marks = {
+        annotated_types.Ge: ("≥", "ge"),
+        annotated_types.Gt: (">", "gt"),
+        annotated_types.Le: ("≤", "le"),
+        annotated_types.Lt: ("<", "lt"),
+    }
     out = []
     for m in metadata:
         for kind, (sign, attr) in marks.items():
@@ -99,12 +106,16 @@ def _rows(model: type[BaseModel], values: dict, prefix: str) -> list[str]:
             continue
         args = typing.get_args(field.annotation)
         if typing.get_origin(field.annotation) is dict and args and _nested(args[-1]):
-            rows.append(f"| `{key}` | {_type(field.annotation).replace(args[-1].__name__, 'mapping')} "
-                        f"| {_cell(value)} |  | {comments.get(name, '')} |")
+            rows.append(
+                f"| `{key}` | {_type(field.annotation).replace(args[-1].__name__, 'mapping')} "
+                f"| {_cell(value)} |  | {comments.get(name, '')} |"
+            )
             rows += _rows(args[-1], args[-1]().model_dump(mode="json"), f"{key}.<name>.")
             continue
-        rows.append(f"| `{key}` | {_type(field.annotation)} | {_cell(value)} | {_bounds(field.metadata)} "
-                    f"| {comments.get(name, '')} |")
+        rows.append(
+            f"| `{key}` | {_type(field.annotation)} | {_cell(value)} | {_bounds(field.metadata)} "
+            f"| {comments.get(name, '')} |"
+        )
     return rows
 
 
@@ -114,9 +125,13 @@ def render() -> str:
     for section, field in Params.model_fields.items():
         model = field.annotation
         doc = inspect.cleandoc(model.__dict__.get("__doc__") or "")  # its own, not BaseModel's
-        parts.append(f"## {section}\n\n" + (f"{doc}\n\n" if doc else "")
-                     + "| key | type | default | bounds | meaning |\n|---|---|---|---|---|\n"
-                     + "\n".join(_rows(model, defaults[section], f"{section}.")) + "\n")
+        parts.append(
+            f"## {section}\n\n"
+            + (f"{doc}\n\n" if doc else "")
+            + "| key | type | default | bounds | meaning |\n|---|---|---|---|---|\n"
+            + "\n".join(_rows(model, defaults[section], f"{section}."))
+            + "\n"
+        )
     return "\n".join(parts)
 
 

@@ -25,7 +25,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
     if fields[0] in ("Z", "X"):  # a zombie has exited; only its exit status is left
         return None
     return int(fields[1]), int(fields[19])
@@ -38,8 +38,9 @@ def _is_dvc(pid: int) -> bool:
         return False
     names = [os.path.basename(a.decode(errors="replace")) for a in argv[:3]]
     # `dvc …`, `python /path/to/dvc …`, `python -m dvc …`
-    return bool(names) and (names[0] == "dvc" or (names[0].startswith("python") and
-                                                  (names[1:2] == ["dvc"] or names[1:3] == ["-m", "dvc"])))
+    return bool(names) and (
+        names[0] == "dvc" or (names[0].startswith("python") and (names[1:2] == ["dvc"] or names[1:3] == ["-m", "dvc"]))
+    )
 
 
 def find_supervisor(pid: int | None = None) -> tuple[int, int] | None:

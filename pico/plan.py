@@ -73,19 +73,28 @@ class Plan:
             f"{self.checkpoint_bytes * self.checkpoints_kept / 2**30:,.2f} GiB",
         ]
         if self.dynamics_captures:
-            out.append(f"plan: learning dynamics: {self.dynamics_captures} captures x {self.dynamics_bytes / 2**20:,.1f} MiB = "
-                       f"{self.dynamics_captures * self.dynamics_bytes / 2**30:,.2f} GiB (kept: never pruned)")
+            out.append(
+                f"plan: learning dynamics: {self.dynamics_captures} captures x {self.dynamics_bytes / 2**20:,.1f} MiB = "
+                f"{self.dynamics_captures * self.dynamics_bytes / 2**30:,.2f} GiB (kept: never pruned)"
+            )
         if self.wall_s is None:
             out.append(f"plan: wall time: {self.basis}")
         else:
-            out.append(f"plan: wall time {duration(self.wall_s)} ({self.seconds_per_step * 1e3:,.1f} ms/step, "
-                       f"{self.seconds_per_eval:,.1f} s/evaluation, {self.seconds_per_checkpoint:,.1f} s/checkpoint; "
-                       f"{self.basis}); {self.device_hours:,.3g} device-hours"
-                       + (f" x {self.price / self.device_hours:g} = {self.price:,.2f}" if self.price is not None
-                          and self.device_hours else ""))
+            out.append(
+                f"plan: wall time {duration(self.wall_s)} ({self.seconds_per_step * 1e3:,.1f} ms/step, "
+                f"{self.seconds_per_eval:,.1f} s/evaluation, {self.seconds_per_checkpoint:,.1f} s/checkpoint; "
+                f"{self.basis}); {self.device_hours:,.3g} device-hours"
+                + (
+                    f" x {self.price / self.device_hours:g} = {self.price:,.2f}"
+                    if self.price is not None and self.device_hours
+                    else ""
+                )
+            )
         if self.epochs > 1:
-            out.append(f"plan: WARNING the run goes {self.epochs:.2f} times over its training rows: repeated data "
-                       "(the eval loss then measures memorisation as well as learning)")
+            out.append(
+                f"plan: WARNING the run goes {self.epochs:.2f} times over its training rows: repeated data "
+                "(the eval loss then measures memorisation as well as learning)"
+            )
         return out
 
 
@@ -125,8 +134,9 @@ def announce(params: Params, sizes: tuple[int, int]) -> None:
         print(line)
 
 
-def make_plan(params: Params, device: str | None = None, calibrate_s: float | None = 3.0,
-              sizes: tuple[int, int] | None = None) -> Plan:
+def make_plan(
+    params: Params, device: str | None = None, calibrate_s: float | None = 3.0, sizes: tuple[int, int] | None = None
+) -> Plan:
     """The plan for these params on this machine: ``device`` None calibrates here for
     ``calibrate_s`` seconds; ``calibrate_s`` None projects no time (what the trainer prints first)."""
     import torch
@@ -172,20 +182,41 @@ def make_plan(params: Params, device: str | None = None, calibrate_s: float | No
         basis = f"calibrated on this machine ({_machine()})"
     per_ckpt = ckpt_bytes / DISK_BYTES_PER_S
     captures, capture_bytes, capture_rows = dynamics_cost(params, dims, batch_rows, len(windows))
-    wall = (startup + t.max_steps * per_step + evals * per_eval + ckpts * per_ckpt
-            + captures * (per_step * capture_rows / batch_rows + capture_bytes / DISK_BYTES_PER_S)
-            if per_step is not None else None)
+    wall = (
+        startup
+        + t.max_steps * per_step
+        + evals * per_eval
+        + ckpts * per_ckpt
+        + captures * (per_step * capture_rows / batch_rows + capture_bytes / DISK_BYTES_PER_S)
+        if per_step is not None
+        else None
+    )
     hours = wall * world / 3600 if wall is not None else None
     price = params.report.device_hour_price
     return Plan(
-        tokens_per_step=tokens_per_step, steps=t.max_steps, rows=len(rows), steps_per_epoch=len(rows) / batch_rows,
-        epochs=t.max_steps * batch_rows / len(rows), params=n_params, train_flops=t.max_steps * tokens_per_step * flops_token,
-        evaluations=evals, eval_tokens=eval_tokens, eval_flops=evals * eval_tokens * flops_token / 3,
-        checkpoint_bytes=ckpt_bytes, checkpoints_kept=t.keep_checkpoints + int(params.early_stop.enabled),
-        dynamics_captures=captures, dynamics_bytes=capture_bytes,
-        seconds_per_step=per_step, seconds_per_eval=per_eval, seconds_per_checkpoint=per_ckpt, wall_s=wall,
-        processes=world, device_hours=hours, price=hours * price if price is not None and hours is not None else None,
-        basis=basis)
+        tokens_per_step=tokens_per_step,
+        steps=t.max_steps,
+        rows=len(rows),
+        steps_per_epoch=len(rows) / batch_rows,
+        epochs=t.max_steps * batch_rows / len(rows),
+        params=n_params,
+        train_flops=t.max_steps * tokens_per_step * flops_token,
+        evaluations=evals,
+        eval_tokens=eval_tokens,
+        eval_flops=evals * eval_tokens * flops_token / 3,
+        checkpoint_bytes=ckpt_bytes,
+        checkpoints_kept=t.keep_checkpoints + int(params.early_stop.enabled),
+        dynamics_captures=captures,
+        dynamics_bytes=capture_bytes,
+        seconds_per_step=per_step,
+        seconds_per_eval=per_eval,
+        seconds_per_checkpoint=per_ckpt,
+        wall_s=wall,
+        processes=world,
+        device_hours=hours,
+        price=hours * price if price is not None and hours is not None else None,
+        basis=basis,
+    )
 
 
 def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: float) -> tuple[float, float]:
@@ -204,7 +235,7 @@ def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: fl
     device = pick_device(params, type("OneProcess", (), {"world": 1, "local_rank": 0})())
     model = model.to(device).train()
     opt = optim.make_optimizer(model, params, fused=device.type == "cuda")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else contextlib.nullcontext())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else contextlib.nullcontext()
     batch = torch.randint(0, vocab, (t.micro_batch_size, seq + 1), device=device)
 
     def step() -> None:
@@ -233,8 +264,11 @@ def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: fl
     model.eval()
     sample = max(1, min(params.evaluation.batch_size * 2, len(windows)))
     sources = max(1, len(windows.sources))
-    per_sample = timed(lambda: evaluate_model(model, windows, params.evaluation.batch_size,
-                                              math.ceil(sample / sources), device), budget_s / 3, 1)
+    per_sample = timed(
+        lambda: evaluate_model(model, windows, params.evaluation.batch_size, math.ceil(sample / sources), device),
+        budget_s / 3,
+        1,
+    )
     sampled = len(windows.select(math.ceil(sample / sources)))
     total = len(windows.select(params.evaluation.max_windows_per_source))
     return per_step, per_sample * total / sampled

@@ -33,8 +33,14 @@ def _tokens_axis(ax, tokens_per_step: float | None) -> None:
         top.set_xlabel("tokens seen")
 
 
-def make_plots(train: list[dict], evals: list[dict], out_dir: Path, run_name: str = "",
-               tokens_per_step: float | None = None, clip: float | None = None) -> list[str]:
+def make_plots(
+    train: list[dict],
+    evals: list[dict],
+    out_dir: Path,
+    run_name: str = "",
+    tokens_per_step: float | None = None,
+    clip: float | None = None,
+) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     who = f" — {run_name}" if run_name else ""
@@ -43,18 +49,27 @@ def make_plots(train: list[dict], evals: list[dict], out_dir: Path, run_name: st
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, [r["loss_mean"] for r in train], label="train loss (mean over log interval, dropout on)")
         if evals:
-            ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss (token-level, macro)")
+            ax.plot(
+                [r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss (token-level, macro)"
+            )
             seen = [r for r in evals if "seen_loss" in r]
             if seen:
-                ax.plot([r["step"] for r in seen], [r["seen_loss"] for r in seen], "s--",
-                        label="already-seen training rows (eval mode)")
+                ax.plot(
+                    [r["step"] for r in seen],
+                    [r["seen_loss"] for r in seen],
+                    "s--",
+                    label="already-seen training rows (eval mode)",
+                )
         ax.set_title(f"Loss{who}"), ax.set_xlabel("optimizer step"), ax.set_ylabel("cross-entropy (nats/token)")
         ax.legend(), ax.grid(alpha=0.3)
         _tokens_axis(ax, tokens_per_step)
         _save(fig, out_dir / "loss.png")
         made.append("loss.png")
 
-        for name, title, ylabel in (("lr", "Learning rate", "learning rate"), ("grad_norm", "Gradient norm", "L2 norm")):
+        for name, title, ylabel in (
+            ("lr", "Learning rate", "learning rate"),
+            ("grad_norm", "Gradient norm", "L2 norm"),
+        ):
             fig, ax = plt.subplots(figsize=(7, 3))
             if name == "lr":
                 ax.plot(steps, [r["lr"] for r in train], label="learning rate (at the logged step)")
@@ -89,19 +104,35 @@ def compare_plots(runs: list[tuple[str, list[dict], list[dict], float]], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
     for name, title, pick, ylabel, log in (
-            ("loss.png", "Training and evaluation loss by tokens seen", None, "cross-entropy (nats/token)", False),
-            ("eval_perplexity.png", "Evaluation perplexity (macro) by tokens seen", "token_perplexity",
-             "token-level perplexity", True)):
+        ("loss.png", "Training and evaluation loss by tokens seen", None, "cross-entropy (nats/token)", False),
+        (
+            "eval_perplexity.png",
+            "Evaluation perplexity (macro) by tokens seen",
+            "token_perplexity",
+            "token-level perplexity",
+            True,
+        ),
+    ):
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for i, (run, train, evals, per_step) in enumerate(runs):
             color = f"C{i}"
             if pick is None and train:
-                ax.plot([r["step"] * per_step for r in train], [r["loss_mean"] for r in train], color=color,
-                        alpha=0.6, label=f"{run}: train loss (interval mean)")
+                ax.plot(
+                    [r["step"] * per_step for r in train],
+                    [r["loss_mean"] for r in train],
+                    color=color,
+                    alpha=0.6,
+                    label=f"{run}: train loss (interval mean)",
+                )
             if evals:
                 key = pick or "loss"
-                ax.plot([r["step"] * per_step for r in evals], [r[key] for r in evals], "o-", color=color,
-                        label=f"{run}: eval {'loss' if pick is None else 'perplexity'}")
+                ax.plot(
+                    [r["step"] * per_step for r in evals],
+                    [r[key] for r in evals],
+                    "o-",
+                    color=color,
+                    label=f"{run}: eval {'loss' if pick is None else 'perplexity'}",
+                )
         ax.set_title(title), ax.set_xlabel("tokens seen"), ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")

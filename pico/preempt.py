@@ -33,7 +33,7 @@ class StopRequest:
         self._previous: dict[int, object] = {}
         self._done = threading.Event()
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         """Take over SIGTERM and SIGINT (only the main thread may; elsewhere nothing changes)."""
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
@@ -57,8 +57,12 @@ class StopRequest:
     def request(self, signum: int) -> None:
         """What a signal does (also callable directly, e.g. by a test or another rank's request)."""
         if self.signum is not None:
-            print(f"{signal.Signals(signum).name} again: already stopping (the checkpoint being written "
-                  "is not cut short)", file=sys.stderr, flush=True)
+            print(
+                f"{signal.Signals(signum).name} again: already stopping (the checkpoint being written "
+                "is not cut short)",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         # nothing printed yet: the trainer's one line, once the checkpoint is written, says it all
         self.signum = signum
@@ -71,7 +75,10 @@ class StopRequest:
         if self._done.wait(self.grace_s):
             return
         where = self.on_deadline()
-        print(f"could not finish the step and write a checkpoint within training.stop_grace_s="
-              f"{self.grace_s:g} s after {self.name}; exiting without one{': ' + where if where else ''}",
-              file=sys.stderr, flush=True)
+        print(
+            f"could not finish the step and write a checkpoint within training.stop_grace_s="
+            f"{self.grace_s:g} s after {self.name}; exiting without one{': ' + where if where else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(self.exit_code)

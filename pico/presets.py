@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-
 from pico.config import ConfigError, read_params_file, with_overrides
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
@@ -55,8 +54,13 @@ def hydra_value(value: Any) -> str:
     return json.dumps(str(value)).replace('"', "'")  # quoted: commas and spaces stay one value
 
 
-def command(name: str, params_path: Path = Path("params.yaml"), queue: bool = False,
-            exp_name: str | None = None, directory: Path | None = None) -> list[str]:
+def command(
+    name: str,
+    params_path: Path = Path("params.yaml"),
+    queue: bool = False,
+    exp_name: str | None = None,
+    directory: Path | None = None,
+) -> list[str]:
     preset = load(name, directory)
     with_overrides(read_params_file(params_path), preset["overrides"], f"preset {name}")
     cmd = ["dvc", "exp", "run", "-n", exp_name or name]

@@ -39,7 +39,7 @@ def _alive(pid: int | None) -> bool:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return text[text.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    return text[text.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def listed_tasks(repo: Path) -> set[str]:
@@ -81,8 +81,11 @@ def stale_tasks(repo: Path) -> list[QueueTask]:
 
 
 def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     return subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
@@ -92,12 +95,17 @@ def run(repo: Path, clean: bool) -> int:
         print("the experiment queue has no stale rows: every task DVC lists as running has a live process")
         return 0
     for t in tasks:
-        why = (f"DVC lists it as running, but its process (PID {t.pid}) is gone" if t.status.startswith("running")
-               else "it failed; its row in `dvc exp show` shows the numbers of the commit it was queued from")
+        why = (
+            f"DVC lists it as running, but its process (PID {t.pid}) is gone"
+            if t.status.startswith("running")
+            else "it failed; its row in `dvc exp show` shows the numbers of the commit it was queued from"
+        )
         print(f"{t.name} (task {t.task[:7]}): {why}")
     if not clean:
-        print("`pico queue --clean` has DVC mark these failed and drop them from the queue; their checkpoints stay "
-              "in the run store, so queueing the same params again continues each run where it stopped")
+        print(
+            "`pico queue --clean` has DVC mark these failed and drop them from the queue; their checkpoints stay "
+            "in the run store, so queueing the same params again continues each run where it stopped"
+        )
         return 1
     for t in tasks:
         if t.status.startswith("running"):

@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pico import train_metrics
 from pico.config import Params
 from pico.diagnose import Diagnosis, diagnose
-from pico import train_metrics
 from pico.fsutil import atomic_write_json, atomic_write_text
 from pico.plots import compare_plots, make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
@@ -32,8 +32,10 @@ def code_lineage_line(segments: list[dict], step: int) -> str:
     """The training-code versions a run trained under, as one sentence (pico.lineage.continue_code)."""
     ends = [seg["step"] for seg in segments[1:]] + [step]
     parts = [f"steps {seg['step'] + 1}-{end} under `{seg['code_version']}`" for seg, end in zip(segments, ends)]
-    return (f"trained under {len(segments)} versions of the training code ({'; '.join(parts)}): a pipeline "
-            "upgrade continued the run (`training.on_code_change: new_run` would have started a new one)")
+    return (
+        f"trained under {len(segments)} versions of the training code ({'; '.join(parts)}): a pipeline "
+        "upgrade continued the run (`training.on_code_change: new_run` would have started a new one)"
+    )
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -72,47 +74,71 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
     train, evals, s, fe = run.train, run.evals, run.summary, run.final_eval
     lines = ["## The result", ""]
     if train:
-        lines.append(f"- training loss (interval mean): {fmt(train[0]['loss_mean'])} → {fmt(train[-1]['loss_mean'])} "
-                     f"(min {fmt(min(r['loss_mean'] for r in train))})")
+        lines.append(
+            f"- training loss (interval mean): {fmt(train[0]['loss_mean'])} → {fmt(train[-1]['loss_mean'])} "
+            f"(min {fmt(min(r['loss_mean'] for r in train))})"
+        )
     if evals:
         lines.append(f"- token-level eval loss (macro): {first_best_last(evals, 'loss')}")
     sources = list(fe.get("sources", {}))
     if sources and evals:
-        lines += ["", "| source | token perplexity first → best (step) → last | bits per byte first → best → last "
-                      "| pico per-seq mean (final) | ratio |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| source | token perplexity first → best (step) → last | bits per byte first → best → last "
+            "| pico per-seq mean (final) | ratio |",
+            "|---|---|---|---|---|",
+        ]
         for name in sources:
             m = fe["sources"][name]
-            lines.append(f"| {name} | {first_best_last(evals, f'token_perplexity/{name}')} | "
-                         f"{first_best_last(evals, f'bits_per_byte/{name}')} | {fmt(m.get('pico_mean_seq_perplexity'))} | "
-                         f"{fmt(m.get('seq_mean_over_token_ratio'), 3)}× |")
+            lines.append(
+                f"| {name} | {first_best_last(evals, f'token_perplexity/{name}')} | "
+                f"{first_best_last(evals, f'bits_per_byte/{name}')} | {fmt(m.get('pico_mean_seq_perplexity'))} | "
+                f"{fmt(m.get('seq_mean_over_token_ratio'), 3)}× |"
+            )
         mac = fe.get("macro", {})
-        lines.append(f"| **macro** (mean over sources) | {first_best_last(evals, 'token_perplexity')} | "
-                     f"{first_best_last(evals, 'bits_per_byte')} | {fmt(mac.get('pico_mean_seq_perplexity'))} | "
-                     f"{fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+        lines.append(
+            f"| **macro** (mean over sources) | {first_best_last(evals, 'token_perplexity')} | "
+            f"{first_best_last(evals, 'bits_per_byte')} | {fmt(mac.get('pico_mean_seq_perplexity'))} | "
+            f"{fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |"
+        )
         dom = fe.get("macro_domains") or {}
         if dom.get("domains"):
-            lines.append(f"| macro over {dom['domains']} domains (Paloma's convention, final) | "
-                         f"{fmt(dom['token_perplexity'])} | {fmt(dom['bits_per_byte'])} | "
-                         f"{fmt(dom['pico_mean_seq_perplexity'])} | |")
-        lines += ["", f"Final figures are of the {fe.get('checkpoint_kind', 'latest')} checkpoint (step {fe.get('step')})."
-                  + (" Training stopped early, so that is the **best** checkpoint, not the last."
-                     if fe.get("checkpoint_kind") == "best" else "")]
+            lines.append(
+                f"| macro over {dom['domains']} domains (Paloma's convention, final) | "
+                f"{fmt(dom['token_perplexity'])} | {fmt(dom['bits_per_byte'])} | "
+                f"{fmt(dom['pico_mean_seq_perplexity'])} | |"
+            )
+        lines += [
+            "",
+            f"Final figures are of the {fe.get('checkpoint_kind', 'latest')} checkpoint (step {fe.get('step')})."
+            + (
+                " Training stopped early, so that is the **best** checkpoint, not the last."
+                if fe.get("checkpoint_kind") == "best"
+                else ""
+            ),
+        ]
     if train:
         cfg = run.params.report.diagnosis
-        lines.append(f"- loss spikes (> {cfg.spike_factor}× the recent mean): {len(d.spikes)}; gradient-norm explosions "
-                     f"(> {cfg.grad_explosion_factor}× the median): {len(d.grad_explosions)}; max pre-clip gradient norm "
-                     f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}")
+        lines.append(
+            f"- loss spikes (> {cfg.spike_factor}× the recent mean): {len(d.spikes)}; gradient-norm explosions "
+            f"(> {cfg.grad_explosion_factor}× the median): {len(d.grad_explosions)}; max pre-clip gradient norm "
+            f"{fmt(max(r.get('grad_norm_max', r['grad_norm']) for r in train))}"
+        )
     if s is not None:
         lines.append(f"- {fmt(s.tokens)} tokens seen, {fmt(s.epochs, 3)} epochs over the packed rows")
         if s.source_epochs:
-            per = ", ".join(f"{name} {fmt(v['epochs'], 3)}" + (f" (×{fmt(v['copies'], 3)} copies)" if v["copies"] != 1 else "")
-                            for name, v in sorted(s.source_epochs.items()))
+            per = ", ".join(
+                f"{name} {fmt(v['epochs'], 3)}" + (f" (×{fmt(v['copies'], 3)} copies)" if v["copies"] != 1 else "")
+                for name, v in sorted(s.source_epochs.items())
+            )
             lines.append(f"- epochs per training source (over its unique tokens): {per}")
     c = fe.get("contamination")
     if c:
         per = ", ".join(f"{name} {v['contaminated']}/{v['documents']}" for name, v in c["by_source"].items())
-        lines.append(f"- contamination: {c['contaminated_documents']} of {c['documents']} evaluation documents share a "
-                     f"{c['ngram']}-token n-gram with the training rows ({per})")
+        lines.append(
+            f"- contamination: {c['contaminated_documents']} of {c['documents']} evaluation documents share a "
+            f"{c['ngram']}-token n-gram with the training rows ({per})"
+        )
     return lines
 
 
@@ -132,18 +158,26 @@ def run_info_markdown(run: RunRecord, info: dict[str, Any], date: str) -> str:
     machine = info.get("machine", {})
     lines = [f"# When, where, how fast: {run.name}", "", f"- **Report written**: {date}"]
     if machine:
-        lines.append(f"- **Machine**: {machine.get('cpu')} ({machine.get('cores')} cores), device {machine.get('device')}"
-                     + (f" ({machine['cuda']})" if machine.get("cuda") else "") + f", torch {machine.get('torch')}")
-        lines.append(f"- **CPU numerics**: {machine.get('numerics')} (ATen {machine.get('aten_cpu_capability')}, "
-                     f"MKL_CBWR {machine.get('mkl_cbwr') or 'unset'}, {machine.get('threads')} threads)")
+        lines.append(
+            f"- **Machine**: {machine.get('cpu')} ({machine.get('cores')} cores), device {machine.get('device')}"
+            + (f" ({machine['cuda']})" if machine.get("cuda") else "")
+            + f", torch {machine.get('torch')}"
+        )
+        lines.append(
+            f"- **CPU numerics**: {machine.get('numerics')} (ATen {machine.get('aten_cpu_capability')}, "
+            f"MKL_CBWR {machine.get('mkl_cbwr') or 'unset'}, {machine.get('threads')} threads)"
+        )
     if run.perf:
         lines.append(f"- **Throughput**: {fmt(median_rate(run.perf), 5)} tokens/s (median of log intervals)")
     lines += ["", *cost_table([run])]
     calls = info.get("invocations", [])
     if calls:
         lines += ["", "| started | steps | status | wall time (s) | tokens/s (median) |", "|---|---|---|---|---|"]
-        lines += [f"| {c.get('started')} | {c.get('from_step')} → {c.get('to_step')} | {c.get('status')} | "
-                  f"{fmt(c.get('wall_s'), 5)} | {fmt(c.get('median_tokens_per_s'), 5)} |" for c in calls]
+        lines += [
+            f"| {c.get('started')} | {c.get('from_step')} → {c.get('to_step')} | {c.get('status')} | "
+            f"{fmt(c.get('wall_s'), 5)} | {fmt(c.get('median_tokens_per_s'), 5)} |"
+            for c in calls
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +190,8 @@ def cost(run: RunRecord) -> dict[str, float | None]:
     per_step = plan.get("seconds_per_step")
     price = run.params.report.device_hour_price
     return {
-        "planned_wall_s": plan.get("wall_s"), "actual_wall_s": actual,
+        "planned_wall_s": plan.get("wall_s"),
+        "actual_wall_s": actual,
         "planned_tokens_per_s": plan["tokens_per_step"] / per_step if per_step else None,
         "actual_tokens_per_s": median_rate(run.perf),
         "planned_device_hours": plan.get("device_hours"),
@@ -171,17 +206,30 @@ def cost_table(runs: list[RunRecord]) -> list[str]:
 
     def cell(c: dict, key: str, as_time: bool = False) -> str:
         p, a = c[f"planned_{key}"], c[f"actual_{key}"]
-        show = (lambda x: duration(x) if as_time else fmt(x, 4))
+
+        def show(x: float) -> str:
+            return duration(x) if as_time else fmt(x, 4)
+
         text = f"{show(p) if p is not None else 'no plan'} → {show(a) if a is not None else 'n/a'}"
         return text + (f" ({a / p - 1:+.0%})" if p and a is not None else "")
 
-    rows = [("wall time (planned → actual)", [cell(c, "wall_s", True) for c in costs]),
-            ("tokens/s (planned → actual median)", [cell(c, "tokens_per_s") for c in costs]),
-            ("device-hours (planned → actual)", [cell(c, "device_hours") for c in costs])]
+    rows = [
+        ("wall time (planned → actual)", [cell(c, "wall_s", True) for c in costs]),
+        ("tokens/s (planned → actual median)", [cell(c, "tokens_per_s") for c in costs]),
+        ("device-hours (planned → actual)", [cell(c, "device_hours") for c in costs]),
+    ]
     if any(c["price"] is not None for c in costs):
-        rows.append(("cost (actual device-hours x report.device_hour_price)",
-                     [fmt(c["actual_device_hours"] * c["price"], 4) if c["price"] is not None and
-                      c["actual_device_hours"] is not None else "n/a" for c in costs]))
+        rows.append(
+            (
+                "cost (actual device-hours x report.device_hour_price)",
+                [
+                    fmt(c["actual_device_hours"] * c["price"], 4)
+                    if c["price"] is not None and c["actual_device_hours"] is not None
+                    else "n/a"
+                    for c in costs
+                ],
+            )
+        )
     head = "| | " + " | ".join(r.name for r in runs) + " |"
     return [head, "|---" * (len(runs) + 1) + "|"] + [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]
 
@@ -195,29 +243,50 @@ def render_imported(run: RunRecord) -> str:
     """A checkpoint `pico import-pico` brought in: its evaluation, honestly, and nothing about training."""
     fe = run.final_eval
     dims = fe.get("model_dims") or {}
-    lines = [f"# Evaluation of an imported checkpoint: {fe['imported_from']}", "",
-             f"- **Imported** with `pico import-pico` (step {fe.get('step')}, fingerprint `{fe.get('fingerprint')}`): "
-             "it was not trained by this pipeline, so there is no training history or diagnosis here",
-             f"- **Model**: d_model {dims.get('d_model')}, hidden {dims.get('hidden_dim')}, {dims.get('n_layers')} layers, "
-             f"{dims.get('n_heads')}/{dims.get('n_kv_heads')} heads, vocabulary {dims.get('vocab_size')}", "",
-             "## The result", "",
-             "| source | token perplexity | bits per byte | pico per-seq mean | ratio |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Evaluation of an imported checkpoint: {fe['imported_from']}",
+        "",
+        f"- **Imported** with `pico import-pico` (step {fe.get('step')}, fingerprint `{fe.get('fingerprint')}`): "
+        "it was not trained by this pipeline, so there is no training history or diagnosis here",
+        f"- **Model**: d_model {dims.get('d_model')}, hidden {dims.get('hidden_dim')}, {dims.get('n_layers')} layers, "
+        f"{dims.get('n_heads')}/{dims.get('n_kv_heads')} heads, vocabulary {dims.get('vocab_size')}",
+        "",
+        "## The result",
+        "",
+        "| source | token perplexity | bits per byte | pico per-seq mean | ratio |",
+        "|---|---|---|---|---|",
+    ]
     for name, m in fe.get("sources", {}).items():
-        lines.append(f"| {name} | {fmt(m['token_perplexity'])} | {fmt(m['bits_per_byte'])} | "
-                     f"{fmt(m['pico_mean_seq_perplexity'])} | {fmt(m['seq_mean_over_token_ratio'], 3)}× |")
+        lines.append(
+            f"| {name} | {fmt(m['token_perplexity'])} | {fmt(m['bits_per_byte'])} | "
+            f"{fmt(m['pico_mean_seq_perplexity'])} | {fmt(m['seq_mean_over_token_ratio'], 3)}× |"
+        )
     mac, dom = fe.get("macro", {}), fe.get("macro_domains") or {}
-    lines.append(f"| **macro** (mean over sources) | {fmt(mac.get('token_perplexity'))} | {fmt(mac.get('bits_per_byte'))} | "
-                 f"{fmt(mac.get('pico_mean_seq_perplexity'))} | {fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |")
+    lines.append(
+        f"| **macro** (mean over sources) | {fmt(mac.get('token_perplexity'))} | {fmt(mac.get('bits_per_byte'))} | "
+        f"{fmt(mac.get('pico_mean_seq_perplexity'))} | {fmt(mac.get('seq_mean_over_token_ratio'), 3)}× |"
+    )
     if dom.get("domains"):
-        lines.append(f"| macro over {dom['domains']} domains (Paloma's convention) | {fmt(dom['token_perplexity'])} | "
-                     f"{fmt(dom['bits_per_byte'])} | {fmt(dom['pico_mean_seq_perplexity'])} | |")
-    lines += ["", "pico-train reported the per-sequence mean as its Paloma perplexity; read the token-level "
-              "figure beside it (the ratio shows how far a few windows pull the mean)."]
+        lines.append(
+            f"| macro over {dom['domains']} domains (Paloma's convention) | {fmt(dom['token_perplexity'])} | "
+            f"{fmt(dom['bits_per_byte'])} | {fmt(dom['pico_mean_seq_perplexity'])} | |"
+        )
+    lines += [
+        "",
+        "pico-train reported the per-sequence mean as its Paloma perplexity; read the token-level "
+        "figure beside it (the ratio shows how far a few windows pull the mean).",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None, when: str | None,
-           plots: list[str], plots_rel: str = "plots") -> str:
+def render(
+    run: RunRecord,
+    changes: list[str] | None,
+    baseline_name: str | None,
+    when: str | None,
+    plots: list[str],
+    plots_rel: str = "plots",
+) -> str:
     if run.final_eval.get("imported_from"):
         return render_imported(run)
     p, s = run.params, run.summary
@@ -233,7 +302,11 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
         f"- **Status**: {status_line(s, t.max_steps)}",
         f"- **Fingerprint**: `{s.fingerprint if s else None}` (params + data + tokenizer; training code "
         f"`{s.code_version if s else None}`)",
-        *([f"- **Code lineage**: {code_lineage_line(s.code_lineage, s.step)}"] if s and len(s.code_lineage) > 1 else []),
+        *(
+            [f"- **Code lineage**: {code_lineage_line(s.code_lineage, s.step)}"]
+            if s and len(s.code_lineage) > 1
+            else []
+        ),
         f"- **Model**: pico-decoder-{m.preset} (d_model {m.dim}, hidden {m.hidden}, {m.n_layers} layers, "
         f"{m.n_heads}/{m.n_kv_heads} heads), {fmt(s.parameters if s else None)} parameters",
         "",
@@ -249,20 +322,26 @@ def render(run: RunRecord, changes: list[str] | None, baseline_name: str | None,
         lines += [f"- {c}" for c in changes]
     for event in s.events if s else []:
         lines.append(f"- at step {event['step']}: {event['event']}")
-    lines += [""] + result_section(run, d) + [""] + diagnosis_sections(d) + [
-        "",
-        "## Config in brief",
-        "",
-        f"- AdamW lr {fmt(o.lr)}, betas {tuple(o.betas)}, weight decay {fmt(o.weight_decay)}, "
-        f"grad clip {fmt(o.max_grad_norm) if o.max_grad_norm else 'off'}; {o.schedule} schedule, warmup {o.warmup_steps}",
-        f"- batch: micro {t.micro_batch_size} × accumulation {t.grad_accum_steps} × {processes} process"
-        f"{'es' if processes > 1 else ''} = {batch_rows} rows × {p.data.seq_len} tokens per step",
-        f"- dropout {fmt(m.dropout)}, attention dropout {fmt(m.attention_dropout)}, seed {t.seed}",
-        "",
-        "Token perplexity is exp(Σ NLL / Σ tokens); bits per byte divides the same NLL by ln 2 × the UTF-8 "
-        "bytes of the text. The pico per-sequence mean is pico-train's 'Paloma perplexity' (mean over windows of "
-        "exp(window loss)); a few bad windows can inflate it by orders of magnitude — read it beside, never instead.",
-    ]
+    lines += (
+        [""]
+        + result_section(run, d)
+        + [""]
+        + diagnosis_sections(d)
+        + [
+            "",
+            "## Config in brief",
+            "",
+            f"- AdamW lr {fmt(o.lr)}, betas {tuple(o.betas)}, weight decay {fmt(o.weight_decay)}, "
+            f"grad clip {fmt(o.max_grad_norm) if o.max_grad_norm else 'off'}; {o.schedule} schedule, warmup {o.warmup_steps}",
+            f"- batch: micro {t.micro_batch_size} × accumulation {t.grad_accum_steps} × {processes} process"
+            f"{'es' if processes > 1 else ''} = {batch_rows} rows × {p.data.seq_len} tokens per step",
+            f"- dropout {fmt(m.dropout)}, attention dropout {fmt(m.attention_dropout)}, seed {t.seed}",
+            "",
+            "Token perplexity is exp(Σ NLL / Σ tokens); bits per byte divides the same NLL by ln 2 × the UTF-8 "
+            "bytes of the text. The pico per-sequence mean is pico-train's 'Paloma perplexity' (mean over windows of "
+            "exp(window loss)); a few bad windows can inflate it by orders of magnitude — read it beside, never instead.",
+        ]
+    )
     if plots:
         lines += ["", "## Plots", ""] + [f"![{x.removesuffix('.png')}]({plots_rel}/{x})" for x in plots]
     return "\n".join(lines) + "\n"
@@ -281,11 +360,14 @@ def run(params: Params, date: str | None = None) -> Path:
     out = Path(params.report.out_dir)
     record = load_run(params=params, name=params.report.run_name)
     per_step = record.summary.effective_batch_tokens if record.summary else None
-    plots = make_plots(record.train, record.evals, out / "plots", params.report.run_name, per_step,
-                       params.optim.max_grad_norm)
+    plots = make_plots(
+        record.train, record.evals, out / "plots", params.report.run_name, per_step, params.optim.max_grad_norm
+    )
     changes, base = baseline_changes(params)
-    when = (f"[{RUN_INFO_MD}]({RUN_INFO_MD}) (date, machine, speed: wall-clock facts, kept out of DVC's "
-            "hashes so a rerun anywhere hashes the same)")
+    when = (
+        f"[{RUN_INFO_MD}]({RUN_INFO_MD}) (date, machine, speed: wall-clock facts, kept out of DVC's "
+        "hashes so a rerun anywhere hashes the same)"
+    )
     text = render(record, changes, base, when, plots)
     atomic_write_text(out / "report.md", text)
     info = train_metrics.read_run_info(params.training.metrics_dir)
@@ -301,12 +383,31 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
     stage's outputs) unless ``out_path`` names the markdown file."""
     runs = [load_run(a), load_run(b)]
     out_path = Path(out_path) if out_path else Path("comparisons") / f"{_slug(a)}-vs-{_slug(b)}" / "compare.md"
-    plots = compare_plots([(r.name, r.train, r.evals, r.summary.effective_batch_tokens if r.summary else
-                            r.params.data.seq_len * r.params.training.effective_batch_rows()) for r in runs],
-                          out_path.parent / "plots")
+    plots = compare_plots(
+        [
+            (
+                r.name,
+                r.train,
+                r.evals,
+                r.summary.effective_batch_tokens
+                if r.summary
+                else r.params.data.seq_len * r.params.training.effective_batch_rows(),
+            )
+            for r in runs
+        ],
+        out_path.parent / "plots",
+    )
     date = date or dt.date.today().isoformat()
-    cols = [render(r, describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
-                   other if r is runs[1] else None, None, []) for r, other in zip(runs, (b, a))]
+    cols = [
+        render(
+            r,
+            describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
+            other if r is runs[1] else None,
+            None,
+            [],
+        )
+        for r, other in zip(runs, (b, a))
+    ]
     diag = [diagnose(r.train, r.evals, r.summary, r.final_eval, r.params) for r in runs]
 
     def final(r: RunRecord, key: str) -> str:
@@ -321,8 +422,14 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
         ("tokens seen", *(fmt(r.summary.tokens if r.summary else None) for r in runs)),
         ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
     ]
-    lines = [f"# Training logs compared: {a} vs {b}", "", f"- **Date**: {date}", "",
-             f"| | {a} | {b} |", "|---|---|---|"] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
+    lines = [
+        f"# Training logs compared: {a} vs {b}",
+        "",
+        f"- **Date**: {date}",
+        "",
+        f"| | {a} | {b} |",
+        "|---|---|---|",
+    ] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
     lines += ["", "## Time and cost", "", *cost_table(runs), "", "## Curves, by tokens seen", ""]
     lines += [f"![{p}](plots/{p})" for p in plots]
     lines += ["", f"## What changed from {a} to {b}", ""]

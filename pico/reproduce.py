@@ -37,8 +37,8 @@ import yaml
 
 from pico import runs, train_metrics
 from pico.config import parse_params
-from pico.fsutil import atomic_write_text
 from pico.errors import PipelineError
+from pico.fsutil import atomic_write_text
 from pico.train_metrics import parse_csv
 
 # (label, file kind, key path): the figures a verdict is given for
@@ -95,8 +95,11 @@ class Reproduction:
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -135,7 +138,7 @@ class RunFiles:
     run_info: dict
 
     @classmethod
-    def read(cls, get: Any, params: dict) -> "RunFiles":
+    def read(cls, get: Any, params: dict) -> RunFiles:
         p = parse_params(params, "params.yaml")
         m = Path(p.training.metrics_dir)
 
@@ -145,15 +148,22 @@ class RunFiles:
                 return json.loads(text) if text else {}
             except ValueError:
                 return {}
-        return cls(lock=yaml.safe_load(get("dvc.lock") or "{}") or {}, eval=js(p.evaluation.out),
-                   summary=js(train_metrics.summary_path(m)), train=parse_csv(get(str(m / train_metrics.TRAIN_CSV))),
-                   run_info=js(m / train_metrics.RUN_INFO_JSON))
+
+        return cls(
+            lock=yaml.safe_load(get("dvc.lock") or "{}") or {},
+            eval=js(p.evaluation.out),
+            summary=js(train_metrics.summary_path(m)),
+            train=parse_csv(get(str(m / train_metrics.TRAIN_CSV))),
+            run_info=js(m / train_metrics.RUN_INFO_JSON),
+        )
 
 
 def stage_hashes(lock: dict) -> dict[str, dict[str, str]]:
     """Per stage (in dvc.lock's order, the pipeline's), each output's hash."""
-    return {name: {o["path"]: o.get("md5") or o.get("hash", "") for o in stage.get("outs", [])}
-            for name, stage in (lock.get("stages") or {}).items()}
+    return {
+        name: {o["path"]: o.get("md5") or o.get("hash", "") for o in stage.get("outs", [])}
+        for name, stage in (lock.get("stages") or {}).items()
+    }
 
 
 def first_difference(before: RunFiles, after: RunFiles) -> tuple[str, list[tuple[str, str]]]:
@@ -169,8 +179,10 @@ def first_difference(before: RunFiles, after: RunFiles) -> tuple[str, list[tuple
     for row in after.train:
         old_row = steps.get(int(row["step"]))
         if old_row is not None and old_row.get("loss") != row.get("loss"):
-            where = (f"the first logged training loss that differs is at step {int(row['step'])} "
-                     f"({old_row['loss']!r} committed, {row['loss']!r} rerun)")
+            where = (
+                f"the first logged training loss that differs is at step {int(row['step'])} "
+                f"({old_row['loss']!r} committed, {row['loss']!r} rerun)"
+            )
             return (f"{first}; {where}" if first else where), stages
     if first:
         return first, stages
@@ -183,22 +195,31 @@ def _noise_runs(scratch: Path, params: dict, seeds: int, runner: Any) -> list[Ru
     for k in range(1, seeds + 1):
         raw = copy.deepcopy(params)
         folder = f"noise/seed_plus_{k}"
-        raw["training"].update(seed=raw["training"].get("seed", 0) + k, checkpoint_dir=f"{folder}/checkpoints",
-                               metrics_dir=f"{folder}/metrics")
+        raw["training"].update(
+            seed=raw["training"].get("seed", 0) + k,
+            checkpoint_dir=f"{folder}/checkpoints",
+            metrics_dir=f"{folder}/metrics",
+        )
         raw.setdefault("evaluation", {})["out"] = f"{folder}/eval.json"
         path = scratch / f"{folder}.params.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         for stage in ("train", "evaluate"):
-            runner([sys.executable, "-m", "pico.cli", "--params", str(path), stage], scratch, f"noise run (seed +{k}) {stage}")
+            runner(
+                [sys.executable, "-m", "pico.cli", "--params", str(path), stage],
+                scratch,
+                f"noise run (seed +{k}) {stage}",
+            )
         found.append(RunFiles.read(_reader(scratch), raw))
     return found
 
 
 def curve_verdict(committed: list[dict], rerun: list[dict], noise: list[list[dict]]) -> Verdict:
     """The logged training loss at every step, judged at the step where the two runs differ most."""
+
     def losses(rows: list[dict]) -> dict[int, float]:
         return {int(r["step"]): r["loss"] for r in rows if "loss" in r}
+
     old, new, others = losses(committed), losses(rerun), [losses(n) for n in noise]
     common = sorted(set(old) & set(new))
     label = "training loss, every logged step (largest difference)"
@@ -213,8 +234,15 @@ def _value(files: RunFiles, kind: str, keys: tuple[str, ...]) -> float | None:
     return _lookup(files.eval if kind == "eval" else files.summary, keys)
 
 
-def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, noise_seeds: int = 1,
-              out: str | Path | None = None, keep: bool = False, runner: Any = _run) -> Reproduction:
+def reproduce(
+    ref: str,
+    repo: str | Path = ".",
+    from_stage: str | None = None,
+    noise_seeds: int = 1,
+    out: str | Path | None = None,
+    keep: bool = False,
+    runner: Any = _run,
+) -> Reproduction:
     repo = Path(repo).resolve()
     started = time.perf_counter()
     commit = resolve(repo, ref)
@@ -235,7 +263,7 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
             earlier = list(stage_hashes(committed.lock))
             if from_stage not in earlier:
                 raise ReproduceError(f"--from {from_stage}: not a stage of {ref} ({', '.join(earlier)})")
-            before = earlier[:earlier.index(from_stage)]
+            before = earlier[: earlier.index(from_stage)]
             if before:
                 runner(["dvc", "checkout", *before], scratch, f"restoring {', '.join(before)} from the DVC cache")
             runner(["dvc", "repro", "--force", "--no-commit", "--downstream", from_stage], scratch, "dvc repro")
@@ -249,13 +277,23 @@ def reproduce(ref: str, repo: str | Path = ".", from_stage: str | None = None, n
     verdicts = []
     for label, kind, keys in HEADLINE:
         base = _value(rerun, kind, keys)
-        spread = [abs(v - base) for v in (_value(n, kind, keys) for n in noise_runs) if v is not None and base is not None]
+        spread = [
+            abs(v - base) for v in (_value(n, kind, keys) for n in noise_runs) if v is not None and base is not None
+        ]
         verdicts.append(Verdict(label, _value(committed, kind, keys), base, max(spread) if spread else None))
     verdicts.append(curve_verdict(committed.train, rerun.train, [n.train for n in noise_runs]))
     first, stages = first_difference(committed, rerun)
-    result = Reproduction(ref, commit, verdicts, first, stages, (committed.run_info.get("machine", {}),
-                          rerun.run_info.get("machine", {})), noise_seeds, time.perf_counter() - started,
-                          replay=replay_limit(committed.summary.get("code_lineage") or [], ref))
+    result = Reproduction(
+        ref,
+        commit,
+        verdicts,
+        first,
+        stages,
+        (committed.run_info.get("machine", {}), rerun.run_info.get("machine", {})),
+        noise_seeds,
+        time.perf_counter() - started,
+        replay=replay_limit(committed.summary.get("code_lineage") or [], ref),
+    )
     result.markdown = render(result, str(made) if keep else None)
     path = Path(out) if out else repo / "reproductions" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', ref)}-{commit[:10]}.md"
     atomic_write_text(path, result.markdown)
@@ -268,10 +306,12 @@ def replay_limit(segments: list[dict], ref: str) -> str | None:
     if len(segments) < 2:
         return None
     earlier = ", ".join(f"`{seg['code_version']}` from step {seg['step']}" for seg in segments[:-1])
-    return (f"the committed run trained under {len(segments)} versions of the training code ({earlier}; "
-            f"`{segments[-1]['code_version']}` from step {segments[-1]['step']}); this rerun trains every step under "
-            f"the code at {ref}, so it cannot replay steps before {segments[-1]['step'] + 1} exactly: a difference "
-            "there may be the upgrade's, not irreproducibility")
+    return (
+        f"the committed run trained under {len(segments)} versions of the training code ({earlier}; "
+        f"`{segments[-1]['code_version']}` from step {segments[-1]['step']}); this rerun trains every step under "
+        f"the code at {ref}, so it cannot replay steps before {segments[-1]['step'] + 1} exactly: a difference "
+        "there may be the upgrade's, not irreproducibility"
+    )
 
 
 def _num(x: float | None) -> str:
@@ -283,29 +323,43 @@ def _num(x: float | None) -> str:
 def _machine(m: dict) -> str:
     if not m:
         return "not recorded"
-    return (f"{m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, ATen {m.get('aten_cpu_capability')}, "
-            f"MKL_CBWR {m.get('mkl_cbwr') or 'unset'}, numerics {m.get('numerics')}, device {m.get('device')}")
+    return (
+        f"{m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')}, ATen {m.get('aten_cpu_capability')}, "
+        f"MKL_CBWR {m.get('mkl_cbwr') or 'unset'}, numerics {m.get('numerics')}, device {m.get('device')}"
+    )
 
 
 def render(r: Reproduction, kept: str | None) -> str:
     verdict = "reproduced" if r.ok else "NOT reproduced"
-    lines = [f"# Reproduction of {r.ref} (`{r.commit[:10]}`): {verdict}", "",
-             f"- **Reran**: every stage from {r.ref}'s params, code and data recipe, in a fresh clone at another path "
-             f"({r.seconds / 60:.1f} min on this machine)",
-             f"- **First difference**: {r.first_difference}",
-             *([f"- **Cannot replay exactly**: {r.replay}"] if r.replay else []),
-             f"- **Committed on**: {_machine(r.machines[0])}",
-             f"- **Rerun on**: {_machine(r.machines[1])}", ""]
-    lines += ["| metric | committed | rerun | difference | noise (seed spread) | verdict |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Reproduction of {r.ref} (`{r.commit[:10]}`): {verdict}",
+        "",
+        f"- **Reran**: every stage from {r.ref}'s params, code and data recipe, in a fresh clone at another path "
+        f"({r.seconds / 60:.1f} min on this machine)",
+        f"- **First difference**: {r.first_difference}",
+        *([f"- **Cannot replay exactly**: {r.replay}"] if r.replay else []),
+        f"- **Committed on**: {_machine(r.machines[0])}",
+        f"- **Rerun on**: {_machine(r.machines[1])}",
+        "",
+    ]
+    lines += [
+        "| metric | committed | rerun | difference | noise (seed spread) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in r.verdicts:
         diff = (v.rerun - v.committed) if v.rerun is not None and v.committed is not None else None
         rel = f" ({diff / v.committed:+.2%})" if diff and v.committed else ""
-        lines.append(f"| {v.label} | {_num(v.committed)} | {_num(v.rerun)} | {_num(diff)}{rel} | "
-                     f"{_num(v.noise) if v.noise is not None else 'not measured'} | **{v.verdict}** |")
+        lines.append(
+            f"| {v.label} | {_num(v.committed)} | {_num(v.rerun)} | {_num(diff)}{rel} | "
+            f"{_num(v.noise) if v.noise is not None else 'not measured'} | **{v.verdict}** |"
+        )
     lines += ["", "## Stage outputs (hashes in dvc.lock)", ""] + [f"- `{s}`: {o}" for s, o in r.stages]
-    lines += ["", "Verdicts: *identical* = the same bits; *within noise* = the rerun differs from the committed "
-              f"value by no more than it differs from {r.noise_seeds} rerun(s) with another seed "
-              "(training is chaotic: any rounding difference grows like a change of seed); otherwise *not reproduced*."]
+    lines += [
+        "",
+        "Verdicts: *identical* = the same bits; *within noise* = the rerun differs from the committed "
+        f"value by no more than it differs from {r.noise_seeds} rerun(s) with another seed "
+        "(training is chaotic: any rounding difference grows like a change of seed); otherwise *not reproduced*.",
+    ]
     if r.noise_seeds == 0:
         lines.append("No noise was measured (`--noise-seeds 0`), so any difference reads *not reproduced*.")
     if kept:

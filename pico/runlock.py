@@ -23,7 +23,7 @@ class RunLock:
         self.path = base.with_name(f"{base.name}.lock")
         self.fh = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = self.path.open("a+")
         try:
@@ -32,8 +32,10 @@ class RunLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise TrainingFailed(f"{self.path.with_suffix('')} is in use by a running trainer ({holder}); "
-                                 "wait for it to end or stop it, then rerun") from None
+            raise TrainingFailed(
+                f"{self.path.with_suffix('')} is in use by a running trainer ({holder}); "
+                "wait for it to end or stop it, then rerun"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -47,7 +49,7 @@ class RunLock:
             self.fh.close()
             self.fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

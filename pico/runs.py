@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from pico import train_metrics
 from pico.config import Params, parse_params, read_params_file, read_yaml
 from pico.train_metrics import TrainSummary, parse_csv
@@ -71,23 +70,33 @@ def load_run(revision: str | None = None, params: Params | None = None, name: st
     """A run's records from the workspace (revision None) or from a git revision / experiment."""
     rev = resolve_revision(revision) if revision else None
     if params is None:
-        params = parse_params(read_yaml(read_file("params.yaml", rev) or "{}", f"params.yaml at {revision}"),
-                              f"params.yaml at {revision}")
+        params = parse_params(
+            read_yaml(read_file("params.yaml", rev) or "{}", f"params.yaml at {revision}"), f"params.yaml at {revision}"
+        )
     m = Path(params.training.metrics_dir)
     summary_file = train_metrics.summary_path(m)
     summary = read_file(str(summary_file), rev)
     final_eval = read_file(params.evaluation.out, rev)
     final = json.loads(final_eval) if final_eval else {}
     if final.get("imported_from"):  # a checkpoint `pico import-pico` brought in: the metric files are another run's
-        return RunRecord(name=name or revision or f"imported: {final['imported_from']}", params=params, train=[],
-                         evals=[], perf=[], summary=None, final_eval=final)
+        return RunRecord(
+            name=name or revision or f"imported: {final['imported_from']}",
+            params=params,
+            train=[],
+            evals=[],
+            perf=[],
+            summary=None,
+            final_eval=final,
+        )
     return RunRecord(
         name=name or revision or params.report.run_name,
         params=params,
         train=parse_csv(read_file(str(m / train_metrics.TRAIN_CSV), rev)),
         evals=parse_csv(read_file(str(m / train_metrics.EVAL_CSV), rev)),
         perf=parse_csv(read_file(str(m / train_metrics.PERF_CSV), rev)),
-        summary=train_metrics.parse_summary(summary, f"{summary_file} at {revision or 'the workspace'}") if summary else None,
+        summary=train_metrics.parse_summary(summary, f"{summary_file} at {revision or 'the workspace'}")
+        if summary
+        else None,
         final_eval=final,
         run_info=_json_or_none(read_file(str(m / train_metrics.RUN_INFO_JSON), rev)) or {},
         plan=_json_or_none(read_file(str(m / "plan.json"), rev)),
@@ -104,15 +113,32 @@ def _json_or_none(text: str | None) -> Any:
 
 # Human names of the params a training log talks about; anything else is named by its key.
 LABELS = {
-    "optim.lr": "learning rate", "optim.warmup_steps": "warmup steps", "optim.weight_decay": "weight decay",
-    "optim.max_grad_norm": "gradient clipping (max norm)", "optim.betas": "Adam betas", "optim.schedule": "lr schedule",
-    "model.dropout": "dropout", "model.attention_dropout": "attention dropout", "model.preset": "model preset",
-    "training.grad_accum_steps": "gradient accumulation", "training.micro_batch_size": "micro-batch",
-    "training.log_every": "logging interval", "training.eval_every": "evaluation interval",
-    "training.max_steps": "training steps", "data.seq_len": "sequence length", "tokenizer.source": "tokenizer",
+    "optim.lr": "learning rate",
+    "optim.warmup_steps": "warmup steps",
+    "optim.weight_decay": "weight decay",
+    "optim.max_grad_norm": "gradient clipping (max norm)",
+    "optim.betas": "Adam betas",
+    "optim.schedule": "lr schedule",
+    "model.dropout": "dropout",
+    "model.attention_dropout": "attention dropout",
+    "model.preset": "model preset",
+    "training.grad_accum_steps": "gradient accumulation",
+    "training.micro_batch_size": "micro-batch",
+    "training.log_every": "logging interval",
+    "training.eval_every": "evaluation interval",
+    "training.max_steps": "training steps",
+    "data.seq_len": "sequence length",
+    "tokenizer.source": "tokenizer",
 }
-IGNORED = ("report.", "embedded.out_dir", "data.tokens_dir", "tokenizer.out_dir", "training.checkpoint_dir",
-           "training.metrics_dir", "evaluation.out")
+IGNORED = (
+    "report.",
+    "embedded.out_dir",
+    "data.tokens_dir",
+    "tokenizer.out_dir",
+    "training.checkpoint_dir",
+    "training.metrics_dir",
+    "evaluation.out",
+)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -43,7 +43,7 @@ def repository_of(folder: Path) -> Path:
     folder = folder.resolve()
     parts = folder.parts
     for i in range(len(parts) - len(EXPERIMENT_COPY)):
-        if parts[i:i + len(EXPERIMENT_COPY)] == EXPERIMENT_COPY:
+        if parts[i : i + len(EXPERIMENT_COPY)] == EXPERIMENT_COPY:
             return Path(*parts[:i])
     return dvc_root(folder) or folder.parent
 
@@ -62,8 +62,12 @@ def _managed(folder: Path) -> list[Path]:
     """The entries of a checkpoint folder that ``pico.checkpoint`` owns, in name order."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and (
-        checkpoint.STEP_DIR.match(p.name) or p.name in (checkpoint.BEST, checkpoint.LEARNING_DYNAMICS)))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and (checkpoint.STEP_DIR.match(p.name) or p.name in (checkpoint.BEST, checkpoint.LEARNING_DYNAMICS))
+    )
 
 
 def _same_checkpoint(a: Path, b: Path) -> bool:
@@ -75,8 +79,10 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
     """Move each checkpoint of ``out_dir`` that the store lacks into ``<store>/<its fingerprint>/``
     (a damaged one is quarantined, as ``restore`` would), and captures the store lacks into the run
     ``out_dir`` showed; returns what it moved, as lines to print."""
-    moved = [f"removed an incomplete checkpoint left by a crash: {out_dir / name}"
-             for name in checkpoint.remove_partial(out_dir)]
+    moved = [
+        f"removed an incomplete checkpoint left by a crash: {out_dir / name}"
+        for name in checkpoint.remove_partial(out_dir)
+    ]
     shown = shown_run(out_dir)
     for path in _managed(out_dir):
         if path.name == checkpoint.LEARNING_DYNAMICS:
@@ -101,8 +107,10 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
     if captures.is_dir() and shown:
         kept = _merge_files(captures, store / shown[0] / checkpoint.LEARNING_DYNAMICS)
         if kept:
-            moved.append(f"kept {kept} learning-dynamics file(s) of {captures} in the run store: "
-                         f"{store / shown[0] / checkpoint.LEARNING_DYNAMICS}")
+            moved.append(
+                f"kept {kept} learning-dynamics file(s) of {captures} in the run store: "
+                f"{store / shown[0] / checkpoint.LEARNING_DYNAMICS}"
+            )
     return moved
 
 
@@ -142,8 +150,11 @@ def start_fresh(run: Path, token: str) -> str | None:
     dest = checkpoint.move_aside(run, f"{run.name}-fresh") if _managed(run) else None
     run.mkdir(parents=True, exist_ok=True)
     mark.write_text(token + "\n")
-    return (f"fresh start requested: this run's checkpoints were moved to {dest} (`mv {dest}/* {run}/` brings "
-            "them back)") if dest else None
+    return (
+        (f"fresh start requested: this run's checkpoints were moved to {dest} (`mv {dest}/* {run}/` brings them back)")
+        if dest
+        else None
+    )
 
 
 def shown_run(out_dir: Path) -> tuple[str, int] | None:

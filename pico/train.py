@@ -20,9 +20,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -63,8 +63,11 @@ FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these acr
 
 def source_epochs(manifest: dict[str, Any], epochs: float) -> dict[str, dict[str, float]]:
     """Epochs over each source's unique documents after ``epochs`` over the packed rows."""
-    return {name: {"epochs": round(epochs * s["copies"], 6), "copies": s["copies"], "unique_tokens": s["unique_tokens"]}
-            for name, s in manifest.get("sources", {}).items() if s.get("unique_tokens")}
+    return {
+        name: {"epochs": round(epochs * s["copies"], 6), "copies": s["copies"], "unique_tokens": s["unique_tokens"]}
+        for name, s in manifest.get("sources", {}).items()
+        if s.get("unique_tokens")
+    }
 
 
 def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = False) -> None:
@@ -103,9 +106,18 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         # perf rows are wall-clock: kept out of checkpoints so their hash is the same on every rerun
         history = {k: v for k, v in self.history.items() if k != "perf"}
-        return {"step": self.step, "position": self.position, "status": self.status, "reason": self.reason,
-                "history": history, "loss_running_mean": self.watch.mean, "unlogged": self.unlogged,
-                "plan": self.plan, "lineage": self.lineage, "code_lineage": self.code_lineage}
+        return {
+            "step": self.step,
+            "position": self.position,
+            "status": self.status,
+            "reason": self.reason,
+            "history": history,
+            "loss_running_mean": self.watch.mean,
+            "unlogged": self.unlogged,
+            "plan": self.plan,
+            "lineage": self.lineage,
+            "code_lineage": self.code_lineage,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.position = state["step"], state["position"]
@@ -157,8 +169,15 @@ def nonfinite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, params: Params, d: Dist, progress: bool, stop: StopRequest | None = None,
-                 resources: contextlib.ExitStack | None = None, on_start: Callable[[Params, tuple], None] | None = None):
+    def __init__(
+        self,
+        params: Params,
+        d: Dist,
+        progress: bool,
+        stop: StopRequest | None = None,
+        resources: contextlib.ExitStack | None = None,
+        on_start: Callable[[Params, tuple], None] | None = None,
+    ):
         self.params, self.t, self.d, self.progress, self.on_start = params, params.training, d, progress, on_start
         self.stop = stop or StopRequest(params.training.stop_grace_s)  # SIGTERM/SIGINT (pico.preempt)
         if self.t.num_threads:
@@ -167,8 +186,11 @@ class Trainer:
         self.device = pick_device(params, d)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.t.precision == "bf16"
-                         else contextlib.nullcontext())
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.t.precision == "bf16"
+            else contextlib.nullcontext()
+        )
         self.dims = model_dims(params)
         dtype = torch.bfloat16 if self.t.precision == "bf16" else torch.float32  # what attention sees under autocast
         self.attention_kernel = check_attention_kernel(self.t.attention_kernel, self.dims, self.device, dtype)
@@ -190,19 +212,27 @@ class Trainer:
             (resources or contextlib.ExitStack()).enter_context(RunLock(self.run_dir))
         self.batch_rows = self.t.effective_batch_rows(d.world)
         if self.t.global_batch_size is not None and self.t.global_batch_size != self.batch_rows:
-            raise ValueError(f"training.global_batch_size={self.t.global_batch_size} but micro_batch_size x "
-                             f"grad_accum_steps x world size = {self.batch_rows}")
+            raise ValueError(
+                f"training.global_batch_size={self.t.global_batch_size} but micro_batch_size x "
+                f"grad_accum_steps x world size = {self.batch_rows}"
+            )
         if self.batch_rows > len(self.rows):
-            raise ValueError(f"training: an optimizer step takes {self.batch_rows} rows (micro_batch_size x "
-                             f"grad_accum_steps x processes) but {params.data.tokens_dir}/train.bin holds "
-                             f"{len(self.rows)} rows of {params.data.seq_len} tokens; lower training.micro_batch_size "
-                             "or training.grad_accum_steps, or add training data")
+            raise ValueError(
+                f"training: an optimizer step takes {self.batch_rows} rows (micro_batch_size x "
+                f"grad_accum_steps x processes) but {params.data.tokens_dir}/train.bin holds "
+                f"{len(self.rows)} rows of {params.data.seq_len} tokens; lower training.micro_batch_size "
+                "or training.grad_accum_steps, or add training data"
+            )
         self.tokens_per_step = self.batch_rows * params.data.seq_len
-        self.loader = RowLoader(self.rows, self.t.seed, self.t.micro_batch_size, self.t.grad_accum_steps,
-                                d.rank, d.world, self.t.shuffle)
-        self.state = TrainState(LossWatch(params.early_stop), plan=run_plan(params),
-                                lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}],
-                                code_lineage=[{"step": 0, "code_version": self.code}])
+        self.loader = RowLoader(
+            self.rows, self.t.seed, self.t.micro_batch_size, self.t.grad_accum_steps, d.rank, d.world, self.t.shuffle
+        )
+        self.state = TrainState(
+            LossWatch(params.early_stop),
+            plan=run_plan(params),
+            lineage=[{"step": 0, "max_steps": self.t.max_steps, "kind": "retarget"}],
+            code_lineage=[{"step": 0, "code_version": self.code}],
+        )
         self.metrics = train_metrics.Writer(self.t.metrics_dir) if d.is_main else None
         self._build_model()
         self.dynamics = self._dynamics_capture()
@@ -224,32 +254,44 @@ class Trainer:
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         shown = self._open_run_folder()
-        self.restored = checkpoint.restore(self.run_dir, self.fingerprint, self.t.restart_from, self.model,
-                                           self.optimizer, d, max_step=self.t.max_steps,
-                                           search=[runstore.store_root(params)])
+        self.restored = checkpoint.restore(
+            self.run_dir,
+            self.fingerprint,
+            self.t.restart_from,
+            self.model,
+            self.optimizer,
+            d,
+            max_step=self.t.max_steps,
+            search=[runstore.store_root(params)],
+        )
         if d.is_main:
             if shown and shown[0] != self.fingerprint:
-                print(f"{self.published} showed run {shown[0]} (step {shown[1]}); it stays in the run store "
-                      f"({self.run_dir.with_name(shown[0])}) and continues from there when its params come back "
-                      "(`git checkout REV -- params.yaml` or `dvc exp apply EXP`, then `dvc repro`). This run "
-                      f"({self.fingerprint}) " + (f"continues from step {self.restored.state['step']}"
-                                                  if self.restored else "starts at step 0"))
+                print(
+                    f"{self.published} showed run {shown[0]} (step {shown[1]}); it stays in the run store "
+                    f"({self.run_dir.with_name(shown[0])}) and continues from there when its params come back "
+                    "(`git checkout REV -- params.yaml` or `dvc exp apply EXP`, then `dvc repro`). This run "
+                    f"({self.fingerprint}) "
+                    + (f"continues from step {self.restored.state['step']}" if self.restored else "starts at step 0")
+                )
             runstore.publish(self.run_dir, self.published)  # checkpoint_dir shows this run from now on
-        self.fsdp = d.world > 1 and (self.t.parallelism == "fsdp" or
-                                     (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS))
+        self.fsdp = d.world > 1 and (
+            self.t.parallelism == "fsdp" or (self.t.parallelism == "auto" and params.model.preset in FSDP_PRESETS)
+        )
         if self.t.compile:  # before sharding, as torchtitan
             compile_model(self.model, self.t.compile_mode, per_block=self.fsdp)
         if self.fsdp:
             names = [n for group in optim.param_groups(self.model) for n in group]
             self.optimizer = distributed.shard_with_optimizer(
-                self.model, self.optimizer, names, lambda m: optim.make_optimizer(m, params, fused=fused))
+                self.model, self.optimizer, names, lambda m: optim.make_optimizer(m, params, fused=fused)
+            )
         r = self.restored
         if r is not None and r.rebase:
             self.scheduler = optim.rebased_scheduler(self.optimizer, params, r.state["step"])
             # a new run: a fresh plan and code lineage
             r.state.update(plan=self.state.plan, lineage=self.state.lineage, code_lineage=self.state.code_lineage)
             r.state["history"].setdefault("events", []).append(
-                {"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"})
+                {"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"}
+            )
             print(f"restarting from {r.path} (step {r.state['step']}) with lr {params.optim.lr:g}")
         elif r is not None or self.fsdp:
             changes = [continue_plan(params, r.state)] if r else []
@@ -259,15 +301,21 @@ class Trainer:
                 if change:
                     r.state["history"].setdefault("events", []).append({"step": r.state["step"], "event": change})
                     print(change)
-            self.scheduler = optim.make_scheduler(self.optimizer, params,
-                                                  r.scheduler_state if r else self.scheduler.state_dict(),
-                                                  r.state["lineage"] if r else None)
+            self.scheduler = optim.make_scheduler(
+                self.optimizer,
+                params,
+                r.scheduler_state if r else self.scheduler.state_dict(),
+                r.state["lineage"] if r else None,
+            )
         if r is not None:
             self.state.load_state_dict(r.state)
             if d.is_main:  # the wall-clock rows come from perf.csv, up to the checkpoint's step
                 self.state.history["perf"] = train_metrics.read_perf(self.t.metrics_dir, r.state["step"])
-        self.forward = self.model if d.world == 1 or self.fsdp else DistributedDataParallel(
-            self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
+        self.forward = (
+            self.model
+            if d.world == 1 or self.fsdp
+            else DistributedDataParallel(self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None)
+        )
         self.flops_per_token = self.model.flops_per_token(self.params.data.seq_len)
 
     def _open_run_folder(self) -> tuple[str, int] | None:
@@ -288,11 +336,14 @@ class Trainer:
         if not self.params.learning_dynamics.enabled:
             return None
         if self.d.world > 1:  # a replica's backward outside DDP's wrapper would stall its gradient sync
-            raise ValueError("learning_dynamics.enabled needs a one-process run (training.nproc 1); "
-                             f"this run has {self.d.world} processes")
+            raise ValueError(
+                "learning_dynamics.enabled needs a one-process run (training.nproc 1); "
+                f"this run has {self.d.world} processes"
+            )
         dynamics.hooked_modules(self.model, self.params.learning_dynamics.layer_suffixes)  # fail now, not at step 1000
-        return dynamics.Capture(self.params, self.dims, self.windows, self.rows, self.loader, self.device, self.autocast,
-                                self.run_dir)
+        return dynamics.Capture(
+            self.params, self.dims, self.windows, self.rows, self.loader, self.device, self.autocast, self.run_dir
+        )
 
     def capture_dynamics(self) -> None:
         """pico-analyze's activations, weights and gradients at this step (pico.dynamics)."""
@@ -325,8 +376,9 @@ class Trainer:
         if s.step == 0 and self.dynamics:
             self.capture_dynamics()
         self.model.train()
-        bar = tqdm(total=t.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress,
-                   mininterval=2)
+        bar = tqdm(
+            total=t.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress, mininterval=2
+        )
         interval = self.interval = Interval()
         interval.losses, interval.norms = list(s.unlogged["losses"]), list(s.unlogged["norms"])
         interval.carried = len(interval.losses)
@@ -405,23 +457,37 @@ class Trainer:
     # ---- what is due after a step ----
     def log(self, interval: Interval, lr: float) -> None:
         s, now = self.state, time.perf_counter()
-        s.history["train"].append({
-            "step": s.step, "loss": interval.losses[-1],
-            "loss_mean": math.fsum(interval.losses) / len(interval.losses),
-            "lr": lr, "grad_norm": interval.norms[-1], "grad_norm_max": max(interval.norms),
-            "tokens": s.step * self.tokens_per_step,
-        })
+        s.history["train"].append(
+            {
+                "step": s.step,
+                "loss": interval.losses[-1],
+                "loss_mean": math.fsum(interval.losses) / len(interval.losses),
+                "lr": lr,
+                "grad_norm": interval.norms[-1],
+                "grad_norm_max": max(interval.norms),
+                "tokens": s.step * self.tokens_per_step,
+            }
+        )
         rate = (len(interval.losses) - interval.carried) * self.tokens_per_step / (now - interval.clock)
         flops, peak = self.flops_per_token, self.t.peak_flops
-        s.history["perf"].append({"step": s.step, "tokens_per_s": round(rate, 1),
-                                  "elapsed_s": round(now - interval.started, 2),
-                                  "model_flops_per_s": round(rate * flops),
-                                  "mfu": round(rate * flops / (peak * self.d.world), 5) if peak else ""})
+        s.history["perf"].append(
+            {
+                "step": s.step,
+                "tokens_per_s": round(rate, 1),
+                "elapsed_s": round(now - interval.started, 2),
+                "model_flops_per_s": round(rate * flops),
+                "mfu": round(rate * flops / (peak * self.d.world), 5) if peak else "",
+            }
+        )
         timed = len(interval.losses) - interval.carried
         self.eta_s = round((self.t.max_steps - s.step) * (now - interval.clock) / timed, 1)
         if not self.progress and self.d.is_main:  # no progress bar (output to a pipe: DVC, Prefect): a line
-            print(train_metrics.progress_line(s.step, self.t.max_steps, s.history["train"][-1]["loss_mean"], lr, rate,
-                                              self.eta_s), flush=True)
+            print(
+                train_metrics.progress_line(
+                    s.step, self.t.max_steps, s.history["train"][-1]["loss_mean"], lr, rate, self.eta_s
+                ),
+                flush=True,
+            )
         interval.reset(now)
 
     def evaluate(self) -> str | None:
@@ -430,11 +496,19 @@ class Trainer:
         s, es, verdict = self.state, self.params.early_stop, None
         if self.d.is_main or self.fsdp:
             with self.eager():
-                metrics = evaluate_model(self.model, self.windows, self.params.evaluation.batch_size,
-                                         self.params.evaluation.max_windows_per_source, self.device)
+                metrics = evaluate_model(
+                    self.model,
+                    self.windows,
+                    self.params.evaluation.batch_size,
+                    self.params.evaluation.max_windows_per_source,
+                    self.device,
+                )
                 seen = self.seen_loss() if len(self.seen_rows) and s.position >= len(self.seen_rows) else None
-            s.history["eval"].append(train_metrics.eval_row(s.step, s.step * self.tokens_per_step,
-                                                            s.position / len(self.rows), metrics, seen))
+            s.history["eval"].append(
+                train_metrics.eval_row(
+                    s.step, s.step * self.tokens_per_step, s.position / len(self.rows), metrics, seen
+                )
+            )
             if self.d.is_main:  # on disk before the line announcing it: the Prefect flow reads the files then
                 self.metrics.submit(s.history, self.summary(), self.wall_s())
                 self.metrics.wait()
@@ -453,7 +527,7 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         bs = self.params.evaluation.batch_size
         for i in range(0, len(self.seen_rows), bs):
-            batch = torch.from_numpy(np.asarray(self.rows[self.seen_rows[i:i + bs]], dtype=np.int64)).to(self.device)
+            batch = torch.from_numpy(np.asarray(self.rows[self.seen_rows[i : i + bs]], dtype=np.int64)).to(self.device)
             with self.autocast:
                 total += self.model(batch[:, :-1], batch[:, 1:]).double() * len(batch)
         self.model.train(was_training)
@@ -463,14 +537,30 @@ class Trainer:
         """Rank 0 writes (DDP keeps every rank's weights and optimizer state equal; FSDP gathers them
         first, which every rank takes part in); all wait. ``interim``: written because the run was
         stopped between periodic checkpoints; pruned once a newer one exists (pico.checkpoint)."""
-        gathered = {"weights": distributed.full_weights(self.model),
-                    "optimizer_state": distributed.full_optimizer_state(self.model, self.optimizer)} if self.fsdp else {}
+        gathered = (
+            {
+                "weights": distributed.full_weights(self.model),
+                "optimizer_state": distributed.full_optimizer_state(self.model, self.optimizer),
+            }
+            if self.fsdp
+            else {}
+        )
         if self.d.is_main:
             try:
                 self.metrics.flush()  # the metric files are never behind a checkpoint
             finally:  # and an unwritable metrics folder does not lose the steps: state.json holds the history
-                checkpoint.save(self.run_dir, self.state.step, self.model, self.optimizer, self.scheduler,
-                                self.state_json(), self.t.keep_checkpoints, name=name, interim=interim, **gathered)
+                checkpoint.save(
+                    self.run_dir,
+                    self.state.step,
+                    self.model,
+                    self.optimizer,
+                    self.scheduler,
+                    self.state_json(),
+                    self.t.keep_checkpoints,
+                    name=name,
+                    interim=interim,
+                    **gathered,
+                )
                 runstore.publish(self.run_dir, self.published)
         if name is None:
             self.saved_step = self.state.step
@@ -480,10 +570,15 @@ class Trainer:
         """A checkpoint's state.json: the train state plus what identifies the run."""
         if hasattr(self, "interval"):  # saves come after the host read the interval's steps
             self.state.unlogged = {"losses": list(self.interval.losses), "norms": list(self.interval.norms)}
-        return {"fingerprint": self.fingerprint, **self.state.state_dict(), "model_dims": self.dims.to_dict(),
-                "config": self.params.model_dump(mode="json"), "code_version": self.state.code_version,
-                "tokenizer_sha256": self.data_manifest["tokenizer_sha256"],
-                "train_data_sha256": self.data_manifest["sha256"]}
+        return {
+            "fingerprint": self.fingerprint,
+            **self.state.state_dict(),
+            "model_dims": self.dims.to_dict(),
+            "config": self.params.model_dump(mode="json"),
+            "code_version": self.state.code_version,
+            "tokenizer_sha256": self.data_manifest["tokenizer_sha256"],
+            "train_data_sha256": self.data_manifest["sha256"],
+        }
 
     # ---- how a run ends ----
     def interrupted(self) -> str | None:
@@ -513,18 +608,24 @@ class Trainer:
             self.metrics.close()
             self.record_invocation(ended=True)
         newest = self.published / checkpoint.latest_checkpoint(self.run_dir).name
-        saved = (f"checkpoint {newest} written in {time.perf_counter() - started:.1f} s" if wrote
-                 else f"its newest checkpoint {newest} is at this step")
+        saved = (
+            f"checkpoint {newest} written in {time.perf_counter() - started:.1f} s"
+            if wrote
+            else f"its newest checkpoint {newest} is at this step"
+        )
         self.stop.uninstall()
-        raise TrainingInterrupted(f"stopped at step {s.step} of {self.t.max_steps} ({why}): {saved}; "
-                                  "rerun the same command (dvc repro, dvc exp run, pico train) to continue from it",
-                                  self.stop.exit_code)
+        raise TrainingInterrupted(
+            f"stopped at step {s.step} of {self.t.max_steps} ({why}): {saved}; "
+            "rerun the same command (dvc repro, dvc exp run, pico train) to continue from it",
+            self.stop.exit_code,
+        )
 
     def diverge(self, why: str) -> TrainSummary:
         self.state.status, self.state.reason = "diverged", why
         summary = self.finish()
-        raise TrainingDiverged(f"{why}; last good checkpoint: "
-                               f"{Path(self.t.checkpoint_dir) / (summary.last_good_checkpoint or 'none')}")
+        raise TrainingDiverged(
+            f"{why}; last good checkpoint: {Path(self.t.checkpoint_dir) / (summary.last_good_checkpoint or 'none')}"
+        )
 
     def finish(self) -> TrainSummary:
         d = self.d
@@ -533,9 +634,11 @@ class Trainer:
         if d.is_main:
             runstore.publish(self.run_dir, self.published)  # captures made since the last save
             if self.dynamics and self.dynamics.seconds:
-                print(f"learning dynamics: {self.dynamics.seconds:.1f} s of this invocation's "
-                      f"{time.perf_counter() - self.invocation['clock']:.1f} s, in "
-                      f"{dynamics.store(self.published)} (`pico export-analysis OUT` for pico-analyze)")
+                print(
+                    f"learning dynamics: {self.dynamics.seconds:.1f} s of this invocation's "
+                    f"{time.perf_counter() - self.invocation['clock']:.1f} s, in "
+                    f"{dynamics.store(self.published)} (`pico export-analysis OUT` for pico-analyze)"
+                )
             self.supervisor.close()
             self.metrics.close()
             self.record_invocation(ended=True)
@@ -550,17 +653,29 @@ class Trainer:
         """This invocation in run_info.json (machine, numerics, steps, wall time): not hashed by DVC."""
         if not hasattr(self, "invocation"):
             info = train_metrics.read_run_info(self.t.metrics_dir)
-            before = sum(c.get("wall_s") or 0 for c in info.get("invocations", [])) \
-                if info.get("fingerprint") == self.fingerprint else 0.0
-            self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.state.step,
-                               "clock": time.perf_counter(), "before_s": before}
+            before = (
+                sum(c.get("wall_s") or 0 for c in info.get("invocations", []))
+                if info.get("fingerprint") == self.fingerprint
+                else 0.0
+            )
+            self.invocation = {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "from_step": self.state.step,
+                "clock": time.perf_counter(),
+                "before_s": before,
+            }
         inv = self.invocation
-        record = {"started": inv["started"], "from_step": inv["from_step"], "to_step": self.state.step,
-                  "status": self.state.status}
+        record = {
+            "started": inv["started"],
+            "from_step": inv["from_step"],
+            "to_step": self.state.step,
+            "status": self.state.status,
+        }
         if ended:
             ran = [r for r in self.state.history["perf"] if r["step"] > inv["from_step"]]
-            record.update(wall_s=round(time.perf_counter() - inv["clock"], 1),
-                          median_tokens_per_s=train_metrics.median_rate(ran))
+            record.update(
+                wall_s=round(time.perf_counter() - inv["clock"], 1), median_tokens_per_s=train_metrics.median_rate(ran)
+            )
         machine = {"numerics": self.t.numerics, "device": str(self.device), **numerics.describe()}
         train_metrics.record_invocation(self.t.metrics_dir, self.fingerprint, machine, record)
 
@@ -569,34 +684,52 @@ class Trainer:
         verdict = eval_verdict(s.history["eval"], self.params.early_stop) if s.history["eval"] else None
         final_train = s.history["train"][-1] if s.history["train"] else {}
         return TrainSummary(
-            status=s.status, reason=s.reason, step=s.step, max_steps=self.t.max_steps,
-            final_loss=final_train.get("loss"), final_loss_mean=final_train.get("loss_mean"),
+            status=s.status,
+            reason=s.reason,
+            step=s.step,
+            max_steps=self.t.max_steps,
+            final_loss=final_train.get("loss"),
+            final_loss_mean=final_train.get("loss_mean"),
             min_loss_mean=min((r["loss_mean"] for r in s.history["train"]), default=None),
-            best_eval_loss=verdict.best_loss if verdict else None, best_eval_step=verdict.best_step if verdict else None,
+            best_eval_loss=verdict.best_loss if verdict else None,
+            best_eval_step=verdict.best_step if verdict else None,
             # a folder name inside training.checkpoint_dir, so equal runs write equal summaries
             last_good_checkpoint=getattr(checkpoint.latest_checkpoint(self.run_dir), "name", None),
-            tokens=s.step * self.tokens_per_step, epochs=s.position / len(self.rows),
-            effective_batch_rows=self.batch_rows, effective_batch_tokens=self.tokens_per_step,
-            processes=d.world, parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
+            tokens=s.step * self.tokens_per_step,
+            epochs=s.position / len(self.rows),
+            effective_batch_rows=self.batch_rows,
+            effective_batch_tokens=self.tokens_per_step,
+            processes=d.world,
+            parallelism="single" if d.world == 1 else "fsdp" if self.fsdp else "ddp",
             weights_identical_across_ranks=identical if d.world > 1 else None,
-            parameters=self.n_params, fingerprint=self.fingerprint, code_version=s.code_version, code_lineage=s.code_lineage,
-            events=s.history.get("events", []), eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
+            parameters=self.n_params,
+            fingerprint=self.fingerprint,
+            code_version=s.code_version,
+            code_lineage=s.code_lineage,
+            events=s.history.get("events", []),
+            eta_s=getattr(self, "eta_s", None) if s.status == "running" else None,
             source_epochs=source_epochs(self.data_manifest, s.position / len(self.rows)),
         )
 
     def _announce(self) -> None:
         p, d = self.params, self.d
-        print(f"model: {p.model.preset} d_model={self.dims.d_model} vocab={self.dims.vocab_size} -> "
-              f"{self.n_params:,} parameters; effective batch {self.batch_rows} rows x {p.data.seq_len} tokens = "
-              f"{self.tokens_per_step:,} tokens/step; {len(self.rows)} rows of data; device {self.device}"
-              + (f"; {d.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if d.world > 1 else ""))
+        print(
+            f"model: {p.model.preset} d_model={self.dims.d_model} vocab={self.dims.vocab_size} -> "
+            f"{self.n_params:,} parameters; effective batch {self.batch_rows} rows x {p.data.seq_len} tokens = "
+            f"{self.tokens_per_step:,} tokens/step; {len(self.rows)} rows of data; device {self.device}"
+            + (f"; {d.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if d.world > 1 else "")
+        )
         print(f"run fingerprint {self.fingerprint} (params, data, tokenizer, training code {self.code})")
         if d.is_main and self.state.step < self.t.max_steps and self.on_start:
             self.on_start(p, (self.n_params, self.flops_per_token))  # `pico train` prints the plan (pico.plan)
 
 
-def run(params: Params, progress: bool | None = None, on_start: Callable[[Params, tuple], None] | None = None,
-        stop: StopRequest | None = None) -> TrainSummary:
+def run(
+    params: Params,
+    progress: bool | None = None,
+    on_start: Callable[[Params, tuple], None] | None = None,
+    stop: StopRequest | None = None,
+) -> TrainSummary:
     """Train in this process, as one rank of a torchrun job when WORLD_SIZE > 1."""
     # signals are taken over first (``pico train`` does it before torch loads): a SIGTERM while the
     # data loads or the model compiles still stops the run cleanly (at its first step, or by the deadline)
@@ -624,8 +757,12 @@ def _newest_saved(run_dir: Path) -> str:
 STOP_REPORT_ENV = "PICO_STOP_REPORT"
 
 
-def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[Params, tuple], None] | None = None,
-         stop: StopRequest | None = None) -> None:
+def main(
+    params: Params,
+    params_path: str = "params.yaml",
+    on_start: Callable[[Params, tuple], None] | None = None,
+    stop: StopRequest | None = None,
+) -> None:
     """``pico train``: this process, or ``training.nproc`` processes under torchrun."""
     t = params.training
     if t.nproc > 1 and not distributed.under_torchrun():
@@ -648,8 +785,9 @@ def main(params: Params, params_path: str = "params.yaml", on_start: Callable[[P
         if not os.environ.get(STOP_REPORT_ENV):
             raise
         if os.environ.get("RANK", "0") == "0":
-            Path(os.environ[STOP_REPORT_ENV]).write_text(json.dumps({"message": str(stopped),
-                                                                     "exit_code": stopped.exit_code}))
+            Path(os.environ[STOP_REPORT_ENV]).write_text(
+                json.dumps({"message": str(stopped), "exit_code": stopped.exit_code})
+            )
         return  # every rank ends cleanly; the launcher says where the run stopped
     final = f"{summary.final_loss:.4f}" if summary.final_loss is not None else "n/a"
     print(f"train: {summary.status} at step {summary.step}, final loss {final}")

@@ -85,8 +85,10 @@ class TrainSummary(BaseModel):
 
 # The trainer's one line per log interval when it has no progress bar (under DVC, Prefect): the
 # Prefect flow parses it into the run's progress artifact, so its format is owned here.
-PROGRESS_RE = re.compile(r"^step (?P<step>\d+)/(?P<max_steps>\d+): loss (?P<loss>\S+) \(interval mean\), "
-                         r"lr (?P<lr>\S+), (?P<tokens_per_s>[\d,.]+) tokens/s, ETA (?P<eta>\S+)$")
+PROGRESS_RE = re.compile(
+    r"^step (?P<step>\d+)/(?P<max_steps>\d+): loss (?P<loss>\S+) \(interval mean\), "
+    r"lr (?P<lr>\S+), (?P<tokens_per_s>[\d,.]+) tokens/s, ETA (?P<eta>\S+)$"
+)
 EVAL_RE = re.compile(r"^step (?P<step>\d+): eval loss (?P<loss>\S+), token ppl (?P<token_perplexity>\S+), ")
 
 
@@ -95,18 +97,25 @@ def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h" if seconds >= 86400 else \
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return (
+        f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+        if seconds >= 86400
+        else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    )
 
 
 def progress_line(step: int, max_steps: int, loss_mean: float, lr: float, tokens_per_s: float, eta_s: float) -> str:
-    return (f"step {step}/{max_steps}: loss {loss_mean:.4f} (interval mean), lr {lr:.2e}, "
-            f"{tokens_per_s:,.0f} tokens/s, ETA {duration(eta_s)}")
+    return (
+        f"step {step}/{max_steps}: loss {loss_mean:.4f} (interval mean), lr {lr:.2e}, "
+        f"{tokens_per_s:,.0f} tokens/s, ETA {duration(eta_s)}"
+    )
 
 
 def eval_line(step: int, macro: dict[str, float]) -> str:
-    return (f"step {step}: eval loss {macro['loss']:.4f}, token ppl {macro['token_perplexity']:.3f}, "
-            f"bits/byte {macro['bits_per_byte']:.4f} (pico per-seq mean {macro['pico_mean_seq_perplexity']:.4g})")
+    return (
+        f"step {step}: eval loss {macro['loss']:.4f}, token ppl {macro['token_perplexity']:.3f}, "
+        f"bits/byte {macro['bits_per_byte']:.4f} (pico per-seq mean {macro['pico_mean_seq_perplexity']:.4g})"
+    )
 
 
 def parse_progress(line: str) -> dict[str, Any] | None:
@@ -114,8 +123,14 @@ def parse_progress(line: str) -> dict[str, Any] | None:
     m = PROGRESS_RE.match(line.strip())
     if not m:
         return None
-    return {"step": int(m["step"]), "max_steps": int(m["max_steps"]), "loss": float(m["loss"]), "lr": float(m["lr"]),
-            "tokens_per_s": float(m["tokens_per_s"].replace(",", "")), "eta": m["eta"]}
+    return {
+        "step": int(m["step"]),
+        "max_steps": int(m["max_steps"]),
+        "loss": float(m["loss"]),
+        "lr": float(m["lr"]),
+        "tokens_per_s": float(m["tokens_per_s"].replace(",", "")),
+        "eta": m["eta"],
+    }
 
 
 def parse_eval(line: str) -> int | None:
@@ -141,8 +156,10 @@ def parse_summary(text: str, where: str) -> TrainSummary:
         return TrainSummary.model_validate_json(text)
     except ValidationError as err:
         first = err.errors()[0]
-        raise ValueError(f"{where} is not a train summary ({'.'.join(map(str, first['loc']))}: {first['msg']}); "
-                         "rerun the train stage") from None
+        raise ValueError(
+            f"{where} is not a train summary ({'.'.join(map(str, first['loc']))}: {first['msg']}); "
+            "rerun the train stage"
+        ) from None
 
 
 def eval_row(step: int, tokens: int, epochs: float, metrics: dict, seen_loss: float | None) -> dict:
@@ -178,17 +195,28 @@ def parse_csv(text: str | None) -> list[dict[str, float]]:
 def headline(summary: TrainSummary | None, macro: dict[str, Any], wall_s: float | None) -> dict[str, Any]:
     """headline.json: a few short, rounded columns (the full figures stay in eval.json,
     eval_history.csv and train_summary.json)."""
+
     def r(x: Any, digits: int = 5) -> Any:
         return float(f"{float(x):.{digits}g}") if isinstance(x, (int, float)) and math.isfinite(float(x)) else x
 
-    return {"status": summary.status if summary else None, "step": summary.step if summary else None,
-            "loss": r(summary.final_loss_mean) if summary else None, "ppl": r(macro.get("token_perplexity")),
-            "bpb": r(macro.get("bits_per_byte"), 4), "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
-            "tokens": summary.tokens if summary else None, "wall_h": r(wall_s / 3600, 3) if wall_s is not None else None}
+    return {
+        "status": summary.status if summary else None,
+        "step": summary.step if summary else None,
+        "loss": r(summary.final_loss_mean) if summary else None,
+        "ppl": r(macro.get("token_perplexity")),
+        "bpb": r(macro.get("bits_per_byte"), 4),
+        "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
+        "tokens": summary.tokens if summary else None,
+        "wall_h": r(wall_s / 3600, 3) if wall_s is not None else None,
+    }
 
 
-def write(metrics_dir: str | Path, history: dict[str, list[dict]], summary: TrainSummary | None = None,
-          wall_s: float | None = None) -> None:
+def write(
+    metrics_dir: str | Path,
+    history: dict[str, list[dict]],
+    summary: TrainSummary | None = None,
+    wall_s: float | None = None,
+) -> None:
     """Rewrite the files from the run's history (cheap at these sizes, and atomic); with a summary,
     the headline too (from the newest evaluation: the run in progress, as `dvc exp show` sees it)."""
     d = Path(metrics_dir)
@@ -208,8 +236,11 @@ def read_perf(metrics_dir: str | Path, upto_step: int) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(io.StringIO((Path(metrics_dir) / PERF_CSV).read_text())))
     except (OSError, csv.Error):
         return []
-    return [{**row, "step": int(row["step"])} for row in rows
-            if str(row.get("step", "")).isdigit() and int(row["step"]) <= upto_step]
+    return [
+        {**row, "step": int(row["step"])}
+        for row in rows
+        if str(row.get("step", "")).isdigit() and int(row["step"]) <= upto_step
+    ]
 
 
 def median_rate(perf: list[dict[str, Any]]) -> float | None:
@@ -226,8 +257,9 @@ def read_run_info(metrics_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
-def record_invocation(metrics_dir: str | Path, fingerprint: str, machine: dict[str, Any],
-                      invocation: dict[str, Any]) -> None:
+def record_invocation(
+    metrics_dir: str | Path, fingerprint: str, machine: dict[str, Any], invocation: dict[str, Any]
+) -> None:
     """Add (or update, by start time) this invocation in run_info.json; a new run starts a new list."""
     info = read_run_info(metrics_dir)
     if info.get("fingerprint") != fingerprint:
@@ -254,8 +286,9 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="pico-metrics-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, history: dict[str, list[dict]], summary: TrainSummary | None = None,
-               wall_s: float | None = None) -> None:
+    def submit(
+        self, history: dict[str, list[dict]], summary: TrainSummary | None = None, wall_s: float | None = None
+    ) -> None:
         snapshot = {name: list(rows) for name, rows in history.items()}  # rows are appended, never changed
         with self._cv:  # an earlier write error waits for flush: the trainer saves its checkpoint first
             self._pending = (snapshot, summary, wall_s)

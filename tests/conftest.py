@@ -49,12 +49,27 @@ def make_corpus(root: Path, n_train: int = 240, n_eval: int = 24, seed: int = 0)
     """Dolma shards under root/dolma and two Paloma sources under root/paloma."""
     rng = random.Random(seed)
     for shard in range(3):
-        docs = [{"id": f"d{shard}-{i}", "text": document(rng), "source": "synthetic",
-                 "added": "2026-01-01T00:00:00Z", "metadata": {"shard": shard}} for i in range(n_train // 3)]
+        docs = [
+            {
+                "id": f"d{shard}-{i}",
+                "text": document(rng),
+                "source": "synthetic",
+                "added": "2026-01-01T00:00:00Z",
+                "metadata": {"shard": shard},
+            }
+            for i in range(n_train // 3)
+        ]
         write_jsonl_gz(root / "dolma" / f"part-{shard:04d}.json.gz", docs)
     for source in ("alpha", "beta"):
-        docs = [{"id": f"{source}-{i}", "text": document(rng, 12 if i % 5 == 0 else None), "source": source,
-                 "subdomain": f"{source}-{i % 2}"} for i in range(n_eval)]
+        docs = [
+            {
+                "id": f"{source}-{i}",
+                "text": document(rng, 12 if i % 5 == 0 else None),
+                "source": source,
+                "subdomain": f"{source}-{i % 2}",
+            }
+            for i in range(n_eval)
+        ]
         write_jsonl_gz(root / "paloma" / source / "val.jsonl.gz", docs)
     return {"train": str(root / "dolma" / "*.json.gz"), "eval": str(root / "paloma" / "*" / "val.jsonl.gz")}
 
@@ -64,18 +79,40 @@ def tiny_params(root: Path, corpus: dict[str, str] | None = None) -> dict:
     corpus = corpus or {"train": "data/corpus/dolma/*.json.gz", "eval": "data/corpus/paloma/*/val.jsonl.gz"}
     return {
         "embedded": {"out_dir": str(root / "data/embedded")},
-        "data": {"train_paths": [corpus["train"]], "eval_paths": [corpus["eval"]], "seq_len": 32,
-                 "tokens_dir": str(root / "data/tokens"), "encode_batch_size": 64},
+        "data": {
+            "train_paths": [corpus["train"]],
+            "eval_paths": [corpus["eval"]],
+            "seq_len": 32,
+            "tokens_dir": str(root / "data/tokens"),
+            "encode_batch_size": 64,
+        },
         "tokenizer": {"source": "train", "vocab_size": 300, "out_dir": str(root / "data/tokenizer")},
         "model": {"preset": "tiny", "d_model": 24, "hidden_dim": 48, "n_layers": 2, "max_seq_len": 64},
-        "optim": {"lr": 3.0e-3, "betas": [0.9, 0.95], "warmup_steps": 3, "schedule": "cosine",
-                  "max_grad_norm": 1.0, "weight_decay": 0.01},
-        "training": {"max_steps": 12, "micro_batch_size": 4, "grad_accum_steps": 2, "log_every": 2,
-                     "eval_every": 6, "checkpoint_every": 4, "keep_checkpoints": 2,
-                     "checkpoint_dir": str(root / "checkpoints"), "metrics_dir": str(root / "metrics"),
-                     "num_threads": 1},
-        "evaluation": {"batch_size": 8, "out": str(root / "metrics/eval.json"),
-                       "domains_out": str(root / "metrics/eval_domains.csv")},
+        "optim": {
+            "lr": 3.0e-3,
+            "betas": [0.9, 0.95],
+            "warmup_steps": 3,
+            "schedule": "cosine",
+            "max_grad_norm": 1.0,
+            "weight_decay": 0.01,
+        },
+        "training": {
+            "max_steps": 12,
+            "micro_batch_size": 4,
+            "grad_accum_steps": 2,
+            "log_every": 2,
+            "eval_every": 6,
+            "checkpoint_every": 4,
+            "keep_checkpoints": 2,
+            "checkpoint_dir": str(root / "checkpoints"),
+            "metrics_dir": str(root / "metrics"),
+            "num_threads": 1,
+        },
+        "evaluation": {
+            "batch_size": 8,
+            "out": str(root / "metrics/eval.json"),
+            "domains_out": str(root / "metrics/eval_domains.csv"),
+        },
         "report": {"out_dir": str(root / "reports"), "run_name": "test run"},
     }
 
@@ -99,8 +136,8 @@ def params_dict(tmp_path: Path, corpus: dict[str, str]) -> dict:
 def prepared(params_dict: dict):
     """Params with the tokenizer and tokenize stages already run."""
     from pico.config import parse_params
-    from pico.data import tokenizer
     from pico.data import tokenize as tokenize_stage
+    from pico.data import tokenizer
 
     params = parse_params(params_dict)
     tokenizer.run(params)
@@ -151,9 +188,16 @@ def s3_server(tmp_path_factory):
 
 
 def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -164,8 +208,9 @@ def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:
     """A git + DVC repo holding this project's dvc.yaml and code, with a tiny config on the embedded corpus."""
     shutil.copytree(REPO / "pico", repo / "pico", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    params = tiny_params(Path("."), {"train": "data/embedded/dolma/*.json.gz",
-                                     "eval": "data/embedded/paloma/*/val.jsonl.gz"})
+    params = tiny_params(
+        Path("."), {"train": "data/embedded/dolma/*.json.gz", "eval": "data/embedded/paloma/*/val.jsonl.gz"}
+    )
     params["embedded"] = {"out_dir": "data/embedded", "min_chars": 400}
     params["training"]["max_steps"] = 8
     params["evaluation"]["max_windows_per_source"] = 20

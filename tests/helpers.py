@@ -27,8 +27,14 @@ def run_folder(root: Path, raw: dict, name: str) -> Path:
 def pico(project: Path, *args: str, **env: str) -> subprocess.Popen:
     """``pico --params project/params.yaml ARGS`` as a subprocess running this checkout's code."""
     full = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
-                            cwd=project, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
+        cwd=project,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def assert_same_run(a: Path, b: Path, step: int) -> None:

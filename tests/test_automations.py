@@ -31,10 +31,17 @@ def test_a_run_without_heartbeats_is_crashed(prefect_server):
         ours = _running_run(client, automations.FLOW_NAME)
         other = _running_run(client, "someone-elses-flow")
         for run, flow_name in ((ours, automations.FLOW_NAME), (other, "someone-elses-flow")):
-            emit_event(event="prefect.flow-run.heartbeat",
-                       resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
-                       related=[{"prefect.resource.id": f"prefect.flow.{run.flow_id}",
-                                 "prefect.resource.role": "flow", "prefect.resource.name": flow_name}])
+            emit_event(
+                event="prefect.flow-run.heartbeat",
+                resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.flow.{run.flow_id}",
+                        "prefect.resource.role": "flow",
+                        "prefect.resource.name": flow_name,
+                    }
+                ],
+            )
         deadline = time.time() + 90
         while client.read_flow_run(ours.id).state.type.value != "CRASHED":
             assert time.time() < deadline, "the silent run was not marked Crashed"
@@ -57,11 +64,14 @@ def test_a_diverged_run_pauses_its_deployment(prefect_server):
     with get_client(sync_client=True) as client:
         ids = {name: pipeline.to_deployment(name=name, interval=3600).apply() for name in ("diverges", "healthy")}
         assert not client.read_deployment(ids["diverges"]).paused
-        emit_event(event=automations.DIVERGED_EVENT,
-                   resource={"prefect.resource.id": "pico.run.0123456789abcdef", "prefect.resource.name": "test run"},
-                   related=[{"prefect.resource.id": f"prefect.deployment.{ids['diverges']}",
-                             "prefect.resource.role": "deployment"}],
-                   payload={"step": 6, "reason": "training loss is nan at step 6"})
+        emit_event(
+            event=automations.DIVERGED_EVENT,
+            resource={"prefect.resource.id": "pico.run.0123456789abcdef", "prefect.resource.name": "test run"},
+            related=[
+                {"prefect.resource.id": f"prefect.deployment.{ids['diverges']}", "prefect.resource.role": "deployment"}
+            ],
+            payload={"step": 6, "reason": "training loss is nan at step 6"},
+        )
         deadline = time.time() + 90
         while not client.read_deployment(ids["diverges"]).paused:
             assert time.time() < deadline, "the diverged run's deployment was not paused"

@@ -69,8 +69,9 @@ def test_weights_repeat_one_corpus_apart_and_fractions_are_seeded():
 def write_two_source_corpus(root):
     rng = random.Random(0)
     for shard in range(2):
-        records = [{"id": f"{s}-{shard}-{i}", "text": document(rng), "source": s}
-                   for i in range(40) for s in ("wiki", "books")]
+        records = [
+            {"id": f"{s}-{shard}-{i}", "text": document(rng), "source": s} for i in range(40) for s in ("wiki", "books")
+        ]
         write_jsonl_gz(root / "dolma" / f"part-{shard}.json.gz", records)
     return str(root / "dolma" / "*.json.gz")
 
@@ -114,4 +115,7 @@ def test_tokenize_train_and_report_show_per_source_tokens_and_epochs(params_dict
     with contextlib.redirect_stdout(buf):
         tokenize_stage.run(parse_params(p), progress=False)
     assert "data.budgets.wikipedia: no training document has source 'wikipedia'" in buf.getvalue()
-    assert json.loads((TokensDir(params.data.tokens_dir).path / "train_manifest.json").read_text())["documents_packed"] == 160
+    assert (
+        json.loads((TokensDir(params.data.tokens_dir).path / "train_manifest.json").read_text())["documents_packed"]
+        == 160
+    )

@@ -113,8 +113,9 @@ def test_a_restart_point_moved_aside_is_found_there(tmp_path, capsys):
     # the run store: the folder named shows another run, the checkpoint is in the store
     store = tmp_path / "store"
     _save(store / "run-b", 8, fingerprint="run-b")
-    restored = checkpoint.restore(tmp_path / "fresh2", "run-c", str(root / "step_00000008"), model, opt, Dist(),
-                                  search=[store])
+    restored = checkpoint.restore(
+        tmp_path / "fresh2", "run-c", str(root / "step_00000008"), model, opt, Dist(), search=[store]
+    )
     assert restored.path == store / "run-b/step_00000008"
 
 
@@ -136,7 +137,7 @@ def test_checkpoints_command_lists_and_removes_only_set_aside_runs(tmp_path, cap
 def _flip(path, n=64):
     data = bytearray(path.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
     path.write_bytes(bytes(data))
 
 
@@ -201,11 +202,15 @@ def test_a_full_disk_is_named_and_the_failed_checkpoint_removed_at_once(tmp_path
     before = {p.name: (p / checkpoint.WEIGHTS).read_bytes() for p in checkpoint.list_checkpoints(tmp_path)}
 
     def full_disk(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed\nunexpected pos 1472 vs 1360")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed\nunexpected pos 1472 vs 1360"
+        )
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100 << 30, 100 << 30, 1 << 20))
+    monkeypatch.setattr(
+        checkpoint.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100 << 30, 100 << 30, 1 << 20)
+    )
     with pytest.raises(checkpoint.CheckpointWriteError) as err:
         _save(tmp_path, 8)
     msg = str(err.value)
@@ -222,7 +227,10 @@ def test_an_unwritable_folder_is_named_too(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(args[1]))
 
     monkeypatch.setattr(checkpoint, "save_file", denied)
-    with pytest.raises(checkpoint.CheckpointWriteError, match=r"could not write checkpoint .*step_00000004: .*Permission denied.*starts from step 0"):
+    with pytest.raises(
+        checkpoint.CheckpointWriteError,
+        match=r"could not write checkpoint .*step_00000004: .*Permission denied.*starts from step 0",
+    ):
         _save(tmp_path, 4)
     assert list(tmp_path.iterdir()) == []
 

@@ -14,7 +14,9 @@ def test_params_yaml_spells_out_every_key():
     full = load_params(REPO / "params.yaml").model_dump(mode="json")
 
     def keys(d, prefix=""):
-        return {f"{prefix}{k}" for k in d} | {x for k, v in d.items() if isinstance(v, dict) for x in keys(v, f"{prefix}{k}.")}
+        return {f"{prefix}{k}" for k in d} | {
+            x for k, v in d.items() if isinstance(v, dict) for x in keys(v, f"{prefix}{k}.")
+        }
 
     assert keys(raw) == keys(full)
 
@@ -85,11 +87,17 @@ def test_a_damaged_tokenizer_output_is_named_by_the_next_stage(tmp_path, params_
 
 def test_params_files_dvc_would_refuse_are_one_line_exit_2(tmp_path, capsys):
     text = (REPO / "params.yaml").read_text()
-    cases = {"dup.yaml": (text + "optim:\n  lr: 0.5\n").encode(),
-             "latin1.yaml": text.replace("3.0e-3", "3.0e-3 # caf\u00e9").encode("latin-1"),
-             "bomb.yaml": (text + "junk:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-                 f"  b{i}: &b{i} [" + ", ".join([f"*{'a' if i == 0 else f'b{i - 1}'}"] * 10) + "]\n"
-                 for i in range(8))).encode()}
+    cases = {
+        "dup.yaml": (text + "optim:\n  lr: 0.5\n").encode(),
+        "latin1.yaml": text.replace("3.0e-3", "3.0e-3 # caf\u00e9").encode("latin-1"),
+        "bomb.yaml": (
+            text
+            + "junk:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"  b{i}: &b{i} [" + ", ".join([f"*{'a' if i == 0 else f'b{i - 1}'}"] * 10) + "]\n" for i in range(8)
+            )
+        ).encode(),
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         assert main(["--params", str(tmp_path / name), "check-params"]) == 2
@@ -118,10 +126,12 @@ def test_every_command_refuses_an_unknown_key_with_exit_2_and_one_line(tmp_path,
 def test_an_expected_failure_is_one_line_and_exit_1(tmp_path, params_dict, capsys, monkeypatch):
     path = write_params(tmp_path / "p.yaml", params_dict)
     monkeypatch.chdir(tmp_path)
-    for argv, says in ((["export-hf", "no/such/checkpoint", "out"], "no/such/checkpoint"),
-                       (["import-pico", "no/such/run"], "no/such/run"),
-                       (["export-analysis", "out", "--checkpoint-dir", "no/such/dir"], "no/such/dir"),
-                       (["plan"], "tokenizer_meta.json: no such file or directory (the plan needs the tokenize")):
+    for argv, says in (
+        (["export-hf", "no/such/checkpoint", "out"], "no/such/checkpoint"),
+        (["import-pico", "no/such/run"], "no/such/run"),
+        (["export-analysis", "out", "--checkpoint-dir", "no/such/dir"], "no/such/dir"),
+        (["plan"], "tokenizer_meta.json: no such file or directory (the plan needs the tokenize"),
+    ):
         assert main(["--params", str(path), *argv]) == 1, argv
         err = _errors(capsys)
         assert len(err) == 1 and err[0].startswith(f"error in {argv[0]}: ") and says in err[0], err

@@ -23,7 +23,8 @@ def test_dvc_yaml_lists_the_stage_import_closure(stage):
     want, have = codedeps.stage_files(stage), dvc_code_deps(stage)
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     assert not missing and not extra, (
-        f"dvc.yaml stage {stage}: add {missing}, remove {extra} (`python -m pico.codedeps` prints the lists)")
+        f"dvc.yaml stage {stage}: add {missing}, remove {extra} (`python -m pico.codedeps` prints the lists)"
+    )
 
 
 @pytest.mark.parametrize("stage", list(codedeps.STAGE_MODULES))
@@ -32,8 +33,9 @@ def test_closure_covers_what_python_imports(stage):
     # the static closure (which also sees the imports inside functions, that this does not)
     module = codedeps.STAGE_MODULES[stage]
     code = f"import sys, json, {module}; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pico')))"
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                                       check=True).stdout)
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    )
     assert set(loaded) <= set(codedeps.closure(module))
 
 
@@ -50,8 +52,14 @@ def test_closure_sees_function_level_and_relative_imports(tmp_path, monkeypatch)
     monkeypatch.setattr(codedeps, "PACKAGE_DIR", pkg)
     codedeps.closure.cache_clear()
     try:
-        assert codedeps.closure("pico.entry") == ("pico", "pico.entry", "pico.other", "pico.sub", "pico.sub.deep",
-                                                  "pico.sub.leaf")
+        assert codedeps.closure("pico.entry") == (
+            "pico",
+            "pico.entry",
+            "pico.other",
+            "pico.sub",
+            "pico.sub.deep",
+            "pico.sub.leaf",
+        )
     finally:
         codedeps.closure.cache_clear()
 

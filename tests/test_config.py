@@ -98,29 +98,35 @@ def test_effective_batch_counts_processes():
     assert p.training.effective_batch_rows() == 24 and p.training.effective_batch_rows(world=8) == 96
 
 
-@pytest.mark.parametrize("key,value,why", [
-    ("training.checkpoint_dir", ".", "folder of its own"),
-    ("training.checkpoint_dir", "..", "folder of its own"),
-    ("training.checkpoint_dir", "/", "folder of its own"),
-    ("training.metrics_dir", "", "folder of its own"),
-    ("embedded.out_dir", "data/../..", "folder of its own"),
-    ("training.checkpoint_dir", "data/tokens/ckpt", "overlap"),
-    ("training.metrics_dir", "checkpoints", "overlap"),
-    ("report.out_dir", "pico/reports", "source folder pico/"),
-    ("training.checkpoint_dir", ".git/ckpt", "source folder .git/"),
-])
+@pytest.mark.parametrize(
+    "key,value,why",
+    [
+        ("training.checkpoint_dir", ".", "folder of its own"),
+        ("training.checkpoint_dir", "..", "folder of its own"),
+        ("training.checkpoint_dir", "/", "folder of its own"),
+        ("training.metrics_dir", "", "folder of its own"),
+        ("embedded.out_dir", "data/../..", "folder of its own"),
+        ("training.checkpoint_dir", "data/tokens/ckpt", "overlap"),
+        ("training.metrics_dir", "checkpoints", "overlap"),
+        ("report.out_dir", "pico/reports", "source folder pico/"),
+        ("training.checkpoint_dir", ".git/ckpt", "source folder .git/"),
+    ],
+)
 def test_output_folders_must_be_their_own(key, value, why):
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=rf"{key}=.*{why}"):
         parse_params({section: {name: value}})
 
 
-@pytest.mark.parametrize("section,name,value,message", [
-    ("training", "max_steps", True, "max_steps: True is a boolean"),
-    ("optim", "eps", float("inf"), "finite number"),
-    ("optim", "lr", float("nan"), "finite number"),
-    ("training", "seed", False, "seed: False is a boolean"),
-])
+@pytest.mark.parametrize(
+    "section,name,value,message",
+    [
+        ("training", "max_steps", True, "max_steps: True is a boolean"),
+        ("optim", "eps", float("inf"), "finite number"),
+        ("optim", "lr", float("nan"), "finite number"),
+        ("training", "seed", False, "seed: False is a boolean"),
+    ],
+)
 def test_booleans_and_non_finite_numbers_are_rejected(section, name, value, message):
     with pytest.raises(ConfigError, match=rf"{section}.*{message}"):
         parse_params({section: {name: value}})
@@ -178,9 +184,11 @@ def test_a_key_given_twice_is_refused_like_dvc_does(tmp_path):
     (tmp_path / "params.yaml").write_text(text + "optim:\n  lr: 0.5\n")
     with pytest.raises(ConfigError) as err:
         load_params(tmp_path / "params.yaml")
-    line = text[:text.index("\noptim:")].count("\n") + 2
-    assert str(err.value) == (f"{tmp_path / 'params.yaml'}: key 'optim' is given twice (lines {line} and "
-                              f"{text.count(chr(10)) + 1}); DVC refuses such a file: keep one")
+    line = text[: text.index("\noptim:")].count("\n") + 2
+    assert str(err.value) == (
+        f"{tmp_path / 'params.yaml'}: key 'optim' is given twice (lines {line} and "
+        f"{text.count(chr(10)) + 1}); DVC refuses such a file: keep one"
+    )
     nested = text.replace("  lr: 3.0e-3\n", "  lr: 3.0e-3\n  lr: 0.5\n")
     (tmp_path / "params.yaml").write_text(nested)
     with pytest.raises(ConfigError, match="key 'lr' is given twice"):
@@ -192,5 +200,5 @@ def test_a_params_file_that_is_not_utf8_is_named(tmp_path):
     (tmp_path / "params.yaml").write_bytes(data)
     with pytest.raises(ConfigError) as err:
         load_params(tmp_path / "params.yaml")
-    line = data[:data.index(b"\xe9")].count(b"\n") + 1
+    line = data[: data.index(b"\xe9")].count(b"\n") + 1
     assert str(err.value) == f"{tmp_path / 'params.yaml'}: not UTF-8 text (byte 0xe9 on line {line}); save it as UTF-8"

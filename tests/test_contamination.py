@@ -7,9 +7,8 @@ import json
 import numpy as np
 
 from pico.config import parse_params
-from pico.data import contamination
+from pico.data import contamination, tokenizer
 from pico.data import tokenize as tokenize_stage
-from pico.data import tokenizer
 from pico.data.tokens_dir import TokensDir
 
 
@@ -25,9 +24,17 @@ def test_count_finds_a_document_across_chunks_and_window_joins(monkeypatch):
     monkeypatch.setattr(contamination, "CHUNK_TOKENS", 16)  # the planted 13-gram straddles a chunk edge
     doc = np.arange(1000, 1030)  # one document of 30 tokens in two windows (the second repeats one token)
     eval_tokens = np.concatenate([[0], doc[:20], doc[19:], [0], np.arange(2000, 2030)])
-    table = np.array([(0, 21, 0, 0, 0, 1), (21, 11, 0, 0, 0, 1), (32, 31, 1, 1, 1, 1)],
-                     dtype=[("start", "i8"), ("length", "i4"), ("source", "i2"), ("subdomain", "i2"),
-                            ("doc", "i4"), ("n_bytes", "i8")])
+    table = np.array(
+        [(0, 21, 0, 0, 0, 1), (21, 11, 0, 0, 0, 1), (32, 31, 1, 1, 1, 1)],
+        dtype=[
+            ("start", "i8"),
+            ("length", "i4"),
+            ("source", "i2"),
+            ("subdomain", "i2"),
+            ("doc", "i4"),
+            ("n_bytes", "i8"),
+        ],
+    )
     train = np.concatenate([np.arange(5000, 5010), doc[12:27], np.arange(6000, 6007)]).reshape(4, 8)
     found = contamination.count(train, eval_tokens, table, ["a", "b"])
     assert found["contaminated_documents"] == 1 and found["documents"] == 2

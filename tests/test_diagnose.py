@@ -4,7 +4,6 @@ import copy
 import math
 from pathlib import Path
 
-
 from pico.config import parse_params
 from pico.diagnose import diagnose
 from pico.report import render
@@ -23,37 +22,88 @@ def params(**sections):
 
 
 def train_rows(losses, every=50, grad=1.0):
-    return [{"step": (i + 1) * every, "loss": x, "loss_mean": x, "lr": 1e-4, "grad_norm": grad,
-             "grad_norm_max": grad, "tokens": (i + 1) * every * 1000} for i, x in enumerate(losses)]
+    return [
+        {
+            "step": (i + 1) * every,
+            "loss": x,
+            "loss_mean": x,
+            "lr": 1e-4,
+            "grad_norm": grad,
+            "grad_norm_max": grad,
+            "tokens": (i + 1) * every * 1000,
+        }
+        for i, x in enumerate(losses)
+    ]
 
 
 def eval_rows(losses, every=200, seq_means=None):
     rows = []
     for i, x in enumerate(losses):
         seq = seq_means[i] if seq_means else math.exp(x) * 1.05
-        rows.append({"step": i * every, "loss": x, "token_perplexity": math.exp(x), "bits_per_byte": x / math.log(2) / 4,
-                     "pico_mean_seq_perplexity": seq, "token_perplexity/web": math.exp(x),
-                     "bits_per_byte/web": x / math.log(2) / 4})
+        rows.append(
+            {
+                "step": i * every,
+                "loss": x,
+                "token_perplexity": math.exp(x),
+                "bits_per_byte": x / math.log(2) / 4,
+                "pico_mean_seq_perplexity": seq,
+                "token_perplexity/web": math.exp(x),
+                "bits_per_byte/web": x / math.log(2) / 4,
+            }
+        )
     return rows
 
 
 def final(loss, seq_mean=None, top_share=0.2):
     ppl = math.exp(loss)
     seq = seq_mean or ppl * 1.05
-    m = {"loss": loss, "token_perplexity": ppl, "bits_per_byte": loss / math.log(2) / 4,
-         "pico_mean_seq_perplexity": seq, "seq_mean_over_token_ratio": seq / ppl, "windows": 100, "tokens": 204800,
-         "bytes": 819200}
-    return {"step": 1000, "checkpoint_kind": "latest", "macro": m, "sources": {"web": m},
-            "per_sequence_dominance": {
-                "top_windows": [{"window": 17, "doc": 9, "source": "web", "subdomain": "web/a", "loss": 71.0,
-                                 "tokens": 12, "perplexity": seq * 100 * top_share, "share": top_share}],
-                "top_share": top_share, "source_share": {"web": 1.0}}}
+    m = {
+        "loss": loss,
+        "token_perplexity": ppl,
+        "bits_per_byte": loss / math.log(2) / 4,
+        "pico_mean_seq_perplexity": seq,
+        "seq_mean_over_token_ratio": seq / ppl,
+        "windows": 100,
+        "tokens": 204800,
+        "bytes": 819200,
+    }
+    return {
+        "step": 1000,
+        "checkpoint_kind": "latest",
+        "macro": m,
+        "sources": {"web": m},
+        "per_sequence_dominance": {
+            "top_windows": [
+                {
+                    "window": 17,
+                    "doc": 9,
+                    "source": "web",
+                    "subdomain": "web/a",
+                    "loss": 71.0,
+                    "tokens": 12,
+                    "perplexity": seq * 100 * top_share,
+                    "share": top_share,
+                }
+            ],
+            "top_share": top_share,
+            "source_share": {"web": 1.0},
+        },
+    }
 
 
 def summary(**fields):
     """A train summary with plausible values for what a test does not set."""
-    base = {"step": 1000, "max_steps": 1000, "tokens": 1000, "epochs": 0.5, "effective_batch_rows": 8,
-            "effective_batch_tokens": 1024, "parameters": 1000, "fingerprint": "f", "code_version": "c"}
+    base = {
+        "step": 1000,
+        "max_steps": 1000,
+        "tokens": 1000,
+        "epochs": 0.5,
+        "effective_batch_rows": 8,
+        "effective_batch_tokens": 1024,
+        "parameters": 1000,
+        "fingerprint": "f",
+        "code_version": "c",
+    }
     return TrainSummary(**{**base, **fields})
 
 
@@ -62,15 +112,25 @@ def linspace(a, b, n):
 
 
 def test_healthy():
-    d = diagnose(train_rows(linspace(10.0, 4.0, 20)), eval_rows(linspace(9.8, 4.3, 6)),
-                 summary(status="completed", epochs=0.4), final(4.3), params())
+    d = diagnose(
+        train_rows(linspace(10.0, 4.0, 20)),
+        eval_rows(linspace(9.8, 4.3, 6)),
+        summary(status="completed", epochs=0.4),
+        final(4.3),
+        params(),
+    )
     assert d.verdict == "healthy" and d.pathology is None and not d.spikes
     assert any("train longer" in r for r in d.recommendations)
 
 
 def test_overfitting():
-    d = diagnose(train_rows(linspace(8.0, 2.0, 20)), eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]),
-                 summary(status="completed", epochs=3.2), final(5.2), params())
+    d = diagnose(
+        train_rows(linspace(8.0, 2.0, 20)),
+        eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]),
+        summary(status="completed", epochs=3.2),
+        final(5.2),
+        params(),
+    )
     assert d.verdict == "overfitting"
     assert "rose from its best 4 (step 400) to 5.2 (step 1000) over 3 evaluations" in d.evidence[0]
     assert "3.20 epochs over the training rows by then (repeated data)" in d.evidence[2]
@@ -79,20 +139,34 @@ def test_overfitting():
 
 
 def test_divergence_from_status_and_from_loss():
-    d = diagnose(train_rows(linspace(8.0, 5.0, 10)), eval_rows([7.0, 6.0]),
-                 summary(status="diverged", reason="training loss is nan at step 512", last_good_checkpoint="step_00000500"),
-                 final(6.0), params())
+    d = diagnose(
+        train_rows(linspace(8.0, 5.0, 10)),
+        eval_rows([7.0, 6.0]),
+        summary(status="diverged", reason="training loss is nan at step 512", last_good_checkpoint="step_00000500"),
+        final(6.0),
+        params(),
+    )
     assert d.verdict == "divergence" and "nan at step 512" in d.evidence[0]
     assert any("lower the learning rate" in r and "step_00000500" in r for r in d.recommendations)
-    d = diagnose(train_rows(linspace(8.0, 3.0, 10) + [6.0, 7.5, 9.0]), eval_rows([7.0, 5.0, 6.0]),
-                 summary(status="completed"), final(6.0), params())
+    d = diagnose(
+        train_rows(linspace(8.0, 3.0, 10) + [6.0, 7.5, 9.0]),
+        eval_rows([7.0, 5.0, 6.0]),
+        summary(status="completed"),
+        final(6.0),
+        params(),
+    )
     assert d.verdict == "divergence" and "rose from its minimum 3" in d.evidence[0]
     assert d.spikes  # the climb shows as spikes too
 
 
 def test_plateau():
-    d = diagnose(train_rows(linspace(8.0, 4.0, 12) + [4.0, 3.99, 4.01, 3.99, 3.98] + [3.98] * 3),
-                 eval_rows([7.0, 4.5, 4.2, 4.2, 4.19, 4.19]), summary(status="completed"), final(4.19), params())
+    d = diagnose(
+        train_rows(linspace(8.0, 4.0, 12) + [4.0, 3.99, 4.01, 3.99, 3.98] + [3.98] * 3),
+        eval_rows([7.0, 4.5, 4.2, 4.2, 4.19, 4.19]),
+        summary(status="completed"),
+        final(4.19),
+        params(),
+    )
     assert d.verdict == "plateau"
 
 
@@ -131,12 +205,22 @@ def test_the_training_logs_pattern_is_metric_pathology_not_overfitting():
     assert any("judge the model by token-level perplexity" in r for r in d.recommendations)
 
 
-V1 = {"optim": {"lr": 3.0e-4, "warmup_steps": 2500, "weight_decay": 0.0, "max_grad_norm": None},
-      "model": {"dropout": 0.0, "attention_dropout": 0.0},
-      "training": {"micro_batch_size": 1, "grad_accum_steps": 4, "log_every": 100, "eval_every": 1000, "max_steps": 20000}}
-V2 = {"optim": {"lr": 1.0e-4, "warmup_steps": 5000, "weight_decay": 0.01, "max_grad_norm": 1.0},
-      "model": {"dropout": 0.1, "attention_dropout": 0.1},
-      "training": {"micro_batch_size": 8, "grad_accum_steps": 2, "log_every": 50, "eval_every": 1000, "max_steps": 20000}}
+V1 = {
+    "optim": {"lr": 3.0e-4, "warmup_steps": 2500, "weight_decay": 0.0, "max_grad_norm": None},
+    "model": {"dropout": 0.0, "attention_dropout": 0.0},
+    "training": {
+        "micro_batch_size": 1,
+        "grad_accum_steps": 4,
+        "log_every": 100,
+        "eval_every": 1000,
+        "max_steps": 20000,
+    },
+}
+V2 = {
+    "optim": {"lr": 1.0e-4, "warmup_steps": 5000, "weight_decay": 0.01, "max_grad_norm": 1.0},
+    "model": {"dropout": 0.1, "attention_dropout": 0.1},
+    "training": {"micro_batch_size": 8, "grad_accum_steps": 2, "log_every": 50, "eval_every": 1000, "max_steps": 20000},
+}
 
 
 def test_what_we_did_sentences():
@@ -153,8 +237,17 @@ def test_golden_training_log():
     p = params(**copy.deepcopy(V2))
     train = train_rows(linspace(10.98, 6.58, 40))
     evals = eval_rows(linspace(7.4, 6.7, 5), seq_means=[2.55e19, 3.1e22, 8.8e25, 6.2e28, 4.98e30])
-    summ = summary(status="completed", step=2000, fingerprint="0123456789abcdef", code_version="fedcba9876543210",
-               parameters=11282784, tokens=2048000, epochs=0.02, final_loss_mean=6.58, effective_batch_rows=16)
+    summ = summary(
+        status="completed",
+        step=2000,
+        fingerprint="0123456789abcdef",
+        code_version="fedcba9876543210",
+        parameters=11282784,
+        tokens=2048000,
+        epochs=0.02,
+        final_loss_mean=6.58,
+        effective_batch_rows=16,
+    )
     run = RunRecord("pico-decoder-tiny v2 (planted)", p, train, evals, [], summ, final(6.7, 4.98e30, 0.997))
     changes = describe_changes(p, params(**copy.deepcopy(V1)).model_dump(mode="json"))
     text = render(run, changes, "v1", None, ["loss.png"])
@@ -168,9 +261,12 @@ def _with_seen(evals, seen, epochs):
 
 def test_memorisation_with_seen_rows_is_overfitting():
     """Held-out loss rises while the eval-mode loss of already-seen rows keeps falling: memorising."""
-    evals = _with_seen(eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]), [7.0, 4.9, 3.8, 3.0, 2.2, 1.5],
-                       [0.0, 0.8, 1.6, 2.4, 3.2, 4.0])
-    d = diagnose(train_rows(linspace(8.0, 2.0, 20)), evals, summary(status="completed", epochs=4.0), final(5.2), params())
+    evals = _with_seen(
+        eval_rows([7.0, 5.0, 4.0, 4.3, 4.7, 5.2]), [7.0, 4.9, 3.8, 3.0, 2.2, 1.5], [0.0, 0.8, 1.6, 2.4, 3.2, 4.0]
+    )
+    d = diagnose(
+        train_rows(linspace(8.0, 2.0, 20)), evals, summary(status="completed", epochs=4.0), final(5.2), params()
+    )
     assert d.verdict == "overfitting"
     assert "while the loss on already-seen training rows (eval mode, no dropout) fell 3.8 → 1.5" in d.evidence[0]
     assert "4.00 epochs over the training rows by then (repeated data)" in d.evidence[-1]
@@ -185,6 +281,11 @@ def test_a_dropout_only_gap_is_not_overfitting():
     without = diagnose(train, eval_rows(held_out), summary(status="completed", epochs=0.5), final(4.2), params())
     assert without.verdict == "overfitting"  # confounded
     seen = [7.0, 5.0, 4.0, 4.1, 4.16, 4.2]
-    d = diagnose(train, _with_seen(eval_rows(held_out), seen, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
-                 summary(status="completed", epochs=0.5), final(4.2), params())
+    d = diagnose(
+        train,
+        _with_seen(eval_rows(held_out), seen, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+        summary(status="completed", epochs=0.5),
+        final(4.2),
+        params(),
+    )
     assert d.verdict != "overfitting"

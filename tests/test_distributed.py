@@ -18,15 +18,25 @@ pytestmark = pytest.mark.slow
 
 def train_cli(project: Path, raw: dict, **env) -> subprocess.CompletedProcess:
     write_params(project / "params.yaml", raw)
-    return subprocess.run([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
-                          cwd=project, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env},
+    )
 
 
 def variant(params_dict, tmp_path, name, nproc, micro, accum):
     raw = copy.deepcopy(params_dict)
-    raw["training"].update(nproc=nproc, micro_batch_size=micro, grad_accum_steps=accum,
-                           checkpoint_dir=str(tmp_path / name / "checkpoints"), metrics_dir=str(tmp_path / name / "metrics"))
+    raw["training"].update(
+        nproc=nproc,
+        micro_batch_size=micro,
+        grad_accum_steps=accum,
+        checkpoint_dir=str(tmp_path / name / "checkpoints"),
+        metrics_dir=str(tmp_path / name / "metrics"),
+    )
     (tmp_path / name).mkdir()
     return raw
 
@@ -108,14 +118,19 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_one_line(par
     raw["training"].update(max_steps=200, log_every=1, checkpoint_every=1000, eval_every=1000)
     project = tmp_path / "two"
     write_params(project / "params.yaml", raw)
-    proc = subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                                 "PICO_FAULT_STEP_SECONDS": "0.2"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), "train"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PICO_FAULT_STEP_SECONDS": "0.2"},
+    )
     deadline = time.time() + 180
     while not (project / "metrics/train.csv").is_file() or len(losses(project)) < 3:
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
         time.sleep(0.1)
+
     def rank_one(p: Path) -> bool:
         try:
             return b"LOCAL_RANK=1\0" in (p / "environ").read_bytes() and os.readlink(p / "cwd") == str(project)

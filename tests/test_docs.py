@@ -36,8 +36,8 @@ def test_every_param_has_a_meaning_in_the_reference():
 
 
 def test_field_comments_come_from_above_and_beside(tmp_path):
-    from pico.paramsdoc import field_comments
     from pico.config import OptimConfig
+    from pico.paramsdoc import field_comments
 
     found = field_comments(OptimConfig)
     assert found["lr"].startswith("pico-train: 3e-4")

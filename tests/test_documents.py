@@ -11,13 +11,13 @@ GOOD = {"id": "a", "text": "hello world", "source": "web"}
 
 def bad_shard(tmp_path):
     raw = [
-        b"{not json\n",                                            # line 2: bad_json
-        b'["a list"]\n',                                           # line 3: bad_json (not an object)
-        b'{"id": "m", "source": "web"}\n',                         # line 4: missing_text
-        b'{"id": "n", "text": 42, "source": "web"}\n',             # line 5: missing_text (not a string)
-        b'{"id": "e", "text": "   ", "source": "web"}\n',          # line 6: empty_text
-        b'{"id": "u", "text": "caf\xe9", "source": "web"}\n',      # line 7: undecodable_bytes
-        b"\n",                                                     # blank: counted, not skipped
+        b"{not json\n",  # line 2: bad_json
+        b'["a list"]\n',  # line 3: bad_json (not an object)
+        b'{"id": "m", "source": "web"}\n',  # line 4: missing_text
+        b'{"id": "n", "text": 42, "source": "web"}\n',  # line 5: missing_text (not a string)
+        b'{"id": "e", "text": "   ", "source": "web"}\n',  # line 6: empty_text
+        b'{"id": "u", "text": "caf\xe9", "source": "web"}\n',  # line 7: undecodable_bytes
+        b"\n",  # blank: counted, not skipped
         (json.dumps({"id": "b", "text": "second good", "source": "web"}) + "\n").encode(),
     ]
     return write_jsonl_gz(tmp_path / "shard.json.gz", [GOOD], raw)
@@ -32,11 +32,15 @@ def test_every_bad_reason_is_counted(tmp_path):
     summary = stats.to_dict()
     assert summary["skipped"]["truncated_file"] == 0 and summary["skipped_total"] == 6
     assert summary["blank_lines"] == 1 and summary["empty_files"] == []
-    assert summary["skip_examples"][0].endswith("shard.json.gz:2: bad_json: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
+    assert summary["skip_examples"][0].endswith(
+        "shard.json.gz:2: bad_json: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    )
 
 
 def test_truncated_gzip_keeps_what_was_read(tmp_path):
-    path = write_jsonl_gz(tmp_path / "t.json.gz", [{**GOOD, "id": str(i), "text": f"document {i} " * 50} for i in range(200)])
+    path = write_jsonl_gz(
+        tmp_path / "t.json.gz", [{**GOOD, "id": str(i), "text": f"document {i} " * 50} for i in range(200)]
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     stats = ReadStats()
@@ -92,10 +96,15 @@ def test_empty_files_and_blank_lines_are_counted(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in stats.empty_files] == ["a.json.gz", "b.jsonl"]
 
 
-@pytest.mark.parametrize("line, reason", [
-    (b"{not json\n", "bad json"), (b'{"id": "m"}\n', "missing text"),
-    (b'{"text": ""}\n', "empty text"), (b'{"text": "\xff"}\n', "undecodable bytes"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"{not json\n", "bad json"),
+        (b'{"id": "m"}\n', "missing text"),
+        (b'{"text": ""}\n', "empty text"),
+        (b'{"text": "\xff"}\n', "undecodable bytes"),
+    ],
+)
 def test_strict_mode_names_file_and_line(tmp_path, line, reason):
     path = write_jsonl_gz(tmp_path / "s.json.gz", [GOOD, GOOD], [line])
     with pytest.raises(BadDocumentError, match=rf"s\.json\.gz:3: {reason}"):

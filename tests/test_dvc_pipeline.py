@@ -53,8 +53,11 @@ def test_a_clone_elsewhere_writes_the_same_hashes(dvc_repo, tmp_path):
     assert (clone / "dvc.lock").read_text() == (dvc_repo / "dvc.lock").read_text()
     changed = sh(clone, "git", "status", "--porcelain").stdout.split("\n")
     # wall-clock files only (headline.json: its wall_h)
-    assert sorted(line[3:] for line in changed if line) == ["metrics/headline.json", "metrics/perf.csv",
-                                                            "metrics/run_info.json"]
+    assert sorted(line[3:] for line in changed if line) == [
+        "metrics/headline.json",
+        "metrics/perf.csv",
+        "metrics/run_info.json",
+    ]
     info = json.loads((clone / "metrics/run_info.json").read_text())
     assert info["machine"]["numerics"] == "portable" and len(info["invocations"]) == 2  # the original + this
 
@@ -64,15 +67,18 @@ def test_reproduce_says_identical_then_names_a_planted_difference(dvc_repo, tmp_
     identical, with the seed noise measured beside it. Then a commit whose logged numbers came from
     elsewhere (planted: one loss changed) is *not reproduced* — through the Prefect flow, which fails
     and publishes the verdicts — and the step is named."""
+    import tempfile
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
     from flows.reproduce import NotReproduced, reproduce_flow
-    import tempfile
 
     scratch_before = set(Path(tempfile.gettempdir()).glob("pico-reproduce-*"))
-    proc = sh(dvc_repo, "pico", "reproduce", "HEAD", "--noise-seeds", "1", "--out", str(tmp_path / "same.md"), check=False)
+    proc = sh(
+        dvc_repo, "pico", "reproduce", "HEAD", "--noise-seeds", "1", "--out", str(tmp_path / "same.md"), check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / "same.md").read_text()
     assert md.splitlines()[0].endswith(": reproduced"), md
@@ -94,8 +100,11 @@ def test_reproduce_says_identical_then_names_a_planted_difference(dvc_repo, tmp_
         with pytest.raises(NotReproduced, match="first logged training loss that differs is at step 4"):
             reproduce_flow("HEAD", str(dvc_repo), from_stage="train", noise_seeds=0)
         with get_client(sync_client=True) as client:
-            md = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pico-reproduce"])),
-                                       sort=ArtifactSort.CREATED_DESC, limit=1)[0].data
+            md = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pico-reproduce"])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )[0].data
         assert "NOT reproduced" in md.splitlines()[0]
         assert "the first logged training loss that differs is at step 4" in md
         assert "| training loss, every logged step (largest difference): step 4 |" in md
@@ -114,12 +123,15 @@ def changed_stages(repo) -> set[str]:
     return set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
 
 
-@pytest.mark.parametrize("module, stages", [
-    ("pico/diagnose.py", {"report"}),
-    ("pico/monitor.py", {"train"}),
-    ("pico/data/tokens_dir.py", {"tokenize", "train", "evaluate"}),
-    ("pico/config.py", {"embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report"}),
-])
+@pytest.mark.parametrize(
+    "module, stages",
+    [
+        ("pico/diagnose.py", {"report"}),
+        ("pico/monitor.py", {"train"}),
+        ("pico/data/tokens_dir.py", {"tokenize", "train", "evaluate"}),
+        ("pico/config.py", {"embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report"}),
+    ],
+)
 def test_editing_a_module_a_stage_imports_changes_that_stage(dvc_repo, module, stages):
     path = dvc_repo / module
     before = path.read_text()

@@ -13,7 +13,7 @@ import yaml
 from pico import checkpoint, dynamics, folders, train
 from pico.config import parse_params
 from pico.data.eval_windows import EvalWindows
-from pico.model import PicoDecoder, ModelDims
+from pico.model import ModelDims, PicoDecoder
 
 
 def feature_space_linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -32,8 +32,11 @@ def condition_number(w: torch.Tensor) -> float:
 def load_like_pico_analyze(run_path: Path, step: int, split: str) -> dict:
     """pico-analyze's local loader (src/utils/data.py): fixed folder names, no zero padding."""
     folder = run_path / "checkpoints" / f"step_{step}" / "learning_dynamics"
-    return {kind: torch.load(folder / f"{split}_{kind}.pt", weights_only=True)
-            for kind in dynamics.KINDS if (folder / f"{split}_{kind}.pt").exists()}
+    return {
+        kind: torch.load(folder / f"{split}_{kind}.pt", weights_only=True)
+        for kind in dynamics.KINDS
+        if (folder / f"{split}_{kind}.pt").exists()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,9 @@ def test_captures_load_with_the_shapes_pico_analyze_expects(captured):
     for step in (0, 4, 8, 12):
         folder = dynamics.step_folder(root, step)
         splits = ("train", "val") if step < 12 else ("val",)  # after the last step: no next batch (as pico-train)
-        assert sorted(f.name for f in folder.glob("*.pt")) == sorted(f"{s}_{k}.pt" for s in splits for k in dynamics.KINDS)
+        assert sorted(f.name for f in folder.glob("*.pt")) == sorted(
+            f"{s}_{k}.pt" for s in splits for k in dynamics.KINDS
+        )
         for split in splits:
             rows = 8 if split == "train" else 10
             for kind in dynamics.KINDS:
@@ -79,7 +84,11 @@ def test_captures_load_with_the_shapes_pico_analyze_expects(captured):
                 for name, t in data.items():
                     suffix = name.split(".", 2)[2]
                     assert t.dtype == torch.float32 and t.device.type == "cpu"
-                    want = (rows, out_features[suffix]) if kind == "activations" else (out_features[suffix], in_features[suffix])
+                    want = (
+                        (rows, out_features[suffix])
+                        if kind == "activations"
+                        else (out_features[suffix], in_features[suffix])
+                    )
                     assert tuple(t.shape) == want, (step, split, kind, name)
             acts = torch.load(folder / f"{split}_activations.pt", weights_only=True)
             assert os.path.commonprefix(list(acts)) == "layers."  # how pico-analyze finds the layer prefix
@@ -149,8 +158,10 @@ def test_export_is_a_pico_analyze_run_and_its_metrics_compute(captured, tmp_path
         assert np.isfinite(kappa) and kappa > 1.0
     # the final step holds val only, and step 0 the initial weights
     assert set(load_like_pico_analyze(out, 12, "train")) == set()
-    assert not torch.equal(load_like_pico_analyze(out, 0, "val")["weights"][f"{prefix}0.swiglu.w_2"],
-                           early["weights"][f"{prefix}0.swiglu.w_2"])
+    assert not torch.equal(
+        load_like_pico_analyze(out, 0, "val")["weights"][f"{prefix}0.swiglu.w_2"],
+        early["weights"][f"{prefix}0.swiglu.w_2"],
+    )
     # exporting again refreshes the links; a folder holding anything else is refused
     dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
     (tmp_path / "other").mkdir()
@@ -192,8 +203,19 @@ def test_export_analysis_command(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text("{}\n")
     empty = tmp_path / "ckpt"
     empty.mkdir()
-    assert cli_main(["--params", str(tmp_path / "params.yaml"), "export-analysis", str(tmp_path / "out"),
-                     "--checkpoint-dir", str(empty)]) == 1
+    assert (
+        cli_main(
+            [
+                "--params",
+                str(tmp_path / "params.yaml"),
+                "export-analysis",
+                str(tmp_path / "out"),
+                "--checkpoint-dir",
+                str(empty),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "learning_dynamics.enabled: true" in err
     assert not (tmp_path / "out").exists()

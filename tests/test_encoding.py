@@ -61,8 +61,9 @@ def test_budgets_decide_in_reading_order_whatever_the_threads(tok):
 
     def stream(threads: int):
         budgets = Budgets({"a": SourceBudget(max_tokens=200), "b": SourceBudget(weight=0.5)}, 7)
-        chunks = list(encoded_chunks(mixed, tok, 0, np.dtype(np.uint16), batch_size=4, budgets=budgets,
-                                     threads=threads))
+        chunks = list(
+            encoded_chunks(mixed, tok, 0, np.dtype(np.uint16), batch_size=4, budgets=budgets, threads=threads)
+        )
         return np.concatenate([c for c, _ in chunks]).tolist(), [n for _, n in chunks], budgets.tally.to_dict()
 
     one = stream(1)

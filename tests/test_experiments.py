@@ -82,14 +82,22 @@ def test_queued_sweep(repo):
     assert 1.0e-4 in lrs and 3.0e-4 in lrs
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=-1", "optim.lr: Input should be greater than 0 (got -1)"),
-    ("model.dropout=1.5", "model.dropout: Input should be less than 1 (got 1.5)"),
-    ("+optim.learning_rate=0.1", "optim.learning_rate: unknown key"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=-1", "optim.lr: Input should be greater than 0 (got -1)"),
+        ("model.dropout=1.5", "model.dropout: Input should be less than 1 (got 1.5)"),
+        ("+optim.learning_rate=0.1", "optim.learning_rate: unknown key"),
+    ],
+)
 def test_bad_overrides_fail_before_any_work(repo, override, message):
-    kept = ["metrics/train.csv", "metrics/eval_history.csv", "metrics/perf.csv", "metrics/train_summary.json",
-            "metrics/eval.json"]
+    kept = [
+        "metrics/train.csv",
+        "metrics/eval_history.csv",
+        "metrics/perf.csv",
+        "metrics/train_summary.json",
+        "metrics/eval.json",
+    ]
     before = {m: (repo / m).read_bytes() for m in kept}
     proc = sh(repo, "dvc", "exp", "run", "-S", override, check=False)
     sh(repo, "git", "checkout", "--", "params.yaml")
@@ -132,7 +140,16 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
     sh(repo, "dvc", "remote", "modify", "store", "endpointurl", s3_server.endpoint)
     # credentials only in the untracked local config
     sh(repo, "dvc", "remote", "modify", "--local", "store", "access_key_id", s3_server.env()["AWS_ACCESS_KEY_ID"])
-    sh(repo, "dvc", "remote", "modify", "--local", "store", "secret_access_key", s3_server.env()["AWS_SECRET_ACCESS_KEY"])
+    sh(
+        repo,
+        "dvc",
+        "remote",
+        "modify",
+        "--local",
+        "store",
+        "secret_access_key",
+        s3_server.env()["AWS_SECRET_ACCESS_KEY"],
+    )
     assert "secret" not in (repo / ".dvc/config").read_text()
     sh(repo, "git", "add", ".dvc/config")
     sh(repo, "git", "commit", "-qm", "remote")
@@ -142,7 +159,16 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
     bad = sh(repo, "dvc", "push", check=False)
     assert bad.returncode != 0
     assert "Forbidden" in bad.stderr and "403" in bad.stderr  # DVC names the refusal
-    sh(repo, "dvc", "remote", "modify", "--local", "store", "secret_access_key", s3_server.env()["AWS_SECRET_ACCESS_KEY"])
+    sh(
+        repo,
+        "dvc",
+        "remote",
+        "modify",
+        "--local",
+        "store",
+        "secret_access_key",
+        s3_server.env()["AWS_SECRET_ACCESS_KEY"],
+    )
 
     sh(repo, "dvc", "push")
 
@@ -160,9 +186,18 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
     again = tmp_path / "again"
     subprocess.run(["git", "clone", "-q", str(repo), str(again)], check=True)
     shutil.copy(repo / ".dvc/config.local", again / ".dvc/config.local")
-    pull = subprocess.Popen(["dvc", "pull"], cwd=again, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                                 "AWS_MAX_ATTEMPTS": "3"})  # fewer retries: the test waits for the failure
+    pull = subprocess.Popen(
+        ["dvc", "pull"],
+        cwd=again,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "AWS_MAX_ATTEMPTS": "3",
+        },
+    )  # fewer retries: the test waits for the failure
     time.sleep(0.3)
     s3_server.stop()
     try:

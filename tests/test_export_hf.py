@@ -23,9 +23,14 @@ def save_random_checkpoint(root: Path, dims: ModelDims, tok_dir: Path) -> Path:
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     meta = json.loads((tok_dir / "tokenizer_meta.json").read_text())
-    state = {"fingerprint": "test", "position": 0, "history": {}, "model_dims": dims.to_dict(),
-             "tokenizer_sha256": meta["sha256"],
-             "config": {"tokenizer": {"out_dir": str(tok_dir), "eos_token": "<|endoftext|>", "pad_token": "<|padding|>"}}}
+    state = {
+        "fingerprint": "test",
+        "position": 0,
+        "history": {},
+        "model_dims": dims.to_dict(),
+        "tokenizer_sha256": meta["sha256"],
+        "config": {"tokenizer": {"out_dir": str(tok_dir), "eos_token": "<|endoftext|>", "pad_token": "<|padding|>"}},
+    }
     return checkpoint.save(root, 1, model, opt, sched, state, keep=1)
 
 
@@ -34,11 +39,14 @@ def save_random_checkpoint(root: Path, dims: ModelDims, tok_dir: Path) -> Path:
 # because transformers builds its RoPE tables in float32 and we build ours in float64 (then cast),
 # so the angles drift apart at large positions. The bound at 2,048 is 1e-4 absolute and 5e-5
 # relative to the largest logit; the argmax (the next-token choice) is the same everywhere.
-@pytest.mark.parametrize("preset_dims, seq_len, atol", [
-    (dict(d_model=96, hidden_dim=384), 50, 1e-5),                 # tiny's shape (12 layers, 12/4 heads)
-    (dict(d_model=192, hidden_dim=512, n_layers=3), 50, 1e-5),    # another shape: head_dim 16
-    (dict(d_model=96, hidden_dim=384, init_std=0.1), 2048, 1e-4),  # tiny at the full context, larger weights
-])
+@pytest.mark.parametrize(
+    "preset_dims, seq_len, atol",
+    [
+        (dict(d_model=96, hidden_dim=384), 50, 1e-5),  # tiny's shape (12 layers, 12/4 heads)
+        (dict(d_model=192, hidden_dim=512, n_layers=3), 50, 1e-5),  # another shape: head_dim 16
+        (dict(d_model=96, hidden_dim=384, init_std=0.1), 2048, 1e-4),  # tiny at the full context, larger weights
+    ],
+)
 def test_logits_match(prepared, tmp_path, preset_dims, seq_len, atol):
     dims = ModelDims(vocab_size=320, max_seq_len=max(64, seq_len), **preset_dims)
     ckpt = save_random_checkpoint(tmp_path / "ck", dims, Path(prepared.tokenizer.out_dir))

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,11 @@ def latest_flow_task_runs():
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                                         sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        flow_run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )[0]
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
         return {r.name: r for r in runs}
 
@@ -45,9 +48,11 @@ def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_p
     dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
     # a stage that fails on its first run and succeeds on the retry, printing a line 3 s before it ends
     # (no flush: the flow's PYTHONUNBUFFERED must carry it to the Prefect log while the stage runs)
-    flaky = {"cmd": f"{sys.executable} -c \"import pathlib,sys,time; p=pathlib.Path(r'{marker}'); "
-                    f"first = not p.exists(); p.touch(); print('flaky: working'); "
-                    f"time.sleep(0 if first else 3); sys.exit(1 if first else 0)\""}
+    flaky = {
+        "cmd": f"{sys.executable} -c \"import pathlib,sys,time; p=pathlib.Path(r'{marker}'); "
+        f"first = not p.exists(); p.touch(); print('flaky: working'); "
+        f'time.sleep(0 if first else 3); sys.exit(1 if first else 0)"'
+    }
     dvc_yaml["stages"] = {"flaky": flaky, **dvc_yaml["stages"]}
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     sh(repo, "git", "add", "-A")
@@ -67,8 +72,9 @@ def test_flow_runs_dvc_stages_with_retries_and_experiments(prefect_server, tmp_p
         metrics = next(a for a in client.read_artifacts() if a.key == "pico-metrics")
     # the UI cannot fetch the report's relative image links: the plots travel inside the markdown
     assert report.data.count("](data:image/png;base64,") == 4 and "](plots/" not in report.data
-    assert "{" not in metrics.description and all(len(repr(row["token perplexity"])) <= 8
-                                                   for row in json.loads(metrics.data))
+    assert "{" not in metrics.description and all(
+        len(repr(row["token perplexity"])) <= 8 for row in json.loads(metrics.data)
+    )
     # stage output streams into the run's log as it is printed, not when the stage exits
     working = [log.timestamp for log in logs if log.message == "flaky: working"]
     assert len(working) == 2 and (runs["flaky"].end_time - working[-1]).total_seconds() > 2
@@ -99,17 +105,21 @@ def test_killed_training_is_retried_and_resumes(prefect_server, tmp_path, monkey
     assert latest_flow_task_runs()["train"].run_count == 2
     for name in ("metrics/eval.json", "metrics/train.csv", "metrics/eval_history.csv", "metrics/train_summary.json"):
         assert (killed / name).read_text() == (clean / name).read_text(), name
-    assert (killed / "checkpoints/step_00000012/model.safetensors").read_bytes() == \
-        (clean / "checkpoints/step_00000012/model.safetensors").read_bytes()
+    assert (killed / "checkpoints/step_00000012/model.safetensors").read_bytes() == (
+        clean / "checkpoints/step_00000012/model.safetensors"
+    ).read_bytes()
 
 
 def test_early_stop_branch_evaluates_best_checkpoint(prefect_server, tmp_path):
     from flows.pipeline import pipeline
 
-    repo = make_dvc_repo(tmp_path / "repo", {
-        "training": {"max_steps": 30, "eval_every": 2},
-        "early_stop": {"enabled": True, "patience": 1, "min_delta": 10.0, "explosion_factor": None},
-    })
+    repo = make_dvc_repo(
+        tmp_path / "repo",
+        {
+            "training": {"max_steps": 30, "eval_every": 2},
+            "early_stop": {"enabled": True, "patience": 1, "min_delta": 10.0, "explosion_factor": None},
+        },
+    )
     outcome = pipeline(repo=str(repo), retries=0)
     assert outcome["status"] == "early_stopped"
     ev = json.loads((repo / "metrics/eval.json").read_text())
@@ -124,7 +134,7 @@ def test_diverged_run_fails_with_reason(prefect_server, tmp_path, monkeypatch):
 
     repo = make_dvc_repo(tmp_path / "repo")
     monkeypatch.setenv("PICO_FAULT_NAN_AT_STEP", "6")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     with pytest.raises(PipelineFailed, match=r"training loss is nan at step 6.*recovery is off"):
         pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
     assert latest_flow_task_runs()["train"].run_count == 1  # a diverged run is not retried blindly
@@ -141,8 +151,11 @@ def _events(name: str, since: datetime, timeout: float = 30.0) -> list[dict]:
     deadline = time.time() + timeout
     while True:
         with get_client(sync_client=True) as client:
-            response = client.request("POST", "/events/filter", json={"filter": {
-                "event": {"name": [name]}, "occurred": {"since": since.isoformat()}}})
+            response = client.request(
+                "POST",
+                "/events/filter",
+                json={"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}},
+            )
         found = response.json()["events"]
         if found or time.time() > deadline:
             return found
@@ -198,13 +211,36 @@ def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_
 
     repo = make_dvc_repo(tmp_path / "repo")
     sh(repo, "dvc", "repro", "tokenize")
-    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
-           "PICO_FAULT_STEP_SECONDS": "1.0", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PYTHONPATH": str(REPO),
+        "PICO_FAULT_STEP_SECONDS": "1.0",
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]  # another CPU-heavy process
-    server = subprocess.Popen([sys.executable, "-m", "flows.serve", "--name", "every-2s", "--interval", "2",
-                               "--repo", str(repo), "--retries", "0", "--set", "training.log_every=4"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flows.serve",
+            "--name",
+            "every-2s",
+            "--interval",
+            "2",
+            "--repo",
+            str(repo),
+            "--retries",
+            "0",
+            "--set",
+            "training.log_every=4",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         runs = []
@@ -225,8 +261,9 @@ def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_
             pytest.fail(f"states after 240 s: {[(r.name, r.state.type.value) for r in runs]}")
         assert dep.global_concurrency_limit.limit == 1
         skipped = [r for r in runs if r.state.is_cancelled()]
-        assert skipped and all("concurrency" in (r.state.message or "").lower() for r in skipped), \
-            [r.state.message for r in skipped]
+        assert skipped and all("concurrency" in (r.state.message or "").lower() for r in skipped), [
+            r.state.message for r in skipped
+        ]
         ran = sorted((r for r in runs if r.state.is_completed()), key=lambda r: r.start_time)
         for a, b in zip(ran, ran[1:]):
             assert a.end_time <= b.start_time  # one at a time
@@ -255,18 +292,34 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
     Only this flow run's artifacts and logs count: the session's server holds earlier tests' runs,
     whose last training log may well say "in progress" (a killed run)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
-                                                FlowRunFilter, LogFilter, LogFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import LogSort
 
     repo = make_dvc_repo(tmp_path / "repo", {"training": {"max_steps": 24, "log_every": 2, "eval_every": 6}})
     sh(repo, "dvc", "repro", "tokenize")
-    env = {**os.environ, "PREFECT_API_URL": prefect_server.api_url, "PYTHONPATH": str(REPO),
-           "PICO_FAULT_STEP_SECONDS": "0.5", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server.api_url,
+        "PYTHONPATH": str(REPO),
+        "PICO_FAULT_STEP_SECONDS": "0.5",
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
     with get_client(sync_client=True) as client:
         earlier_runs = {r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--repo", str(repo), "--retries", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(repo), "--retries", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen_progress, seen_logs, training_logs, trainer_lines = {}, set(), {}, {}
     ours = None
     try:
@@ -274,19 +327,31 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, tmp_path):
             while proc.poll() is None:
                 now = time.time()
                 if ours is None:
-                    ours = next((r.id for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())
-                                 if r.id not in earlier_runs), None)
+                    ours = next(
+                        (
+                            r.id
+                            for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())
+                            if r.id not in earlier_runs
+                        ),
+                        None,
+                    )
                     continue
-                for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+                for a in client.read_artifacts(
+                    artifact_filter=ArtifactFilter(
                         key=ArtifactFilterKey(any_=["pico-train-progress", "pico-training-log"]),
-                        flow_run_id=ArtifactFilterFlowRunId(any_=[ours]))):
+                        flow_run_id=ArtifactFilterFlowRunId(any_=[ours]),
+                    )
+                ):
                     if a.key == "pico-train-progress":
                         seen_progress.setdefault(a.data, now)
                     elif a.id not in seen_logs:
                         seen_logs.add(a.id)
                         training_logs[a.id] = (now, a.data)
-                for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours])),
-                                            sort=LogSort.TIMESTAMP_DESC, limit=50):
+                for log in client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[ours])),
+                    sort=LogSort.TIMESTAMP_DESC,
+                    limit=50,
+                ):
                     if log.message.startswith("step ") and "tokens/s, ETA" in log.message:
                         trainer_lines.setdefault(log.message, now)
                 time.sleep(0.3)

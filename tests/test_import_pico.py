@@ -13,26 +13,47 @@ from pico import checkpoint, evaluate
 from pico.cli import main as cli_main
 from pico.config import parse_params
 from pico.data import tokenizer as tokenizer_stage
-from tests.helpers import REPO
 from pico.import_pico import import_pico
 from pico.model import ModelDims, PicoDecoder
+from tests.helpers import REPO
 
-CONFIG = {"model_type": "pico_decoder", "d_model": 24, "n_layers": 2, "vocab_size": 320, "batch_size": 4,
-          "max_seq_len": 64, "attention_n_heads": 12, "attention_n_kv_heads": 4, "activation_hidden_dim": 48,
-          "norm_eps": 1e-6, "position_emb_theta": 10000.0}
+CONFIG = {
+    "model_type": "pico_decoder",
+    "d_model": 24,
+    "n_layers": 2,
+    "vocab_size": 320,
+    "batch_size": 4,
+    "max_seq_len": 64,
+    "attention_n_heads": 12,
+    "attention_n_kv_heads": 4,
+    "activation_hidden_dim": 48,
+    "norm_eps": 1e-6,
+    "position_emb_theta": 10000.0,
+}
 
 
 def pico_init_state(seed: int) -> dict[str, torch.Tensor]:
     """pico-train's initialisation: PyTorch's module defaults, drawn in the order its modules are built."""
     torch.manual_seed(seed)
-    d, h, v, n_kv = CONFIG["d_model"], CONFIG["activation_hidden_dim"], CONFIG["vocab_size"], CONFIG["attention_n_kv_heads"]
+    d, h, v, n_kv = (
+        CONFIG["d_model"],
+        CONFIG["activation_hidden_dim"],
+        CONFIG["vocab_size"],
+        CONFIG["attention_n_kv_heads"],
+    )
     head = d // CONFIG["attention_n_heads"]
     sd = {"embedding_proj.weight": torch.nn.Embedding(v, d).weight.data}
     for i in range(CONFIG["n_layers"]):
         p = f"layers.{i}."
-        for name, (o, inp) in {"attention.q_proj": (d, d), "attention.k_proj": (n_kv * head, d),
-                               "attention.v_proj": (n_kv * head, d), "attention.o_proj": (d, d),
-                               "swiglu.w_0": (h, d), "swiglu.w_1": (h, d), "swiglu.w_2": (d, h)}.items():
+        for name, (o, inp) in {
+            "attention.q_proj": (d, d),
+            "attention.k_proj": (n_kv * head, d),
+            "attention.v_proj": (n_kv * head, d),
+            "attention.o_proj": (d, d),
+            "swiglu.w_0": (h, d),
+            "swiglu.w_1": (h, d),
+            "swiglu.w_2": (d, h),
+        }.items():
             sd[p + name + ".weight"] = torch.nn.Linear(inp, o, bias=False).weight.data
         sd[p + "attention_norm.weight"] = torch.ones(d)
         sd[p + "swiglu_norm.weight"] = torch.ones(d)
@@ -66,8 +87,9 @@ def pico_logits(sd: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
         k = (x @ sd[p + "attention.k_proj.weight"].T).view(b, t, nkv, hd)
         v = (x @ sd[p + "attention.v_proj.weight"].T).view(b, t, nkv, hd)
         q, k = rope(q), rope(k)
-        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=mask, enable_gqa=True)
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True
+        )
         h = h + att.transpose(1, 2).reshape(b, t, d) @ sd[p + "attention.o_proj.weight"].T
         x = rms(h, sd[p + "swiglu_norm.weight"])
         mlp = F.silu(x @ sd[p + "swiglu.w_0.weight"].T) * (x @ sd[p + "swiglu.w_1.weight"].T)
@@ -109,8 +131,11 @@ def test_pico_init_is_pico_trains(tmp_path):
     ids = torch.randint(0, 320, (4, 33), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         pico_loss = float(PicoDecoder(dims)(ids[:, :-1], ids[:, 1:]))
-        normal_loss = float(PicoDecoder(ModelDims(vocab_size=320, d_model=24, hidden_dim=48, n_layers=2,
-                                                  max_seq_len=64))(ids[:, :-1], ids[:, 1:]))
+        normal_loss = float(
+            PicoDecoder(ModelDims(vocab_size=320, d_model=24, hidden_dim=48, n_layers=2, max_seq_len=64))(
+                ids[:, :-1], ids[:, 1:]
+            )
+        )
     assert pico_loss > math.log(320) + 0.05 and normal_loss == pytest.approx(math.log(320), abs=0.02)
 
 
@@ -152,8 +177,9 @@ def test_import_refuses_foreign_tokenizer_data_and_keeps_what_was_there(prepared
     sd = perturbed(pico_init_state(7))
     other_tok = json.loads((tmp_path / "data/tokenizer" / "tokenizer.json").read_text())
     other_tok["model"]["vocab"]["zzzz-not-ours"] = 319  # another tokenizer: another hash
-    src = write_pico_train_run(tmp_path / "runs" / "r", sd, step=5, tokenizer_json=json.dumps(other_tok),
-                               weights_format="bin")
+    src = write_pico_train_run(
+        tmp_path / "runs" / "r", sd, step=5, tokenizer_json=json.dumps(other_tok), weights_format="bin"
+    )
     out = tmp_path / "ckpts"
     (out / "step_00000003").mkdir(parents=True)
     (out / "step_00000003" / "state.json").write_text(json.dumps({"fingerprint": "earlier", "step": 3}))
@@ -171,21 +197,28 @@ def test_import_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     bad = tmp_path / "nothing"
     bad.mkdir()
-    assert cli_main(["--params", str(tmp_path / "params.yaml"), "import-pico", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        cli_main(["--params", str(tmp_path / "params.yaml"), "import-pico", str(bad), "--out", str(tmp_path / "o")])
+        == 1
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no config.json" in err
     folder = tmp_path / "half" / "checkpoints" / "step_1"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({**CONFIG, "d_model": 48}))
     save_file({f"pico_decoder.{k}": v for k, v in pico_init_state(0).items()}, str(folder / "model.safetensors"))
-    assert cli_main(["--params", str(tmp_path / "params.yaml"), "import-pico", str(folder), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        cli_main(["--params", str(tmp_path / "params.yaml"), "import-pico", str(folder), "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "do not fit" in capsys.readouterr().err
 
 
 def test_tokenizer_hash_matches_between_import_and_tokenize(prepared, tmp_path):
     _, info = tokenizer_stage.load(prepared.tokenizer.out_dir)
     sd = pico_init_state(0)
-    src = write_pico_train_run(tmp_path / "runs" / "x", sd, step=1,
-                               tokenizer_json=(tmp_path / "data/tokenizer" / "tokenizer.json").read_text())
+    src = write_pico_train_run(
+        tmp_path / "runs" / "x", sd, step=1, tokenizer_json=(tmp_path / "data/tokenizer" / "tokenizer.json").read_text()
+    )
     path = import_pico(src, tmp_path / "c", prepared)
     assert checkpoint.read_state(path)["tokenizer_sha256"] == info.sha256

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    root = make_dvc_repo(tmp_path_factory.mktemp("interrupted") / "repo",
-                         {"training": {"max_steps": 20, "checkpoint_every": 10, "log_every": 5, "eval_every": 10}})
+    root = make_dvc_repo(
+        tmp_path_factory.mktemp("interrupted") / "repo",
+        {"training": {"max_steps": 20, "checkpoint_every": 10, "log_every": 5, "eval_every": 10}},
+    )
     shutil.copytree(REPO / "presets", root / "presets")
     sh(root, "dvc", "repro")
     sh(root, "git", "add", "-A")
@@ -51,12 +53,21 @@ def _no_leftovers():
 
 def _start(repo: Path, *cmd: str, step_seconds: float = 0.15) -> subprocess.Popen:
     """A command in its own process group (as a shell runs a job), its training slowed down."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(repo),  # the repository's own pico/ runs, not the checkout's (an editable install)
-           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "PICO_FAULT_STEP_SECONDS": str(step_seconds),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),  # the repository's own pico/ runs, not the checkout's (an editable install)
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PICO_FAULT_STEP_SECONDS": str(step_seconds),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     STARTED.append(proc)
     return proc
 
@@ -196,8 +207,7 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
     while "Success" not in sh(repo, "dvc", "queue", "status").stdout:
         assert time.time() < deadline, sh(repo, "dvc", "queue", "status").stdout
         time.sleep(2)
-    names = [line.split()[1] for line in sh(repo, "dvc", "queue", "status").stdout.splitlines()
-             if "Success" in line]
+    names = [line.split()[1] for line in sh(repo, "dvc", "queue", "status").stdout.splitlines() if "Success" in line]
     assert names, sh(repo, "dvc", "queue", "status").stdout
     log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout
     assert _resumed_at(log) >= 40, log

@@ -45,8 +45,9 @@ def test_live_view_reads_the_repository_files_without_changing_folder(prepared, 
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     warnings = []
-    view = pipeline.LiveView(repo, type("Log", (), {"info": lambda *a: None,
-                                                    "warning": lambda *a: warnings.append(a)})())
+    view = pipeline.LiveView(
+        repo, type("Log", (), {"info": lambda *a: None, "warning": lambda *a: warnings.append(a)})()
+    )
     view("step 6: eval loss 5.0000, token ppl 148.413, bits/byte 4.0000 (pico per-seq mean 150)")
     assert not warnings and len(published) == 1 and "| 12 | 3,072 |" in published[0]  # at the evaluation's line
     view.close()

@@ -32,7 +32,7 @@ def test_world_size_does_not_change_the_global_batch():
     two = [RowLoader(rows(20), seed=3, micro_batch_size=2, grad_accum_steps=1, rank=r, world_size=2) for r in range(2)]
     for position in (0, 4, 16):
         single = sorted(map(tuple, torch.cat(one.step_batches(position)).tolist()))
-        split = sorted(map(tuple, torch.cat([torch.cat(l.step_batches(position)) for l in two]).tolist()))
+        split = sorted(map(tuple, torch.cat([torch.cat(loader.step_batches(position)) for loader in two]).tolist()))
         assert single == split
 
 

@@ -38,8 +38,8 @@ def test_matches_plain_cross_entropy_and_its_gradients(monkeypatch, chunk_elemen
 
 def test_upstream_gradient_scales_the_result():
     h, w, t = _case()
-    gh_ref, = torch.autograd.grad(3.5 * F.cross_entropy(h @ w.T, t, ignore_index=IGNORE_INDEX), (h,))
-    gh, = torch.autograd.grad(3.5 * linear_cross_entropy(h, w, t), (h,))
+    (gh_ref,) = torch.autograd.grad(3.5 * F.cross_entropy(h @ w.T, t, ignore_index=IGNORE_INDEX), (h,))
+    (gh,) = torch.autograd.grad(3.5 * linear_cross_entropy(h, w, t), (h,))
     assert torch.allclose(gh, gh_ref, rtol=1e-5, atol=1e-7)
 
 
@@ -64,8 +64,11 @@ def test_bf16_autocast_multiplies_in_bf16_like_the_unchunked_model():
 
 def test_model_loss_equals_loss_of_its_logits():
     torch.manual_seed(0)
-    model = PicoDecoder(ModelDims.from_config(ModelConfig(d_model=48, hidden_dim=96, n_layers=2, n_heads=4,
-                                                          n_kv_heads=2, init_std=0.1), 200))
+    model = PicoDecoder(
+        ModelDims.from_config(
+            ModelConfig(d_model=48, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, init_std=0.1), 200
+        )
+    )
     ids = torch.randint(0, 200, (3, 33))
     ref = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
@@ -93,6 +96,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 def test_peak_memory_is_a_chunk_not_the_logits():
     """At 4,096 tokens x 50,304 vocabulary one fp32 logits copy is 824 MB; the plain loss and its
     backward hold several, the chunked one a few 256 MiB chunks (peak RSS growth of a process)."""
+
     def grown(how: str) -> int:
         out = subprocess.run([sys.executable, "-c", PEAK_RSS, how], capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])

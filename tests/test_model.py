@@ -14,9 +14,15 @@ def dims(**kw) -> ModelDims:
     return ModelDims(**base)
 
 
-@pytest.mark.parametrize("preset, expected", [
-    ("tiny", 11_282_784), ("small", 64_595_328), ("medium", 181_095_168), ("large", 569_808_384),
-])
+@pytest.mark.parametrize(
+    "preset, expected",
+    [
+        ("tiny", 11_282_784),
+        ("small", 64_595_328),
+        ("medium", 181_095_168),
+        ("large", 569_808_384),
+    ],
+)
 def test_parameter_counts_match_pico(preset, expected):
     d = ModelDims.from_config(ModelConfig(preset=preset), tokenizer_vocab=50_280)
     assert d.vocab_size == 50_304  # OLMo's 50,280 padded to a multiple of 64
@@ -122,8 +128,13 @@ def _sdpa_ops(model, x) -> set[str]:
     return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
 
 
-@pytest.mark.parametrize("kernel, op", [("flash", "aten::_scaled_dot_product_flash_attention_for_cpu"),
-                                        ("math", "aten::_scaled_dot_product_attention_math")])
+@pytest.mark.parametrize(
+    "kernel, op",
+    [
+        ("flash", "aten::_scaled_dot_product_flash_attention_for_cpu"),
+        ("math", "aten::_scaled_dot_product_attention_math"),
+    ],
+)
 def test_attention_kernels_run_the_chosen_backend_and_compute_the_same(kernel, op):
     """training.attention_kernel picks SDPA's backend (seen in the profile), with the same loss and
     gradients as PyTorch's own choice."""

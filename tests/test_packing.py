@@ -5,10 +5,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from pico.data.documents import Document, iter_documents
-from pico.data.packing import pack_documents
-from pico.data.tokens_dir import TokensDir, token_dtype
 from pico.data.eval_windows import EvalWindows, document_windows
+from pico.data.packing import pack_documents
 from pico.data.tokenizer import train_bpe
+from pico.data.tokens_dir import TokensDir, token_dtype
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,9 @@ def test_eval_windows_cover_every_token_once(prepared):
     for doc_no, doc in enumerate(docs):
         rows = ev.table[ev.table["doc"] == doc_no]
         assert len(rows) >= 1 and (rows["length"] <= prepared.data.seq_len + 1).all()
-        predicted = np.concatenate([ev.window(int(np.flatnonzero(ev.table["doc"] == doc_no)[k]))[1:] for k in range(len(rows))])
+        predicted = np.concatenate(
+            [ev.window(int(np.flatnonzero(ev.table["doc"] == doc_no)[k]))[1:] for k in range(len(rows))]
+        )
         assert predicted.tolist() == tok.encode(doc.text, add_special_tokens=False).ids
         assert rows["n_bytes"].sum() == len(doc.text.encode("utf-8"))
     assert ev.manifest["bytes"] == sum(len(d.text.encode()) for d in docs)
@@ -88,8 +90,8 @@ def test_rows_file_size_is_checked(prepared):
 
 
 def test_skips_show_in_manifest(params_dict, tmp_path):
-    from pico.data import tokenize as tokenize_stage
     from pico.config import parse_params
+    from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
     from tests.conftest import write_jsonl_gz
 
@@ -106,8 +108,8 @@ def test_skips_show_in_manifest(params_dict, tmp_path):
 def test_parallel_tokenization_is_byte_identical(params_dict, tmp_path, workers):
     import copy
 
-    from pico.data import tokenize as tokenize_stage
     from pico.config import parse_params
+    from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
     from tests.conftest import write_jsonl_gz
 

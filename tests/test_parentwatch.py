@@ -26,9 +26,11 @@ def test_the_trainer_stops_with_a_checkpoint_when_its_dvc_dies(params_dict, prep
     # a stand-in for `dvc repro`: a process named dvc that runs the stage and waits for it
     fake_dvc = tmp_path / "bin" / "dvc"
     fake_dvc.parent.mkdir()
-    fake_dvc.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
-                        f"subprocess.run([sys.executable, '-m', 'pico.cli', '--params', {str(params)!r}, 'train'],"
-                        f" stdout=open({str(tmp_path / 'train.log')!r}, 'w'), stderr=subprocess.STDOUT)\n")
+    fake_dvc.write_text(
+        f"#!{sys.executable}\nimport subprocess, sys\n"
+        f"subprocess.run([sys.executable, '-m', 'pico.cli', '--params', {str(params)!r}, 'train'],"
+        f" stdout=open({str(tmp_path / 'train.log')!r}, 'w'), stderr=subprocess.STDOUT)\n"
+    )
     fake_dvc.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     dvc = subprocess.Popen([str(fake_dvc)], cwd=tmp_path, env=env)
@@ -52,6 +54,7 @@ def test_the_trainer_stops_with_a_checkpoint_when_its_dvc_dies(params_dict, prep
     assert saved is not None and 0 < checkpoint.read_state(saved)["step"] < 100_000
     # and the trainer process is gone: the run lock is free again
     from pico.runlock import RunLock
+
     deadline = time.time() + 10
     while True:
         try:

@@ -27,18 +27,22 @@ def test_the_first_signal_is_recorded_and_a_second_changes_nothing(capsys):
 
 
 def test_the_deadline_exits_when_the_step_does_not_finish_in_time():
-    code = ("import signal, time\nfrom pico.preempt import StopRequest\n"
-            "StopRequest(0.5, lambda: 'the rerun resumes from X').install()\n"
-            "print('ready', flush=True)\ntime.sleep(30)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    code = (
+        "import signal, time\nfrom pico.preempt import StopRequest\n"
+        "StopRequest(0.5, lambda: 'the rerun resumes from X').install()\n"
+        "print('ready', flush=True)\ntime.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline() == "ready\n"
     started = time.time()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 143 and time.time() - started < 5
     assert proc.stderr.read().splitlines()[-1] == (
         "could not finish the step and write a checkpoint within training.stop_grace_s=0.5 s after SIGTERM; "
-        "exiting without one: the rerun resumes from X")
+        "exiting without one: the rerun resumes from X"
+    )
 
 
 def _train(project: Path, slow: float = 0.0) -> subprocess.Popen:
@@ -51,8 +55,9 @@ def _logged_steps(project: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_bit_identical(params_dict, prepared,
-                                                                                             tmp_path):
+def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_bit_identical(
+    params_dict, prepared, tmp_path
+):
     raw = copy.deepcopy(params_dict)
     # one periodic checkpoint mid-run (step 16); the signals land between checkpoints
     raw["training"].update(max_steps=24, checkpoint_every=16, log_every=1, eval_every=8, keep_checkpoints=2)
@@ -84,6 +89,9 @@ def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_b
 
     # the interim checkpoints are gone once newer ones exist: the same folders as the clean run
     names = [p.name for p in checkpoint.list_checkpoints(stopped / "checkpoints")]
-    assert names == [p.name for p in checkpoint.list_checkpoints(clean / "checkpoints")] == ["step_00000016",
-                                                                                             "step_00000024"]
+    assert (
+        names
+        == [p.name for p in checkpoint.list_checkpoints(clean / "checkpoints")]
+        == ["step_00000016", "step_00000024"]
+    )
     assert_same_run(clean, stopped, 24)

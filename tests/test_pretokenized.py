@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pico import evaluate, train
-from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
+from pico.data import tokenize as tokenize_stage
 from pico.data import tokenizer
-from pico.data.tokens_dir import TokensDir
 from pico.data.eval_windows import EvalWindows
+from pico.data.tokens_dir import TokensDir
 
 
 def write_parquet(path, columns):
@@ -27,13 +27,20 @@ def pretok(tmp_path, params_dict):
     rows = rng.integers(0, 290, size=(120, 33))
     write_parquet(tmp_path / "ptd/train-0.parquet", {"input_ids": rows[:60].tolist(), "idx": list(range(60))})
     write_parquet(tmp_path / "ptd/train-1.parquet", {"input_ids": rows[60:].tolist(), "idx": list(range(60, 120))})
-    write_parquet(tmp_path / "ptp/val.parquet", {
-        "input_ids": [rng.integers(0, 290, size=n).tolist() for n in (33, 20, 33, 5)],
-        "text": ["alpha text one", "alpha two", "beta: ünïcode", "b"],
-        "source": ["alpha", "alpha", "beta", "beta"]})
+    write_parquet(
+        tmp_path / "ptp/val.parquet",
+        {
+            "input_ids": [rng.integers(0, 290, size=n).tolist() for n in (33, 20, 33, 5)],
+            "text": ["alpha text one", "alpha two", "beta: ünïcode", "b"],
+            "source": ["alpha", "alpha", "beta", "beta"],
+        },
+    )
     raw = copy.deepcopy(params_dict)
-    raw["data"].update(pretokenized_train=str(tmp_path / "ptd/*.parquet"), pretokenized_eval=str(tmp_path / "ptp/*.parquet"),
-                       pretokenized_max_rows=100)
+    raw["data"].update(
+        pretokenized_train=str(tmp_path / "ptd/*.parquet"),
+        pretokenized_eval=str(tmp_path / "ptp/*.parquet"),
+        pretokenized_max_rows=100,
+    )
     raw["training"]["shuffle"] = False
     params = parse_params(raw)
     tokenizer.run(params)

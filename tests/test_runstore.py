@@ -87,7 +87,11 @@ def test_captures_only_the_view_holds_are_kept_in_the_store_before_it_is_republi
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"captured by an older version")
     lines = runstore.adopt(view, store)
-    assert lines == [f"kept 1 learning-dynamics file(s) of {view / 'learning_dynamics'} in the run store: "
-                     f"{store / 'run-a/learning_dynamics'}"]
+    assert lines == [
+        f"kept 1 learning-dynamics file(s) of {view / 'learning_dynamics'} in the run store: "
+        f"{store / 'run-a/learning_dynamics'}"
+    ]
     runstore.publish(store / "run-a", view)
-    assert (view / "learning_dynamics/step_00000004/train_activations.pt").read_bytes() == b"captured by an older version"
+    assert (
+        view / "learning_dynamics/step_00000004/train_activations.pt"
+    ).read_bytes() == b"captured by an older version"

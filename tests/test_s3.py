@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
+from pico.data import tokenize as tokenize_stage
 from pico.data import tokenizer
 from pico.data.documents import ReadStats, iter_documents
 
@@ -45,7 +45,9 @@ def test_tokenize_from_s3_matches_local(s3_corpus, params_dict, tmp_path):
     remote = parse_params(raw)
     tokenizer.run(remote)
     tokenize_stage.run(remote, progress=False)
-    assert (tmp_path / "tok-s3/tokenizer.json").read_bytes() == (tmp_path / "data/tokenizer/tokenizer.json").read_bytes()
+    assert (tmp_path / "tok-s3/tokenizer.json").read_bytes() == (
+        tmp_path / "data/tokenizer/tokenizer.json"
+    ).read_bytes()
     assert (tmp_path / "tokens-s3/train.bin").read_bytes() == (tmp_path / "data/tokens/train.bin").read_bytes()
 
 

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from pico.data import tokenize as tokenize_stage
 from pico.config import parse_params
+from pico.data import tokenize as tokenize_stage
 from pico.data import tokenizer
 
 pytestmark = pytest.mark.slow

@@ -78,7 +78,9 @@ def test_same_params_same_bytes(params_dict, prepared, tmp_path):
     raw["training"]["metrics_dir"] = str(tmp_path / "again-metrics")
     train.run(parse_params(raw), progress=False)
     for name in ("model.safetensors", "trainer.pt"):
-        assert (tmp_path / "checkpoints/step_00000012" / name).read_bytes() == (tmp_path / "again/step_00000012" / name).read_bytes()
+        assert (tmp_path / "checkpoints/step_00000012" / name).read_bytes() == (
+            tmp_path / "again/step_00000012" / name
+        ).read_bytes()
     for name in ("train.csv", "eval_history.csv", "train_summary.json"):
         assert (tmp_path / "metrics" / name).read_bytes() == (tmp_path / "again-metrics" / name).read_bytes()
 
@@ -100,7 +102,10 @@ def test_other_run_is_never_resumed_and_changing_back_finds_the_first(params_dic
     again = train.run(prepared, progress=False)
     assert "this run already ended (completed)" in capsys.readouterr().out
     assert again.fingerprint == first.fingerprint
-    assert checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))["fingerprint"] == first.fingerprint
+    assert (
+        checkpoint.read_state(checkpoint.latest_checkpoint(tmp_path / "checkpoints"))["fingerprint"]
+        == first.fingerprint
+    )
 
 
 def test_finished_run_is_a_no_op_and_partial_checkpoints_are_removed(prepared, tmp_path, capsys):
@@ -127,8 +132,15 @@ def test_checkpoint_loads_without_pickle(prepared, tmp_path):
 
 def _run_cli(project: Path, *args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -172,6 +184,7 @@ def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
 
 
 # ---- the GPU hot loop, exercised on CPU: reads only when due, non-finite steps skipped on the device ----
+
 
 def _deferred(monkeypatch, params_dict, **training):
     """Params and a Trainer patched to use fused AdamW (as on a GPU), so losses are read only when due."""
@@ -250,8 +263,9 @@ def test_compiled_trunk_trains_like_eager_with_unchanged_checkpoints(params_dict
     eager = train.run(prepared, progress=False)
     eager_rows = read_csv(tmp_path / "metrics/train.csv")
     raw = copy.deepcopy(params_dict)
-    raw["training"].update(compile=True, checkpoint_dir=str(tmp_path / "ckpt_compiled"),
-                           metrics_dir=str(tmp_path / "metrics_compiled"))
+    raw["training"].update(
+        compile=True, checkpoint_dir=str(tmp_path / "ckpt_compiled"), metrics_dir=str(tmp_path / "metrics_compiled")
+    )
     compiled = train.run(parse_params(raw), progress=False)
     assert compiled.status == eager.status == "completed"
     rows = read_csv(tmp_path / "metrics_compiled/train.csv")
@@ -287,7 +301,11 @@ def test_a_damaged_checkpoint_falls_back_to_the_last_sound_one_and_ends_identica
     out = capsys.readouterr().out
     assert summary.status == "completed" and summary.step == 12
     assert "skipped a damaged checkpoint" in out
-    assert ("resuming from" not in out) if damage == "every_checkpoint" else f"resuming from {store / 'step_00000008'}" in out
+    assert (
+        ("resuming from" not in out)
+        if damage == "every_checkpoint"
+        else f"resuming from {store / 'step_00000008'}" in out
+    )
     assert (ckpts / "step_00000012/model.safetensors").read_bytes() == want_weights
     assert (tmp_path / "metrics/train.csv").read_text() == want_csv
     assert (store.with_name(f"{store.name}.quarantine") / "step_00000012/QUARANTINED.txt").is_file()
@@ -297,10 +315,20 @@ def test_a_second_trainer_on_the_same_folder_is_refused_and_a_dead_holder_is_tak
     from pico.errors import TrainingFailed
     from pico.runlock import RunLock
 
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pico.runlock import RunLock; held = RunLock(sys.argv[1]).acquire(); "
-        "print('held', flush=True); time.sleep(60)"), str(tmp_path / "checkpoints")],
-        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pico.runlock import RunLock; held = RunLock(sys.argv[1]).acquire(); "
+                "print('held', flush=True); time.sleep(60)"
+            ),
+            str(tmp_path / "checkpoints"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(TrainingFailed, match=rf"checkpoints is in use by a running trainer \(PID {holder.pid} on "):
@@ -318,8 +346,11 @@ def test_a_batch_larger_than_the_data_is_refused_before_work(params_dict, prepar
     """micro_batch_size: 1e9 used to hang; a bound that needs the data is checked at stage start."""
     raw = copy.deepcopy(params_dict)
     raw["training"]["micro_batch_size"] = 10**9
-    with pytest.raises(ValueError, match=r"an optimizer step takes 2000000000 rows .* holds \d+ rows of 32 tokens; "
-                                         r"lower training.micro_batch_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"an optimizer step takes 2000000000 rows .* holds \d+ rows of 32 tokens; "
+        r"lower training.micro_batch_size",
+    ):
         train.run(parse_params(raw), progress=False)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
 
@@ -433,15 +464,20 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     assert "resuming from" in out and "step_00000008" in out
     lr8 = first.optim.lr * lr_lambda(first)(8)  # the lr step 9 would have run at under the old plan
     floor = first.optim.lr * first.optim.min_lr_ratio
-    assert (f"continued at step 8 under a changed plan: training.max_steps 12 -> 20, early_stop.enabled false -> true, "
-            f"early_stop.patience 3 -> 50; the lr decays (cosine) from {lr8:.3g} at step 8 to {floor:.3g} at step 20") in out
+    assert (
+        f"continued at step 8 under a changed plan: training.max_steps 12 -> 20, early_stop.enabled false -> true, "
+        f"early_stop.patience 3 -> 50; the lr decays (cosine) from {lr8:.3g} at step 8 to {floor:.3g} at step 20"
+    ) in out
     assert summary.status == "completed" and summary.step == 20
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == list(range(2, 21, 2))
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/eval_history.csv")] == [0, 6, 12, 18, 20]
     for name, weights in kept.items():  # the old checkpoints are still there, untouched
         assert (tmp_path / "checkpoints" / name / "model.safetensors").read_bytes() == weights
     state = checkpoint.read_state(tmp_path / "checkpoints/step_00000020")
-    assert [(s["step"], s["max_steps"], s["kind"]) for s in state["lineage"]] == [(0, 12, "retarget"), (8, 20, "stretch")]
+    assert [(s["step"], s["max_steps"], s["kind"]) for s in state["lineage"]] == [
+        (0, 12, "retarget"),
+        (8, 20, "stretch"),
+    ]
     assert summary.events[-1]["step"] == 8 and summary.events[-1]["event"].startswith("continued at step 8")
     f = lr_lambda(longer, state["lineage"])
     assert f(8) == lr_lambda(first)(8) and f(20) == pytest.approx(first.optim.min_lr_ratio)
@@ -468,8 +504,9 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     assert len(aside) == 1 and (aside[0] / "step_00000020/model.safetensors").read_bytes() == want
 
 
-def test_changed_training_code_continues_the_run_as_a_recorded_segment(params_dict, prepared, tmp_path, capsys,
-                                                                       monkeypatch):
+def test_changed_training_code_continues_the_run_as_a_recorded_segment(
+    params_dict, prepared, tmp_path, capsys, monkeypatch
+):
     """A pipeline upgrade that changes what the train code computes continues the run by default,
     recorded in its code lineage; ``training.on_code_change: new_run`` starts a new run instead."""
     import shutil
@@ -486,8 +523,10 @@ def test_changed_training_code_continues_the_run_as_a_recorded_segment(params_di
     out = capsys.readouterr().out
     assert f"continued at step 8 under changed training code ({first.code_version} -> upgraded-code-01)" in out
     assert summary.fingerprint == first.fingerprint and summary.step == 12
-    assert summary.code_lineage == [{"step": 0, "code_version": first.code_version},
-                                    {"step": 8, "code_version": "upgraded-code-01"}]
+    assert summary.code_lineage == [
+        {"step": 0, "code_version": first.code_version},
+        {"step": 8, "code_version": "upgraded-code-01"},
+    ]
     assert checkpoint.read_state(store / "step_00000012")["code_lineage"] == summary.code_lineage
     assert [int(r["step"]) for r in read_csv(tmp_path / "metrics/train.csv")] == [2, 4, 6, 8, 10, 12]
 

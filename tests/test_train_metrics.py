@@ -7,15 +7,38 @@ from pico.train_metrics import TrainSummary
 
 
 def summary(**kw):
-    base = dict(status="completed", step=10, max_steps=10, tokens=640, epochs=0.5, effective_batch_rows=2,
-                effective_batch_tokens=64, parameters=100, fingerprint="f", code_version="c")
+    base = dict(
+        status="completed",
+        step=10,
+        max_steps=10,
+        tokens=640,
+        epochs=0.5,
+        effective_batch_rows=2,
+        effective_batch_tokens=64,
+        parameters=100,
+        fingerprint="f",
+        code_version="c",
+    )
     return TrainSummary(**{**base, **kw})
 
 
 def test_files_round_trip(tmp_path):
-    history = {"train": [{"step": 2, "loss": 5.0, "loss_mean": 5.5, "lr": 1e-3, "grad_norm": 1.0, "grad_norm_max": 2.0,
-                          "tokens": 128}],
-               "eval": [{"step": 0, "loss": 6.0, "token_perplexity": 403.4}], "perf": [], "events": []}
+    history = {
+        "train": [
+            {
+                "step": 2,
+                "loss": 5.0,
+                "loss_mean": 5.5,
+                "lr": 1e-3,
+                "grad_norm": 1.0,
+                "grad_norm_max": 2.0,
+                "tokens": 128,
+            }
+        ],
+        "eval": [{"step": 0, "loss": 6.0, "token_perplexity": 403.4}],
+        "perf": [],
+        "events": [],
+    }
     train_metrics.write(tmp_path, history, summary(processes=2, parallelism="ddp"))
     assert train_metrics.read_summary(tmp_path) == summary(processes=2, parallelism="ddp")
     rows = train_metrics.parse_csv((tmp_path / train_metrics.TRAIN_CSV).read_text())
@@ -41,8 +64,17 @@ def test_background_writer_writes_the_newest_snapshot_and_reports_errors(tmp_pat
     history = {"train": [], "eval": [], "perf": [], "events": []}
     writer = train_metrics.Writer(tmp_path / "m")
     for step in range(1, 30):
-        history["train"].append({"step": step, "loss": 1.0 / step, "loss_mean": 1.0, "lr": 0.1, "grad_norm": 1.0,
-                                 "grad_norm_max": 1.0, "tokens": step})
+        history["train"].append(
+            {
+                "step": step,
+                "loss": 1.0 / step,
+                "loss_mean": 1.0,
+                "lr": 0.1,
+                "grad_norm": 1.0,
+                "grad_norm_max": 1.0,
+                "tokens": step,
+            }
+        )
         writer.submit(history)
     writer.close()
     rows = train_metrics.parse_csv((tmp_path / "m" / train_metrics.TRAIN_CSV).read_text())

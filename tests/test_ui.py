@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)"),
+]
 
 
 def test_the_report_artifact_shows_its_plots_in_the_prefect_ui(prefect_server, tmp_path):
@@ -21,10 +23,14 @@ def test_the_report_artifact_shows_its_plots_in_the_prefect_ui(prefect_server, t
     from flows.pipeline import embed_images
     from pico.plots import make_plots
 
-    train = [{"step": s, "loss": 8 - s / 10, "loss_mean": 8 - s / 10, "lr": 1e-3, "grad_norm": 0.5,
-              "grad_norm_max": 0.9} for s in range(10, 110, 10)]
-    evals = [{"step": s, "loss": 8 - s / 12, "token_perplexity": 3000 / (1 + s), "token_perplexity/a": 3000 / (1 + s)}
-             for s in (0, 50, 100)]
+    train = [
+        {"step": s, "loss": 8 - s / 10, "loss_mean": 8 - s / 10, "lr": 1e-3, "grad_norm": 0.5, "grad_norm_max": 0.9}
+        for s in range(10, 110, 10)
+    ]
+    evals = [
+        {"step": s, "loss": 8 - s / 12, "token_perplexity": 3000 / (1 + s), "token_perplexity/a": 3000 / (1 + s)}
+        for s in (0, 50, 100)
+    ]
     plots = make_plots(train, evals, tmp_path / "plots", "ui test run", 2048, 1.0)
     md = "# Training log: ui test run\n\n" + "\n".join(f"![{p}](plots/{p})" for p in plots)
 
@@ -34,13 +40,24 @@ def test_the_report_artifact_shows_its_plots_in_the_prefect_ui(prefect_server, t
 
     artifact = publish()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1800})
-            page.goto(f"{prefect_server.api_url.removesuffix('/api')}/artifacts/artifact/{artifact}",
-                      wait_until="networkidle", timeout=90_000)
+            page.goto(
+                f"{prefect_server.api_url.removesuffix('/api')}/artifacts/artifact/{artifact}",
+                wait_until="networkidle",
+                timeout=90_000,
+            )
             deadline = time.time() + 30
             while True:  # the UI renders the markdown after its own API calls
                 widths = page.eval_on_selector_all("img[src^='data:image/png']", "els => els.map(e => e.naturalWidth)")

@@ -60,9 +60,12 @@ class SourceTally:
         out = {}
         for name in sorted(self.tokens.keys() | self.unique_tokens.keys()):
             unique = self.unique_tokens.get(name, 0)
-            entry = {"documents": self.unique_documents.get(name, 0), "unique_tokens": unique,
-                     "tokens": self.tokens.get(name, 0),
-                     "copies": round(self.tokens.get(name, 0) / unique, 6) if unique else 0.0}
+            entry = {
+                "documents": self.unique_documents.get(name, 0),
+                "unique_tokens": unique,
+                "tokens": self.tokens.get(name, 0),
+                "copies": round(self.tokens.get(name, 0) / unique, 6) if unique else 0.0,
+            }
             if budgets and name in budgets:
                 entry.update(budget=budgets[name].model_dump(mode="json"), capped=self.capped.get(name, False))
             out[name] = entry
@@ -82,7 +85,7 @@ class Budgets:
         h = hashlib.blake2b(digest_size=8)
         h.update(f"{self.seed}\0{doc.source}\0{doc.id}\0".encode())
         h.update(doc.text.encode("utf-8", "surrogatepass"))
-        return int.from_bytes(h.digest(), "big") / 2.0 ** 64
+        return int.from_bytes(h.digest(), "big") / 2.0**64
 
     def keep(self, doc: Document, n_tokens: int) -> bool:
         """Whether this document (in pass ``doc.copy``) is written; counts it either way it is."""
@@ -95,8 +98,11 @@ class Budgets:
         if u >= min(b.weight, 1.0):  # not among the source's selected documents
             return False
         count = self._counts.setdefault((doc.copy, doc.source), _Count())
-        if count.closed or (b.max_documents is not None and count.documents + 1 > b.max_documents) or \
-                (b.max_tokens is not None and count.tokens + n_tokens > b.max_tokens):
+        if (
+            count.closed
+            or (b.max_documents is not None and count.documents + 1 > b.max_documents)
+            or (b.max_tokens is not None and count.tokens + n_tokens > b.max_tokens)
+        ):
             count.closed = True
             self.tally.capped[doc.source] = True
             return False

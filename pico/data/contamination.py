@@ -31,7 +31,7 @@ def ngram_hashes(tokens: np.ndarray, n: int = NGRAM) -> np.ndarray:
     h = np.zeros(count, np.uint64)
     with np.errstate(over="ignore"):
         for j in range(n):
-            h = h * _BASE + t[j:j + count] + np.uint64(1)
+            h = h * _BASE + t[j : j + count] + np.uint64(1)
     return h
 
 
@@ -41,12 +41,13 @@ def document_tokens(eval_tokens: np.ndarray, table: np.ndarray) -> dict[int, np.
     for w in table:
         doc, start, length = int(w["doc"]), int(w["start"]), int(w["length"])
         first = doc not in parts
-        parts.setdefault(doc, []).append(eval_tokens[start + (0 if first else 1):start + length])
+        parts.setdefault(doc, []).append(eval_tokens[start + (0 if first else 1) : start + length])
     return {doc: np.concatenate(p) for doc, p in parts.items()}
 
 
-def count(train_rows: np.ndarray, eval_tokens: np.ndarray, table: np.ndarray, sources: list[str],
-          n: int = NGRAM) -> dict[str, Any]:
+def count(
+    train_rows: np.ndarray, eval_tokens: np.ndarray, table: np.ndarray, sources: list[str], n: int = NGRAM
+) -> dict[str, Any]:
     """Evaluation documents (overall and per source) with at least one n-gram in the training rows."""
     docs = document_tokens(eval_tokens, table)
     hashes, owner = [], []
@@ -61,7 +62,7 @@ def count(train_rows: np.ndarray, eval_tokens: np.ndarray, table: np.ndarray, so
     flat = train_rows.reshape(-1)
     step = max(CHUNK_TOKENS, n)
     for start in range(0, len(flat), step):  # chunks overlap by n - 1 tokens: no n-gram is missed
-        seen |= np.isin(wanted, ngram_hashes(flat[start:start + step + n - 1], n))
+        seen |= np.isin(wanted, ngram_hashes(flat[start : start + step + n - 1], n))
     hit_docs = set(np.unique(eval_doc[np.isin(eval_h, wanted[seen])]).tolist())
     source_of = {int(w["doc"]): sources[int(w["source"])] for w in table}
     by_source: dict[str, dict[str, int]] = {}
@@ -69,5 +70,10 @@ def count(train_rows: np.ndarray, eval_tokens: np.ndarray, table: np.ndarray, so
         entry = by_source.setdefault(source_of[doc], {"documents": 0, "contaminated": 0})
         entry["documents"] += 1
         entry["contaminated"] += doc in hit_docs
-    return {"ngram": n, "unit": "tokens", "documents": len(docs), "contaminated_documents": len(hit_docs),
-            "by_source": dict(sorted(by_source.items()))}
+    return {
+        "ngram": n,
+        "unit": "tokens",
+        "documents": len(docs),
+        "contaminated_documents": len(hit_docs),
+        "by_source": dict(sorted(by_source.items())),
+    }

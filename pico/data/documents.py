@@ -60,7 +60,7 @@ class ReadStats:
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {reason}: {detail}")
 
-    def merge(self, other: "ReadStats") -> None:
+    def merge(self, other: ReadStats) -> None:
         """Fold in a later shard's counts (shards merged in reading order keep the examples' order)."""
         self.documents += other.documents
         self.skipped.update(other.skipped)
@@ -80,10 +80,15 @@ class ReadStats:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ReadStats":
+    def from_dict(cls, d: dict[str, Any]) -> ReadStats:
         """The counts of ``to_dict`` back (a worker process's shard, merged in the main process)."""
-        stats = cls(files=list(d["files"]), documents=d["documents"], examples=list(d["skip_examples"]),
-                    blank_lines=d["blank_lines"], empty_files=list(d["empty_files"]))
+        stats = cls(
+            files=list(d["files"]),
+            documents=d["documents"],
+            examples=list(d["skip_examples"]),
+            blank_lines=d["blank_lines"],
+            empty_files=list(d["empty_files"]),
+        )
         stats.skipped.update({k: v for k, v in d["skipped"].items() if v})
         return stats
 
@@ -115,8 +120,10 @@ def expand_paths(patterns: list[str]) -> list[str]:
             fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options(pattern))
             paths = sorted(p for p in paths if _is_file(fs, p))
         except PermissionError as err:
-            raise PermissionError(f"access denied listing {pattern}: {err} (check AWS_ACCESS_KEY_ID / "
-                                  f"AWS_SECRET_ACCESS_KEY and the endpoint in AWS_ENDPOINT_URL)") from None
+            raise PermissionError(
+                f"access denied listing {pattern}: {err} (check AWS_ACCESS_KEY_ID / "
+                f"AWS_SECRET_ACCESS_KEY and the endpoint in AWS_ENDPOINT_URL)"
+            ) from None
         if not paths:
             raise FileNotFoundError(f"no documents match {pattern!r}")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -168,7 +175,9 @@ def _parse_slow(raw: bytes, where: str, stats: ReadStats, strict: bool) -> Any:
         return _SKIPPED
 
 
-def record_to_document(record: dict, where: str, stats: ReadStats, strict: bool, default_source: str) -> Document | None:
+def record_to_document(
+    record: dict, where: str, stats: ReadStats, strict: bool, default_source: str
+) -> Document | None:
     text = record.get("text")
     if not isinstance(text, str):
         what = "no 'text' field" if text is None else f"'text' is {type(text).__name__}, not a string"
@@ -207,8 +216,9 @@ def open_lines(path: str) -> Iterator[io.BufferedIOBase]:
         head = raw.read(len(magic))
         raw.seek(0)
         if head and head != magic:
-            raise NotCompressedAsNamed(f"named {os.path.splitext(path)[1]} but not {name} data (starts with "
-                                       f"{head!r}); rename or recompress it")
+            raise NotCompressedAsNamed(
+                f"named {os.path.splitext(path)[1]} but not {name} data (starts with {head!r}); rename or recompress it"
+            )
         yield gzip.GzipFile(fileobj=raw, mode="rb") if name == "gzip" else _zstd_lines(raw)
 
 
@@ -268,7 +278,7 @@ def _iter_hf(spec: str, stats: ReadStats, strict: bool) -> Iterator[Document]:
     # hf://datasets/ID[@split], streamed through `datasets`; needs the hub, so not run offline
     import datasets
 
-    name, _, split = spec[len(HF_PREFIX):].partition("@")
+    name, _, split = spec[len(HF_PREFIX) :].partition("@")
     stream = datasets.load_dataset(name, split=split or "train", streaming=True)
     for i, record in enumerate(stream):
         doc = record_to_document(dict(record), f"{spec}#{i}", stats, strict, name)
@@ -277,8 +287,9 @@ def _iter_hf(spec: str, stats: ReadStats, strict: bool) -> Iterator[Document]:
             yield doc
 
 
-def iter_documents(patterns: list[str], stats: ReadStats | None = None, strict: bool = False,
-                   max_documents: int | None = None) -> Iterator[Document]:
+def iter_documents(
+    patterns: list[str], stats: ReadStats | None = None, strict: bool = False, max_documents: int | None = None
+) -> Iterator[Document]:
     """Stream documents from every matching shard in a fixed order, counting what is skipped."""
     stats = stats if stats is not None else ReadStats()
     files = expand_paths(patterns)

@@ -55,8 +55,15 @@ def pydoc_topic_documents(min_chars: int) -> list[dict]:
         subdomain = "keywords" if keyword.iskeyword(name) else "language"
         for k, piece in enumerate(_chunks(topics[name].strip(), 2000)):
             if len(piece) >= min_chars:
-                docs.append({"id": f"pydoc:{name}:{k}", "text": piece, "source": "pydoc_topics",
-                             "subdomain": subdomain, "metadata": {"topic": name}})
+                docs.append(
+                    {
+                        "id": f"pydoc:{name}:{k}",
+                        "text": piece,
+                        "source": "pydoc_topics",
+                        "subdomain": subdomain,
+                        "metadata": {"topic": name},
+                    }
+                )
     return docs
 
 
@@ -77,9 +84,15 @@ def stdlib_docstring_documents(min_chars: int) -> list[dict]:
                 text = ast.get_docstring(node)
                 if text and len(text) >= min_chars:
                     name = getattr(node, "name", "<module>")
-                    docs.append({"id": f"docstring:{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}",
-                                 "text": text, "source": "stdlib_docstrings", "subdomain": module,
-                                 "metadata": {"path": rel.as_posix(), "name": name}})
+                    docs.append(
+                        {
+                            "id": f"docstring:{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}",
+                            "text": text,
+                            "source": "stdlib_docstrings",
+                            "subdomain": module,
+                            "metadata": {"path": rel.as_posix(), "name": name},
+                        }
+                    )
     return docs
 
 
@@ -114,12 +127,20 @@ def build(cfg: EmbeddedConfig) -> dict:
     for d in unique:
         if _is_eval(d["id"], cfg):
             evals.setdefault(d["source"], []).append(
-                {"id": d["id"], "text": d["text"], "source": d["source"], "subdomain": d["subdomain"]})
+                {"id": d["id"], "text": d["text"], "source": d["source"], "subdomain": d["subdomain"]}
+            )
         else:
             meta = {**d["metadata"], "subdomain": d["subdomain"]}
             train.setdefault(d["source"], []).append(
-                {"id": d["id"], "text": d["text"], "source": d["source"], "added": ADDED,
-                 "created": created, "metadata": meta})
+                {
+                    "id": d["id"],
+                    "text": d["text"],
+                    "source": d["source"],
+                    "added": ADDED,
+                    "created": created,
+                    "metadata": meta,
+                }
+            )
 
     out = Path(cfg.out_dir)
     for ours in ("dolma", "paloma"):  # only what this stage writes: out_dir may hold anything else
@@ -135,9 +156,14 @@ def build(cfg: EmbeddedConfig) -> dict:
     summary = {
         "python": created,
         "train": {s: {"documents": len(r), "chars": sum(len(x["text"]) for x in r)} for s, r in sorted(train.items())},
-        "eval": {s: {"documents": len(r), "chars": sum(len(x["text"]) for x in r),
-                     "subdomains": dict(sorted(Counter(x["subdomain"] for x in r).items()))}
-                 for s, r in sorted(evals.items())},
+        "eval": {
+            s: {
+                "documents": len(r),
+                "chars": sum(len(x["text"]) for x in r),
+                "subdomains": dict(sorted(Counter(x["subdomain"] for x in r).items())),
+            }
+            for s, r in sorted(evals.items())
+        },
         "duplicates_dropped": len(docs) - len(unique),
     }
     atomic_write_json(out / "summary.json", summary)

@@ -132,9 +132,14 @@ def serial_tokenizer() -> Iterator[None]:
                     os.environ[PARALLELISM_ENV] = _serial_before
 
 
-def encoded_batches(docs: Iterable[Document], tok: Tokenizer, batch_size: int,
-                    then: Callable[[list[Document], list[Encoding]], Result],
-                    threads: int | None = None, with_offsets: bool = False) -> Iterator[Result]:
+def encoded_batches(
+    docs: Iterable[Document],
+    tok: Tokenizer,
+    batch_size: int,
+    then: Callable[[list[Document], list[Encoding]], Result],
+    threads: int | None = None,
+    with_offsets: bool = False,
+) -> Iterator[Result]:
     """``then(batch, encodings)`` for each batch of ``batch_size`` documents, in reading order.
 
     ``then`` runs on the encoding thread right after its batch (what it returns is usually much

@@ -26,14 +26,16 @@ from pico.data.encoding import encoded_batches
 from pico.data.tokens_dir import EVAL_BIN, EVAL_WINDOWS, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
-WINDOW_DTYPE = np.dtype([
-    ("start", np.int64),      # offset of the window's first token in eval.bin
-    ("length", np.int32),     # tokens in the window (predictions = length - 1)
-    ("source", np.int16),     # index into manifest["sources"]
-    ("subdomain", np.int16),  # index into manifest["subdomains"]
-    ("doc", np.int32),        # document number, in reading order
-    ("n_bytes", np.int64),    # UTF-8 bytes of the text the predicted tokens cover
-])
+WINDOW_DTYPE = np.dtype(
+    [
+        ("start", np.int64),  # offset of the window's first token in eval.bin
+        ("length", np.int32),  # tokens in the window (predictions = length - 1)
+        ("source", np.int16),  # index into manifest["sources"]
+        ("subdomain", np.int16),  # index into manifest["subdomains"]
+        ("doc", np.int32),  # document number, in reading order
+        ("n_bytes", np.int64),  # UTF-8 bytes of the text the predicted tokens cover
+    ]
+)
 
 
 def document_windows(text: str, enc: Encoding, eos_id: int, seq_len: int) -> list[tuple[list[int], int]]:
@@ -48,12 +50,19 @@ def document_windows(text: str, enc: Encoding, eos_id: int, seq_len: int) -> lis
         end = min(start + seq_len, len(ids))  # predicted ids[start:end]
         a = 0 if start == 0 else char_starts[start]
         b = len(text) if end == len(ids) else char_starts[end]
-        out.append((seq[start:end + 1], len(text[a:b].encode("utf-8"))))
+        out.append((seq[start : end + 1], len(text[a:b].encode("utf-8"))))
     return out
 
 
-def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, out: TokensDir,
-                       layout: TokenLayout, batch_size: int, progress: bool = True) -> dict[str, Any]:
+def write_eval_windows(
+    docs: Iterable[Document],
+    stats: ReadStats,
+    tok: Tokenizer,
+    out: TokensDir,
+    layout: TokenLayout,
+    batch_size: int,
+    progress: bool = True,
+) -> dict[str, Any]:
     sources: dict[str, int] = {}
     subdomains: dict[str, int] = {}
     windows: list[tuple] = []
@@ -83,8 +92,16 @@ def write_eval_windows(docs: Iterable[Document], stats: ReadStats, tok: Tokenize
     return save_windows(out, layout, windows, stats.to_dict(), list(sources), list(subdomains), digest.hexdigest())
 
 
-def save_windows(out: TokensDir, layout: TokenLayout, windows: list[tuple], read_stats: dict[str, Any],
-                 sources: list[str], subdomains: list[str], sha256: str, **extra: Any) -> dict[str, Any]:
+def save_windows(
+    out: TokensDir,
+    layout: TokenLayout,
+    windows: list[tuple],
+    read_stats: dict[str, Any],
+    sources: list[str],
+    subdomains: list[str],
+    sha256: str,
+    **extra: Any,
+) -> dict[str, Any]:
     """Write the window table beside ``eval.bin`` and the manifest that describes both."""
     table = np.array(windows, dtype=WINDOW_DTYPE)
     with atomic_open(out.file(EVAL_WINDOWS), "wb") as fh:
@@ -117,4 +134,4 @@ class EvalWindows:
 
     def window(self, i: int) -> np.ndarray:
         row = self.table[i]
-        return np.asarray(self.tokens[row["start"]: row["start"] + row["length"]], dtype=np.int64)
+        return np.asarray(self.tokens[row["start"] : row["start"] + row["length"]], dtype=np.int64)

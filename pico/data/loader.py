@@ -20,8 +20,11 @@ class GlobalRowOrder:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._perm = (np.random.default_rng([self.seed, epoch]).permutation(self.n_rows) if self.shuffle
-                          else np.arange(self.n_rows))
+            self._perm = (
+                np.random.default_rng([self.seed, epoch]).permutation(self.n_rows)
+                if self.shuffle
+                else np.arange(self.n_rows)
+            )
             self._epoch = epoch
         return self._perm
 
@@ -36,8 +39,16 @@ class GlobalRowOrder:
 class RowLoader:
     """Micro-batches for one optimizer step, with this rank's share of the global batch."""
 
-    def __init__(self, rows: np.ndarray, seed: int, micro_batch_size: int, grad_accum_steps: int,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        rows: np.ndarray,
+        seed: int,
+        micro_batch_size: int,
+        grad_accum_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         self.rows = rows
         self.order = GlobalRowOrder(len(rows), seed, shuffle)
         self.micro, self.accum = micro_batch_size, grad_accum_steps
@@ -54,8 +65,12 @@ class RowLoader:
 
     def step_batches(self, position: int) -> list[torch.Tensor]:
         """The ``accum`` micro-batches (B, row_len) this rank trains on at the step starting at ``position``."""
-        return [torch.from_numpy(np.asarray(self.rows[self._micro_indices(position, m * self.world + self.rank)],
-                                            dtype=np.int64)) for m in range(self.accum)]
+        return [
+            torch.from_numpy(
+                np.asarray(self.rows[self._micro_indices(position, m * self.world + self.rank)], dtype=np.int64)
+            )
+            for m in range(self.accum)
+        ]
 
     def step_indices(self, position: int) -> np.ndarray:
         """Every row of the step starting at ``position`` (all ranks, all micro-batches), in the order

@@ -25,9 +25,15 @@ from pico.data.tokens_dir import TRAIN_BIN, TokenLayout, TokensDir
 from pico.fsutil import atomic_open
 
 
-def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype: np.dtype,
-                   batch_size: int, budgets: Budgets | None = None,
-                   threads: int | None = None) -> Iterator[tuple[np.ndarray, int]]:
+def encoded_chunks(
+    docs: Iterable[Document],
+    tok: Tokenizer,
+    eos_id: int,
+    dtype: np.dtype,
+    batch_size: int,
+    budgets: Budgets | None = None,
+    threads: int | None = None,
+) -> Iterator[tuple[np.ndarray, int]]:
     """The token stream (each document's tokens + EOS, in order), one encode batch at a time, with
     the documents ``budgets`` keeps (and counts per source); encoded on ``threads`` cores
     (``pico.data.encoding``).
@@ -36,6 +42,7 @@ def encoded_chunks(docs: Iterable[Document], tok: Tokenizer, eos_id: int, dtype:
     Python ints of ``Encoding.ids`` costs about a tenth of the encoding, so it is built once per
     document (``len(enc)`` is its length). ``budgets`` decides here, in reading order, whichever
     thread encoded the batch. No offsets are computed: packing needs only the ids."""
+
     def to_array(batch: list[Document], encodings: list) -> tuple[list[Document], np.ndarray, np.ndarray]:
         ids: list[int] = []
         for enc in encodings:
@@ -69,16 +76,28 @@ class RowPacker:
             self.fh.write(block)
             self.digest.update(block)
             self.rows += n_full
-        self.carry = stream[n_full * self.row_len:].copy()
+        self.carry = stream[n_full * self.row_len :].copy()
 
     def result(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "rows": self.rows, "tokens_dropped_tail": int(len(self.carry)),
-                "sha256": self.digest.hexdigest()}
+        return {
+            "tokens": self.tokens,
+            "rows": self.rows,
+            "tokens_dropped_tail": int(len(self.carry)),
+            "sha256": self.digest.hexdigest(),
+        }
 
 
-def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_len: int, out_path: Path,
-                   dtype: np.dtype, batch_size: int = 512, progress: bool = True,
-                   budgets: Budgets | None = None) -> dict[str, Any]:
+def pack_documents(
+    docs: Iterable[Document],
+    tok: Tokenizer,
+    eos_id: int,
+    row_len: int,
+    out_path: Path,
+    dtype: np.dtype,
+    batch_size: int = 512,
+    progress: bool = True,
+    budgets: Budgets | None = None,
+) -> dict[str, Any]:
     """Write full rows to ``out_path`` atomically; return counts and the file's sha256."""
     docs_packed = 0
     bar = tqdm(desc=f"tokenize {out_path.name}", unit=" docs", disable=not progress, mininterval=2)
@@ -93,12 +112,20 @@ def pack_documents(docs: Iterable[Document], tok: Tokenizer, eos_id: int, row_le
     return {"documents_packed": docs_packed, **packer.result()}
 
 
-def write_train_tokens(docs: Iterable[Document], stats: ReadStats, tok: Tokenizer, out: TokensDir,
-                       layout: TokenLayout, batch_size: int, progress: bool = True,
-                       budgets: Budgets | None = None) -> dict[str, Any]:
+def write_train_tokens(
+    docs: Iterable[Document],
+    stats: ReadStats,
+    tok: Tokenizer,
+    out: TokensDir,
+    layout: TokenLayout,
+    batch_size: int,
+    progress: bool = True,
+    budgets: Budgets | None = None,
+) -> dict[str, Any]:
     """Pack the documents (those ``budgets`` keeps) into ``train.bin`` and write its manifest, with
     each source's documents and tokens."""
     budgets = budgets or tally_only()
-    counts = pack_documents(docs, tok, layout.eos_id, layout.row_len, out.file(TRAIN_BIN), layout.dtype,
-                            batch_size, progress, budgets)
+    counts = pack_documents(
+        docs, tok, layout.eos_id, layout.row_len, out.file(TRAIN_BIN), layout.dtype, batch_size, progress, budgets
+    )
     return out.write_train_manifest(layout, stats.to_dict(), counts, sources=budgets.tally.to_dict(budgets.budgets))

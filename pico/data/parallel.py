@@ -31,15 +31,24 @@ from pico.fsutil import atomic_open
 MERGE_BLOCK = 1 << 22  # tokens read per step while merging a shard's stream
 
 
-def tokenize_shard(path: str, tokenizer_file: str, eos_id: int, dtype_name: str, out_path: str,
-                   strict: bool, batch_size: int, threads: int = 1) -> dict[str, Any]:
+def tokenize_shard(
+    path: str,
+    tokenizer_file: str,
+    eos_id: int,
+    dtype_name: str,
+    out_path: str,
+    strict: bool,
+    batch_size: int,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Worker: one shard -> its token stream file, encoded on ``threads`` cores; returns the shard's
     read stats."""
     tok = read_tokenizer(tokenizer_file)
     stats, tally = ReadStats(), tally_only()
     with open(out_path, "wb") as fh:
-        for chunk, _ in encoded_chunks(iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size,
-                                       tally, threads):
+        for chunk, _ in encoded_chunks(
+            iter_file(path, stats, strict), tok, eos_id, np.dtype(dtype_name), batch_size, tally, threads
+        ):
             fh.write(chunk.tobytes())
     return {**stats.to_dict(), "sources": tally.tally.to_dict()}
 
@@ -70,9 +79,17 @@ def _dask_results(jobs: list[tuple], address: str | None) -> Iterator[dict[str, 
     yield from tokenize_all()
 
 
-def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, layout: TokenLayout, workers: int,
-                         strict: bool, batch_size: int, dask_address: str | None = None,
-                         use_dask: bool = False) -> dict[str, Any]:
+def pack_shards_parallel(
+    files: list[str],
+    tokenizer_file: str,
+    out: TokensDir,
+    layout: TokenLayout,
+    workers: int,
+    strict: bool,
+    batch_size: int,
+    dask_address: str | None = None,
+    use_dask: bool = False,
+) -> dict[str, Any]:
     """Pack the shards into ``train.bin`` (see the module docstring) and write its manifest."""
     dtype, out_path = layout.dtype, out.file(TRAIN_BIN)
     stats, tally = ReadStats(files=list(files)), SourceTally()
@@ -80,8 +97,10 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
     # worker processes here share this machine's cores; a Dask cluster runs as many tasks as it has
     # threads, so each task takes one core
     threads = 1 if use_dask else encode_threads(workers)
-    jobs = [(f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size, threads)
-            for i, f in enumerate(files)]
+    jobs = [
+        (f, tokenizer_file, layout.eos_id, dtype.name, str(scratch / f"{i:06d}.bin"), strict, batch_size, threads)
+        for i, f in enumerate(files)
+    ]
     try:
         results = _dask_results(jobs, dask_address) if use_dask else _process_pool_results(jobs, workers)
         with atomic_open(out_path, "wb") as fh:
@@ -92,10 +111,11 @@ def pack_shards_parallel(files: list[str], tokenizer_file: str, out: TokensDir, 
                 path = scratch / f"{i:06d}.bin"
                 stream = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
                 for start in range(0, len(stream), MERGE_BLOCK):
-                    packer.add(np.asarray(stream[start:start + MERGE_BLOCK]))
+                    packer.add(np.asarray(stream[start : start + MERGE_BLOCK]))
                 del stream
                 path.unlink()
-        return out.write_train_manifest(layout, stats.to_dict(), {"documents_packed": stats.documents,
-                                                                 **packer.result()}, sources=tally.to_dict())
+        return out.write_train_manifest(
+            layout, stats.to_dict(), {"documents_packed": stats.documents, **packer.result()}, sources=tally.to_dict()
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

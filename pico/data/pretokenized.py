@@ -30,7 +30,7 @@ def stream_rows(spec: str, default_split: str) -> Iterator[dict[str, Any]]:
     import datasets
 
     if spec.startswith(HF_PREFIX):
-        name, _, split = spec[len(HF_PREFIX):].partition("@")
+        name, _, split = spec[len(HF_PREFIX) :].partition("@")
         return iter(datasets.load_dataset(name, split=split or default_split, streaming=True))
     files = expand_paths([spec])
     return iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True))
@@ -45,17 +45,25 @@ def write_train_rows(spec: str, out: TokensDir, layout: TokenLayout, max_rows: i
                 break
             ids = np.asarray(record["input_ids"])
             if len(ids) != layout.row_len:
-                raise ValueError(f"{spec} row {i} has {len(ids)} tokens; data.seq_len={layout.seq_len} needs rows "
-                                 f"of {layout.row_len}")
+                raise ValueError(
+                    f"{spec} row {i} has {len(ids)} tokens; data.seq_len={layout.seq_len} needs rows "
+                    f"of {layout.row_len}"
+                )
             if ids.max(initial=0) >= layout.vocab_size:
-                raise ValueError(f"{spec} row {i} holds token id {int(ids.max())}, outside the tokenizer's "
-                                 f"{layout.vocab_size}")
+                raise ValueError(
+                    f"{spec} row {i} holds token id {int(ids.max())}, outside the tokenizer's {layout.vocab_size}"
+                )
             block = ids.astype(layout.dtype).tobytes()
             fh.write(block)
             digest.update(block)
             rows += 1
-    counts = {"documents_packed": None, "tokens": rows * layout.row_len, "rows": rows, "tokens_dropped_tail": 0,
-              "sha256": digest.hexdigest()}
+    counts = {
+        "documents_packed": None,
+        "tokens": rows * layout.row_len,
+        "rows": rows,
+        "tokens_dropped_tail": 0,
+        "sha256": digest.hexdigest(),
+    }
     return out.write_train_manifest(layout, ReadStats(files=[spec]).to_dict(), counts, source="pretokenized")
 
 
@@ -75,5 +83,13 @@ def write_eval_rows(spec: str, out: TokensDir, layout: TokenLayout) -> dict[str,
             digest.update(block)
             windows.append((offset, len(ids), src, src, i, len(str(record.get("text") or "").encode("utf-8"))))
             offset += len(ids)
-    return save_windows(out, layout, windows, ReadStats(files=[spec]).to_dict(), list(sources),
-                        [f"{s}/{s}" for s in sources], digest.hexdigest(), source="pretokenized")
+    return save_windows(
+        out,
+        layout,
+        windows,
+        ReadStats(files=[spec]).to_dict(),
+        list(sources),
+        [f"{s}/{s}" for s in sources],
+        digest.hexdigest(),
+        source="pretokenized",
+    )

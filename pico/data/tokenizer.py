@@ -47,8 +47,10 @@ def read_tokenizer(path: str | Path) -> Tokenizer:
             raise FileNotFoundError(f"{path}: tokenizer file not found") from None
         size = path.stat().st_size if path.is_file() else 0
         why = "it is empty" if size == 0 else f"not a tokenizers JSON file ({str(err).splitlines()[0][:120]})"
-        raise ValueError(f"{path}: cannot load the tokenizer: {why}; rerun the tokenizer stage "
-                         "(`dvc repro tokenizer`) or point tokenizer.source at a valid tokenizer.json") from None
+        raise ValueError(
+            f"{path}: cannot load the tokenizer: {why}; rerun the tokenizer stage "
+            "(`dvc repro tokenizer`) or point tokenizer.source at a valid tokenizer.json"
+        ) from None
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
@@ -73,8 +75,12 @@ def train_bpe(texts, vocab_size: int, min_frequency: int, special_tokens: list[s
 def obtain_tokenizer(params: Params) -> Tokenizer:
     cfg = params.tokenizer
     if cfg.source == "train":
-        texts = (d.text for d in iter_documents(params.data.train_paths, strict=params.data.strict,
-                                                max_documents=cfg.train_max_documents))
+        texts = (
+            d.text
+            for d in iter_documents(
+                params.data.train_paths, strict=params.data.strict, max_documents=cfg.train_max_documents
+            )
+        )
         return train_bpe(texts, cfg.vocab_size, cfg.min_frequency, [cfg.eos_token, cfg.pad_token])
     if Path(cfg.source).is_file():
         return read_tokenizer(cfg.source)
@@ -114,5 +120,7 @@ def load(out_dir: str | Path) -> tuple[Tokenizer, TokenizerInfo]:
     tok = read_tokenizer(out / TOKENIZER_FILE)
     info = TokenizerInfo(**json.loads((out / META_FILE).read_text()))
     if tokenizer_hash(tok) != info.sha256:
-        raise ValueError(f"{out / TOKENIZER_FILE} does not match the hash in {out / META_FILE}; rerun the tokenizer stage")
+        raise ValueError(
+            f"{out / TOKENIZER_FILE} does not match the hash in {out / META_FILE}; rerun the tokenizer stage"
+        )
     return tok, info

@@ -47,7 +47,7 @@ class TokenLayout:
     tokenizer_sha256: str
 
     @classmethod
-    def of(cls, seq_len: int, info: Any) -> "TokenLayout":
+    def of(cls, seq_len: int, info: Any) -> TokenLayout:
         """From ``data.seq_len`` and the tokenizer stage's ``TokenizerInfo``."""
         return cls(seq_len, info.vocab_size, info.eos_id, info.sha256)
 
@@ -60,8 +60,12 @@ class TokenLayout:
         return token_dtype(self.vocab_size)
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {"dtype": self.dtype.name, "seq_len": self.seq_len, "tokenizer_sha256": self.tokenizer_sha256,
-                "eos_id": self.eos_id}
+        return {
+            "dtype": self.dtype.name,
+            "seq_len": self.seq_len,
+            "tokenizer_sha256": self.tokenizer_sha256,
+            "eos_id": self.eos_id,
+        }
 
 
 class TokensDir:
@@ -89,15 +93,30 @@ class TokensDir:
     def eval_manifest(self) -> dict[str, Any]:
         return self._read_manifest(EVAL_MANIFEST)
 
-    def write_train_manifest(self, layout: TokenLayout, read_stats: dict[str, Any], counts: dict[str, Any],
-                             **extra: Any) -> dict[str, Any]:
-        manifest = {"file": TRAIN_BIN, **layout.manifest_fields(), "row_len": layout.row_len,
-                    **read_stats, **extra, **counts}
+    def write_train_manifest(
+        self, layout: TokenLayout, read_stats: dict[str, Any], counts: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
+        manifest = {
+            "file": TRAIN_BIN,
+            **layout.manifest_fields(),
+            "row_len": layout.row_len,
+            **read_stats,
+            **extra,
+            **counts,
+        }
         atomic_write_json(self.file(TRAIN_MANIFEST), manifest)
         return manifest
 
-    def write_eval_manifest(self, layout: TokenLayout, read_stats: dict[str, Any], table: np.ndarray,
-                            sources: list[str], subdomains: list[str], sha256: str, **extra: Any) -> dict[str, Any]:
+    def write_eval_manifest(
+        self,
+        layout: TokenLayout,
+        read_stats: dict[str, Any],
+        table: np.ndarray,
+        sources: list[str],
+        subdomains: list[str],
+        sha256: str,
+        **extra: Any,
+    ) -> dict[str, Any]:
         manifest = {
             "file": EVAL_BIN,
             "windows_file": EVAL_WINDOWS,
@@ -132,14 +151,18 @@ class TokensDir:
             raise FileNotFoundError(f"{path} is missing; rerun the tokenize stage")
         expected = manifest["rows"] * manifest["row_len"] * np.dtype(manifest["dtype"]).itemsize
         if path.stat().st_size != expected:
-            raise ValueError(f"{path} has {path.stat().st_size} bytes, its manifest promises {expected}; "
-                             "rerun the tokenize stage")
+            raise ValueError(
+                f"{path} has {path.stat().st_size} bytes, its manifest promises {expected}; rerun the tokenize stage"
+            )
         if manifest["rows"] == 0:
-            raise ValueError(f"{path} holds no complete row of {manifest['row_len']} tokens; "
-                             "more data or a smaller data.seq_len")
+            raise ValueError(
+                f"{path} holds no complete row of {manifest['row_len']} tokens; more data or a smaller data.seq_len"
+            )
         if seq_len is not None and manifest["row_len"] != row_len(seq_len):
-            raise ValueError(f"{self.path} holds rows of {manifest['row_len']} tokens but data.seq_len={seq_len}; "
-                             "rerun the tokenize stage")
+            raise ValueError(
+                f"{self.path} holds rows of {manifest['row_len']} tokens but data.seq_len={seq_len}; "
+                "rerun the tokenize stage"
+            )
         rows = np.memmap(path, dtype=manifest["dtype"], mode="r", shape=(manifest["rows"], manifest["row_len"]))
         return rows, manifest
 
@@ -155,11 +178,15 @@ class TokensDir:
                 digest.update(block)
                 top = max(top, int(np.frombuffer(block, dtype=manifest["dtype"]).max(initial=0)))
         if digest.hexdigest() != manifest["sha256"]:
-            raise ValueError(f"{path} does not match the sha256 in {self.file(TRAIN_MANIFEST)} (damaged or "
-                             "replaced since it was tokenized); rerun the tokenize stage (dvc repro -f tokenize)")
+            raise ValueError(
+                f"{path} does not match the sha256 in {self.file(TRAIN_MANIFEST)} (damaged or "
+                "replaced since it was tokenized); rerun the tokenize stage (dvc repro -f tokenize)"
+            )
         if top >= vocab_size:
-            raise ValueError(f"{path} holds token id {top}, outside the model's vocabulary of {vocab_size}; "
-                             "rerun the tokenize stage with this tokenizer")
+            raise ValueError(
+                f"{path} holds token id {top}, outside the model's vocabulary of {vocab_size}; "
+                "rerun the tokenize stage with this tokenizer"
+            )
 
     def check_consistent(self) -> None:
         """The training rows and evaluation windows come from the same tokenize run: same context
@@ -167,5 +194,7 @@ class TokensDir:
         train, ev = self.train_manifest(), self.eval_manifest()
         for key in ("seq_len", "tokenizer_sha256"):
             if train.get(key) != ev.get(key):
-                raise ValueError(f"{self.file(TRAIN_MANIFEST)} and {self.file(EVAL_MANIFEST)} disagree on {key} "
-                                 f"({train.get(key)} vs {ev.get(key)}); rerun the tokenize stage")
+                raise ValueError(
+                    f"{self.file(TRAIN_MANIFEST)} and {self.file(EVAL_MANIFEST)} disagree on {key} "
+                    f"({train.get(key)} vs {ev.get(key)}); rerun the tokenize stage"
+                )
