@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@# the UI test's browser (Debian's chromium); best effort: without it that one test is skipped
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  apt-get install -y -q chromium >/dev/null 2>&1; } || echo "note: no chromium; tests/test_ui.py will be skipped"
+	  apt-get install -y -q chromium >/dev/null 2>&1; } || echo "note: no chromium; tests/e2e/test_ui.py will be skipped"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

@@ -5,7 +5,7 @@ imports, directly or through another, at the top or inside a function — found 
 source with ``ast`` (nothing is imported). Two things are built from it, so neither can miss a
 module:
 
-- the ``deps`` of each stage in ``dvc.yaml``: ``tests/test_codedeps.py`` fails, naming the
+- the ``deps`` of each stage in ``dvc.yaml``: ``tests/unit/test_codedeps.py`` fails, naming the
   missing file, when they differ (``python -m pico.codedeps`` prints the lists to paste);
 - the training-code version a run records (``code_version("train")``): editing what any module
   the train stage imports computes (not its comments, docstrings or layout) is a new segment of

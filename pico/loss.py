@@ -8,7 +8,7 @@ together over chunks of tokens, so peak memory is one chunk's logits, whatever t
   per-token NLL and — when gradients are wanted — the chunk's gradients of the hidden states and
   of the output weight (softmax - one-hot), which backward then only scales. Matches
   ``F.cross_entropy(hidden @ weight.T, targets)`` and its gradients within fp32 rounding
-  (``tests/test_loss.py``).
+  (``tests/integration/test_loss_memory.py``).
 - ``liger`` (CUDA only): liger-kernel's fused linear cross-entropy (Triton), the same idea fused.
 - ``auto``: liger on CUDA when liger-kernel is installed, else torch.
 

@@ -1,17 +1,168 @@
-"""Helpers the tests share (fixtures stay in conftest.py): run folders, training subprocesses and the
-comparison that says two runs ended bit-identical."""
+"""What the tests share besides fixtures (those live in conftest.py): a synthetic Dolma/Paloma
+corpus and tiny params, git + DVC repositories of this project, run folders, training subprocesses
+and the comparison that says two runs ended bit-identical."""
 
 from __future__ import annotations
 
 import copy
+import gzip
+import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
-from tests.conftest import REPO, write_params
+from pico.config import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = (
+    "the model reads text and learns to predict the next token of each document while the loss "
+    "falls slowly as training goes on with small batches of data from many sources such as code "
+    "books news papers and forums where people write about science history music food travel"
+).split()
+
+
+def sentence(rng: random.Random, n: int | None = None) -> str:
+    words = [rng.choice(WORDS) for _ in range(n or rng.randint(5, 14))]
+    return " ".join(words).capitalize() + "."
+
+
+def document(rng: random.Random, sentences: int | None = None) -> str:
+    return " ".join(sentence(rng) for _ in range(sentences or rng.randint(2, 8)))
+
+
+def write_jsonl_gz(path: Path, records: list, raw_lines: list[bytes] | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(path, "wb", mtime=0) as fh:
+        for r in records:
+            fh.write((json.dumps(r) + "\n").encode())
+        for line in raw_lines or []:
+            fh.write(line)
+    return path
+
+
+def make_corpus(root: Path, n_train: int = 240, n_eval: int = 24, seed: int = 0) -> dict[str, str]:
+    """Dolma shards under root/dolma and two Paloma sources under root/paloma."""
+    rng = random.Random(seed)
+    for shard in range(3):
+        docs = [
+            {
+                "id": f"d{shard}-{i}",
+                "text": document(rng),
+                "source": "synthetic",
+                "added": "2026-01-01T00:00:00Z",
+                "metadata": {"shard": shard},
+            }
+            for i in range(n_train // 3)
+        ]
+        write_jsonl_gz(root / "dolma" / f"part-{shard:04d}.json.gz", docs)
+    for source in ("alpha", "beta"):
+        docs = [
+            {
+                "id": f"{source}-{i}",
+                "text": document(rng, 12 if i % 5 == 0 else None),
+                "source": source,
+                "subdomain": f"{source}-{i % 2}",
+            }
+            for i in range(n_eval)
+        ]
+        write_jsonl_gz(root / "paloma" / source / "val.jsonl.gz", docs)
+    return {"train": str(root / "dolma" / "*.json.gz"), "eval": str(root / "paloma" / "*" / "val.jsonl.gz")}
+
+
+def tiny_params(root: Path, corpus: dict[str, str] | None = None) -> dict:
+    """A config that trains in seconds: 2 layers, d_model 24, seq_len 32, vocab ~300."""
+    corpus = corpus or {"train": "data/corpus/dolma/*.json.gz", "eval": "data/corpus/paloma/*/val.jsonl.gz"}
+    return {
+        "embedded": {"out_dir": str(root / "data/embedded")},
+        "data": {
+            "train_paths": [corpus["train"]],
+            "eval_paths": [corpus["eval"]],
+            "seq_len": 32,
+            "tokens_dir": str(root / "data/tokens"),
+            "encode_batch_size": 64,
+        },
+        "tokenizer": {"source": "train", "vocab_size": 300, "out_dir": str(root / "data/tokenizer")},
+        "model": {"preset": "tiny", "d_model": 24, "hidden_dim": 48, "n_layers": 2, "max_seq_len": 64},
+        "optim": {
+            "lr": 3.0e-3,
+            "betas": [0.9, 0.95],
+            "warmup_steps": 3,
+            "schedule": "cosine",
+            "max_grad_norm": 1.0,
+            "weight_decay": 0.01,
+        },
+        "training": {
+            "max_steps": 12,
+            "micro_batch_size": 4,
+            "grad_accum_steps": 2,
+            "log_every": 2,
+            "eval_every": 6,
+            "checkpoint_every": 4,
+            "keep_checkpoints": 2,
+            "checkpoint_dir": str(root / "checkpoints"),
+            "metrics_dir": str(root / "metrics"),
+            "num_threads": 1,
+        },
+        "evaluation": {
+            "batch_size": 8,
+            "out": str(root / "metrics/eval.json"),
+            "domains_out": str(root / "metrics/eval_domains.csv"),
+        },
+        "report": {"out_dir": str(root / "reports"), "run_name": "test run"},
+    }
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:
+    """A git + DVC repo holding this project's dvc.yaml and code, with a tiny config on the embedded corpus."""
+    shutil.copytree(REPO / "pico", repo / "pico", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    params = tiny_params(
+        Path("."), {"train": "data/embedded/dolma/*.json.gz", "eval": "data/embedded/paloma/*/val.jsonl.gz"}
+    )
+    params["embedded"] = {"out_dir": "data/embedded", "min_chars": 400}
+    params["training"]["max_steps"] = 8
+    params["evaluation"]["max_windows_per_source"] = 20
+    for section, values in (overrides or {}).items():
+        params.setdefault(section, {}).update(values)
+    # every key written out: DVC insists that each param a stage lists exists in params.yaml
+    full = parse_params(params).model_dump(mode="json")
+    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")  # the project's: run locks, moved-aside checkpoints
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "init")
+    return repo
 
 
 def run_folder(root: Path, raw: dict, name: str) -> Path:
@@ -46,3 +197,25 @@ def assert_same_run(a: Path, b: Path, step: int) -> None:
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     for name in ("train.csv", "eval_history.csv", "train_summary.json"):
         assert (a / "metrics" / name).read_text() == (b / "metrics" / name).read_text(), name
+
+
+def tiny_model_and_optimizer(seed=0):
+    """A two-layer model, its AdamW and a schedule, three steps in: state worth checkpointing."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+def save_checkpoint(root, step, fingerprint="run-a", keep=3, name=None):
+    """A checkpoint of the tiny model at ``step`` in ``root`` (pico.checkpoint's format)."""
+    from pico import checkpoint
+
+    model, opt, sched = tiny_model_and_optimizer()
+    state = {"fingerprint": fingerprint, "position": step * 8, "history": {}}
+    return checkpoint.save(root, step, model, opt, sched, state, keep, name=name)

@@ -9,7 +9,7 @@ from pico.diagnose import diagnose
 from pico.report import render
 from pico.runs import RunRecord, describe_changes
 from pico.train_metrics import TrainSummary
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 GOLDEN = Path(__file__).parent / "golden"
 

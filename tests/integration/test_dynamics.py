@@ -44,7 +44,7 @@ def captured_run(tmp_path_factory):
     """One tiny run with capture on, shared by the tests that only read it: (params, raw params, root)."""
     from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
-    from tests.conftest import make_corpus, tiny_params
+    from tests.helpers import make_corpus, tiny_params
 
     root = tmp_path_factory.mktemp("dynamics")
     raw = tiny_params(root, make_corpus(root / "corpus"))

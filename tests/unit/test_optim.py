@@ -6,7 +6,7 @@ import torch
 
 from pico.config import parse_params
 from pico.optim import lr_lambda, make_optimizer, make_scheduler, param_groups, rebased_scheduler
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_dvc_repo, sh
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, make_dvc_repo, sh
 
 STAGES = ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")
 

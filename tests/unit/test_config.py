@@ -5,7 +5,7 @@ import time
 import pytest
 
 from pico.config import ConfigError, Params, load_params, parse_params
-from tests.conftest import REPO, tiny_params, write_params
+from tests.helpers import REPO, tiny_params, write_params
 
 
 def test_repo_params_yaml_is_valid():

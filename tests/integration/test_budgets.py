@@ -15,7 +15,7 @@ from pico.data import tokenizer
 from pico.data.budgets import Budgets
 from pico.data.documents import Document
 from pico.data.tokens_dir import TokensDir
-from tests.conftest import document, write_jsonl_gz
+from tests.helpers import document, write_jsonl_gz
 
 
 def docs(source, n, length=10):

@@ -11,7 +11,7 @@ import time
 
 from pico import checkpoint
 from pico.parentwatch import find_supervisor
-from tests.conftest import REPO, write_params
+from tests.helpers import REPO, write_params
 
 
 def test_a_process_outside_dvc_watches_nothing():

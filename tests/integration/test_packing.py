@@ -44,6 +44,7 @@ def test_tokenize_stage_outputs_and_determinism(prepared, tmp_path):
     assert rows.shape == (manifest["rows"], 33) and rows.dtype == np.uint16
     assert manifest["documents"] == 240 and manifest["skipped_total"] == 0
     assert manifest["tokenizer_sha256"] and manifest["sha256"]
+    tokenize_stage.run(prepared, progress=False)  # here (the fixture's copy names the session's corpus)
     first = {p.name: p.read_bytes() for p in sorted(__import__("pathlib").Path(tokens).iterdir())}
     tokenize_stage.run(prepared, progress=False)
     second = {p.name: p.read_bytes() for p in sorted(__import__("pathlib").Path(tokens).iterdir())}
@@ -93,7 +94,7 @@ def test_skips_show_in_manifest(params_dict, tmp_path):
     from pico.config import parse_params
     from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
-    from tests.conftest import write_jsonl_gz
+    from tests.helpers import write_jsonl_gz
 
     write_jsonl_gz(tmp_path / "corpus/dolma/part-0009.json.gz", [], [b"oops\n", b'{"text": ""}\n'])
     params = parse_params(params_dict)
@@ -111,7 +112,7 @@ def test_parallel_tokenization_is_byte_identical(params_dict, tmp_path, workers)
     from pico.config import parse_params
     from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
-    from tests.conftest import write_jsonl_gz
+    from tests.helpers import write_jsonl_gz
 
     # a bad line in the middle shard, so merged skip counts and examples are checked too
     write_jsonl_gz(tmp_path / "corpus/dolma/part-0001b.json.gz", [{"text": "short one"}], [b"{oops\n"])

@@ -2,13 +2,9 @@
 
 import copy
 
-import pytest
-
 from pico.config import parse_params
 from pico.data import tokenize as tokenize_stage
 from pico.data import tokenizer
-
-pytestmark = pytest.mark.slow
 
 
 def test_dask_tokenization_is_byte_identical(prefect_server, params_dict, tmp_path):

@@ -6,7 +6,7 @@ import json
 from pico import report, train_metrics
 from pico.config import parse_params
 from pico.train_metrics import TrainSummary
-from tests.conftest import tiny_params
+from tests.helpers import tiny_params
 
 
 def _params(tmp_path, **training):

@@ -4,7 +4,7 @@ import pytest
 
 from pico.data.documents import ReadStats, expand_paths, iter_documents
 from pico.errors import BadDocumentError
-from tests.conftest import write_jsonl_gz
+from tests.helpers import write_jsonl_gz
 
 GOOD = {"id": "a", "text": "hello world", "source": "web"}
 

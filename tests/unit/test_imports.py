@@ -4,7 +4,7 @@ those inside functions (which run later, but still tie the two modules together)
 import ast
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGES = ("pico", "flows")
 

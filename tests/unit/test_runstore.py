@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pico import checkpoint, runstore
 from pico.config import parse_params
-from tests.conftest import tiny_params
-from tests.test_checkpoint import _save
+from tests.helpers import save_checkpoint as _save
+from tests.helpers import tiny_params
 
 
 def test_an_experiment_copy_belongs_to_the_repository_it_was_made_from(tmp_path):

@@ -5,10 +5,6 @@ another flow's runs are left alone."""
 import time
 import uuid
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def _running_run(client, flow_name):
     from prefect import flow

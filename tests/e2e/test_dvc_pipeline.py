@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import make_dvc_repo, sh
-
-pytestmark = pytest.mark.slow
+from tests.helpers import make_dvc_repo, sh
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import yaml
 
 from pico.cli import COMMANDS, main, parser
 from pico.config import Params, load_params
-from tests.conftest import REPO, write_jsonl_gz, write_params
+from tests.helpers import REPO, write_jsonl_gz, write_params
 
 
 def test_params_yaml_spells_out_every_key():

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_dvc_repo, sh
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, make_dvc_repo, sh
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 

@@ -8,12 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from pico import checkpoint
 from pico.preempt import StopRequest
-from tests.conftest import REPO
-from tests.helpers import assert_same_run, pico, run_folder
+from tests.helpers import REPO, assert_same_run, pico, run_folder
 
 
 def test_the_first_signal_is_recorded_and_a_second_changes_nothing(capsys):
@@ -54,7 +51,6 @@ def _logged_steps(project: Path) -> int:
     return len(csv.read_text().splitlines()) - 1 if csv.exists() else 0
 
 
-@pytest.mark.slow
 def test_sigterm_and_sigint_between_checkpoints_save_the_step_and_the_rerun_is_bit_identical(
     params_dict, prepared, tmp_path
 ):

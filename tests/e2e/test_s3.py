@@ -10,8 +10,6 @@ from pico.data import tokenize as tokenize_stage
 from pico.data import tokenizer
 from pico.data.documents import ReadStats, iter_documents
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def s3_corpus(s3_server, corpus, monkeypatch):

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, write_params
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, write_params
 
 
 def train_cli(project: Path, raw: dict, **env) -> subprocess.CompletedProcess:

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 
 from pico import checkpoint
-from tests.conftest import REPO, make_dvc_repo, sh
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO, make_dvc_repo, sh
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,8 @@ import torch
 
 from pico import checkpoint, folders
 from pico.distributed import Dist
-
-
-def _model_opt(seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
-    for _ in range(3):
-        model(torch.randn(5, 4)).sum().backward()
-        opt.step()
-        sched.step()
-    return model, opt, sched
-
-
-def _save(root, step, fingerprint="run-a", keep=3, name=None):
-    model, opt, sched = _model_opt()
-    state = {"fingerprint": fingerprint, "position": step * 8, "history": {}}
-    return checkpoint.save(root, step, model, opt, sched, state, keep, name=name)
+from tests.helpers import save_checkpoint as _save
+from tests.helpers import tiny_model_and_optimizer as _model_opt
 
 
 def test_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path):
