@@ -28,7 +28,7 @@ test: setup
 	$(ACTIVATE) && python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: setup
-	$(ACTIVATE) && python -m pytest -m "not slow"
+	$(ACTIVATE) && python -m pytest -q tests/unit
 
 # ruff: the formatter and the linter (pyproject.toml [tool.ruff]); CI fails on either
 lint: setup

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_corpus, tiny_params
+from tests.helpers import copy_dvc_repo, make_corpus, make_dvc_repo, sh, tiny_params
 
 LAYERS = ("unit", "integration", "e2e")
 
@@ -99,3 +99,24 @@ def s3_server(tmp_path_factory):
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def dvc_template(tmp_path_factory) -> Path:
+    """This project as a git + DVC repository (tiny params on the embedded corpus) with its data
+    stages run and committed, once per session: end-to-end tests start from copies of it."""
+    repo = make_dvc_repo(tmp_path_factory.mktemp("template") / "repo")
+    sh(repo, "dvc", "repro", "tokenize")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "data stages")
+    return repo
+
+
+@pytest.fixture
+def new_repo(dvc_template: Path):
+    """``new_repo(path, overrides)``: a copy of the prepared repository, the data stages up to date."""
+
+    def make(path: Path, overrides: dict | None = None) -> Path:
+        return copy_dvc_repo(dvc_template, path, overrides)
+
+    return make

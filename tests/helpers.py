@@ -165,6 +165,20 @@ def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:
     return repo
 
 
+def copy_dvc_repo(template: Path, repo: Path, overrides: dict | None = None) -> Path:
+    """A copy of a repository ``make_dvc_repo`` made (git history, DVC cache and outputs included),
+    with ``overrides`` ({section: {key: value}}) written into params.yaml and committed."""
+    shutil.copytree(template, repo, symlinks=True)
+    if overrides:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        for section, values in overrides.items():
+            params.setdefault(section, {}).update(values)
+        full = parse_params(params).model_dump(mode="json")
+        (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+        sh(repo, "git", "commit", "-qam", "overrides")
+    return repo
+
+
 def run_folder(root: Path, raw: dict, name: str) -> Path:
     """``root/name`` with params whose checkpoints and metrics live inside it."""
     p = copy.deepcopy(raw)
@@ -219,3 +233,21 @@ def save_checkpoint(root, step, fingerprint="run-a", keep=3, name=None):
     model, opt, sched = tiny_model_and_optimizer()
     state = {"fingerprint": fingerprint, "position": step * 8, "history": {}}
     return checkpoint.save(root, step, model, opt, sched, state, keep, name=name)
+
+
+def latest_flow_task_runs():
+    """Task runs of the most recently started flow run, by name. Only runs that started: START_TIME
+    sorts by start time or else expected start, so a future run a served deployment scheduled
+    (test_scheduled_runs_...) would otherwise come first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )[0]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        return {r.name: r for r in runs}

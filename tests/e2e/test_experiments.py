@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, make_dvc_repo, sh
+from tests.helpers import REPO, copy_dvc_repo, sh
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = make_dvc_repo(tmp_path_factory.mktemp("exps"))
+def repo(tmp_path_factory, dvc_template) -> Path:
+    root = copy_dvc_repo(dvc_template, tmp_path_factory.mktemp("exps") / "repo")
     shutil.copytree(REPO / "presets", root / "presets")
     sh(root, "dvc", "repro")
     sh(root, "git", "add", "-A")

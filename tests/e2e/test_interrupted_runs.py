@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from pico import checkpoint
-from tests.helpers import REPO, make_dvc_repo, sh
+from tests.helpers import REPO, copy_dvc_repo, sh
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    root = make_dvc_repo(
+def repo(tmp_path_factory, dvc_template) -> Path:
+    root = copy_dvc_repo(
+        dvc_template,
         tmp_path_factory.mktemp("interrupted") / "repo",
         {"training": {"max_steps": 20, "checkpoint_every": 10, "log_every": 5, "eval_every": 10}},
     )
