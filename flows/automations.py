@@ -11,7 +11,7 @@ touches other flows on a shared server.
 
 **Pause a deployment whose run diverged.** The flow emits ``pico.training.diverged`` (and
 ``pico.training.completed`` / ``pico.training.early-stopped`` / ``pico.metric.pathology``, see
-``flows.pipeline.emit``); this automation pauses the deployment the diverged run came from, so a
+``flows.artifacts.emit``); this automation pauses the deployment the diverged run came from, so a
 nightly schedule does not re-run a diverging config until a person has looked (resume it in the
 UI or with ``prefect deployment resume``). Runs started by hand have no deployment: nothing to pause.
 

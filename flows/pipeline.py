@@ -30,26 +30,18 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from flows.artifacts import LiveView, emit, publish
+from flows.recovery import TRAIN_STAGE, PipelineFailed, restore_params, retry_unless_diverged, run_with_recovery
 from pico.config import Params, load_params, read_params_file, with_overrides
-from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary, summary_path
+from pico.train_metrics import TrainSummary, read_summary, summary_path
+
+__all__ = ["PipelineFailed", "parse_overrides", "pipeline"]
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_STAGE = "train"
 FRESH_ENV = "PICO_FRESH_RUN"  # pico.runstore.FRESH_ENV (not imported: the flow never loads torch)
-
-
-class PipelineFailed(RuntimeError):
-    """The pipeline cannot go on (a diverged run without recovery, recovery exhausted)."""
 
 
 def dvc_stages(repo: Path) -> list[str]:
@@ -118,68 +110,6 @@ def run_stage(stage: str, repo: str) -> str:
     return "ran"
 
 
-class LiveView:
-    """The train stage's output, as it is printed, turned into what a person watching the run in
-    the Prefect UI needs: every line in the task's log; a progress artifact (``pico-train-progress``:
-    step / max_steps, tokens/s, ETA) updated at each of the trainer's log intervals; and the
-    training log (``pico-training-log``, ``pico.live``) published anew after each evaluation. A
-    failure to publish is logged and never stops the stage."""
-
-    def __init__(self, repo: Path, logger: Any):
-        self.repo, self.logger = repo, logger
-        self.progress_id = None
-        self.log_published = False
-
-    def __call__(self, line: str) -> None:
-        self.logger.info(line)
-        progress = parse_progress(line)
-        if progress is not None:
-            self._publish(self._progress, progress)
-        elif parse_eval(line) is not None:  # the trainer writes the evaluation's row before this line
-            self._publish(self._training_log)
-
-    def close(self) -> None:
-        """After the stage succeeded: the log once more, with how it ended (completed, early-stopped).
-        Not after a failure or a stop: the flow's own state says that, and a stopping service
-        (SIGTERM) must not wait on the server."""
-        if self.log_published:
-            self._publish(self._training_log)
-
-    def _publish(self, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as err:  # the run matters more than its artifacts
-            self.logger.warning("could not publish a live artifact: %s", str(err).splitlines()[0][:200])
-
-    def _progress(self, p: dict[str, Any]) -> None:
-        done = round(100.0 * p["step"] / p["max_steps"], 2)
-        text = (
-            f"step {p['step']:,} of {p['max_steps']:,} · {p['tokens_per_s']:,.0f} tokens/s · ETA {p['eta']} · "
-            f"training loss {p['loss']:.4f}"
-        )
-        if self.progress_id is None:
-            self.progress_id = create_progress_artifact(done, key="pico-train-progress", description=text)
-        else:
-            update_progress_artifact(self.progress_id, done, description=text)
-
-    def _training_log(self) -> None:
-        from pico.live import training_log
-
-        self.log_published = True
-        params = load_params(self.repo / "params.yaml")
-        # the metric files' paths are relative to the repository, not to this process's folder (which
-        # stays put: other threads of the flow may rely on it)
-        params = params.model_copy(
-            update={
-                "training": params.training.model_copy(
-                    update={"metrics_dir": str(self.repo / params.training.metrics_dir)}
-                )
-            }
-        )
-        md = training_log(params)
-        create_markdown_artifact(md, key="pico-training-log", description="training log, refreshed at each evaluation")
-
-
 def dvc_streamed(repo: Path, log: Any, *args: str) -> int:
     """Run dvc and hand each line of its output (the stage's own, stdout and stderr merged) to
     ``log`` as it is printed, so a multi-day stage is visible in the Prefect UI while it runs."""
@@ -193,110 +123,18 @@ def dvc_streamed(repo: Path, log: Any, *args: str) -> int:
         return proc.wait()
 
 
-def _retry_unless_diverged(repo: Path, since: float):
-    # retrying a diverged run would diverge again at the same step: let the flow branch instead
-    def condition(task, task_run, state) -> bool:
-        try:
-            summary = train_summary(repo, load_params(repo / "params.yaml"), since)
-        except Exception:
-            return True
-        return summary is None or summary.status != "diverged"
-
-    return condition
-
-
-@task(name="publish", cache_policy=NO_CACHE)
-def publish(repo: str, params: Params, outcome: dict[str, str], experiment: str | None) -> None:
-    """The report (plots embedded, since the UI cannot resolve the report's relative image links)
-    and the final metrics as a rounded table."""
-    root = Path(repo)
-    report = root / params.report.out_dir / "report.md"
-    if report.exists():
-        create_markdown_artifact(
-            embed_images(report.read_text(), report.parent),
-            key="pico-report",
-            description=f"training report{f' of {experiment}' if experiment else ''}",
-        )
-    eval_path = root / params.evaluation.out
-    if eval_path.exists():
-        ev = json.loads(eval_path.read_text())
-        table = [
-            {
-                "source": name,
-                "token perplexity": _round(m["token_perplexity"]),
-                "bits per byte": _round(m["bits_per_byte"]),
-                "pico per-seq mean perplexity": _round(m["pico_mean_seq_perplexity"]),
-                "tokens": m.get("tokens"),
-            }
-            for name, m in [*ev["sources"].items(), ("macro (mean over sources)", ev["macro"])]
-        ]
-        stages = ", ".join(f"{k} {v}" for k, v in outcome.items())
-        create_table_artifact(
-            table,
-            key="pico-metrics",
-            description=f"checkpoint step {ev['step']} ({ev.get('checkpoint_kind', 'latest')}); {stages}",
-        )
-
-
-def _round(x: Any, digits: int = 4) -> Any:
-    try:
-        return float(f"{float(x):.{digits}g}")
-    except (TypeError, ValueError):
-        return x
-
-
-def embed_images(markdown: str, folder: Path) -> str:
-    """Relative PNG links (``![x](plots/loss.png)``) as data URIs, so the markdown shows its plots
-    where the files are not reachable (the Prefect UI)."""
-    import base64
-    import re
-
-    def inline(m: re.Match) -> str:
-        path = folder / m["path"]
-        if not path.is_file():
-            return m[0]
-        return f"![{m['alt']}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-    return re.sub(r"!\[(?P<alt>[^\]]*)\]\((?P<path>[^):]+\.png)\)", inline, markdown)
-
-
-def emit(kind: str, summary: TrainSummary | None, params: Params, **payload: Any) -> None:
-    """A Prefect event about the run (``pico.training.diverged`` / ``completed`` / ``early-stopped``,
-    ``pico.metric.pathology``) for automations to react to; Prefect relates it to this flow run and
-    its deployment. The run is the resource, named by its fingerprint."""
-    fingerprint = summary.fingerprint if summary else "unknown"
-    body = {
-        **(
-            {
-                "step": summary.step,
-                "max_steps": summary.max_steps,
-                "reason": summary.reason,
-                "last_good_checkpoint": summary.last_good_checkpoint,
-            }
-            if summary
-            else {}
-        ),
-        **payload,
-    }
-    emit_event(
-        event=kind,
-        resource={"prefect.resource.id": f"pico.run.{fingerprint}", "prefect.resource.name": params.report.run_name},
-        payload=body,
-    )
-
-
-class _Diverged(Exception):
-    def __init__(self, summary: TrainSummary):
-        super().__init__(summary.reason)
-        self.summary = summary
-
-
-def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float], outcome: dict[str, str]) -> None:
+def _run_stages(
+    root: Path, stages: list[str], retries: int, delays: list[float], outcome: dict[str, str]
+) -> TrainSummary | None:
+    """Each stage as a Prefect task, in order (the StageRunner of flows.recovery): the trainer's
+    summary when training diverged, None when every stage ran; any other failure raises."""
     for stage in stages:
         options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": delays}
         started = time.time()
         if stage == TRAIN_STAGE:
-            options["retry_condition_fn"] = _retry_unless_diverged(root, started)
+            options["retry_condition_fn"] = retry_unless_diverged(
+                lambda since=started: train_summary(root, load_params(root / "params.yaml"), since)
+            )
         state = run_stage.with_options(**options)(stage, str(root), return_state=True)
         if state.is_failed():
             params = load_params(root / "params.yaml")
@@ -304,9 +142,10 @@ def _run_stages(root: Path, stages: list[str], retries: int, delays: list[float]
             if stage == TRAIN_STAGE and summary is not None and summary.status == "diverged":
                 outcome[stage] = "diverged"
                 emit("pico.training.diverged", summary, params)
-                raise _Diverged(summary)
+                return summary
             state.result()  # re-raise the stage's error
         outcome[stage] = state.result()
+    return None
 
 
 @flow(name="pico-pipeline")
@@ -322,67 +161,40 @@ def pipeline(
     logger = get_run_logger()
     root = Path(repo)
     params = apply_overrides(root, overrides) if overrides else load_params(root / "params.yaml")
-    if fresh:  # the trainer moves its run's checkpoints aside (never deleted), once for this flow run
+    if fresh:  # the trainer sets its run's checkpoints aside (never deleted), once for this flow run
         os.environ[FRESH_ENV] = str(flow_run.get_id() or time.time())
         logger.info("fresh start requested: the train stage sets this run's checkpoints aside and starts at step 0")
     path = root / "params.yaml"
-    asked = path.read_bytes()  # what the person asked for; recovery edits are undone
-    recovery: dict[str, bytes] = {}  # what recovery last wrote into params.yaml
+    asked, wrote = path.read_bytes(), []  # what the person asked for; what recovery last wrote
+
+    def rewrite(changes: dict[str, Any]) -> Params:
+        changed = apply_overrides(root, changes)
+        wrote.append(path.read_bytes())
+        return changed
+
+    delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
+    outcome: dict[str, str] = {}
     try:
-        return _pipeline(root, params, experiment, bool(overrides), retries, retry_delay_seconds, logger, recovery)
+        ended = run_with_recovery(
+            dvc_stages(root),
+            lambda pending: _run_stages(root, pending, retries, delays, outcome),
+            params,
+            experiment,
+            rewrite,
+            logger,
+        )
+        return _finish(root, ended.params, ended.experiment, bool(overrides), outcome, logger)
     finally:
         os.environ.pop(FRESH_ENV, None)
-        if "wrote" in recovery:
-            if path.read_bytes() == recovery["wrote"]:
-                path.write_bytes(asked)
-                logger.info("params.yaml restored: the recovery's restart point and lr live in its DVC experiment")
-            else:  # someone edited it during the run: theirs wins
-                logger.warning("params.yaml was edited during the run; left as it is (not restored)")
+        if wrote:
+            restore_params(path, asked, wrote[-1], logger)
 
 
-def _pipeline(
-    root: Path,
-    params: Params,
-    experiment: str | None,
-    overridden: bool,
-    retries: int,
-    retry_delay_seconds: float,
-    logger: Any,
-    recovery: dict[str, bytes],
+def _finish(
+    root: Path, params: Params, experiment: str | None, overridden: bool, outcome: dict[str, str], logger: Any
 ) -> dict[str, str]:
-    delays = [retry_delay_seconds * 2**i for i in range(max(retries, 1))]
-    stages = dvc_stages(root)
-    outcome: dict[str, str] = {}
-    attempt = 0
-    pending = stages
-    base_name = experiment or "run"
-    while True:
-        try:
-            _run_stages(root, pending, retries, delays, outcome)
-            break
-        except _Diverged as div:
-            rec = params.recovery
-            if not rec.enabled or attempt >= rec.max_attempts:
-                why = "recovery is off" if not rec.enabled else f"{attempt} recovery attempts used"
-                raise PipelineFailed(f"training diverged: {div.summary.reason} ({why})") from None
-            if not div.summary.last_good_checkpoint:
-                raise PipelineFailed(f"training diverged before its first checkpoint: {div.summary.reason}") from None
-            attempt += 1
-            new_lr = params.optim.lr * rec.lr_factor
-            restart = str(Path(params.training.checkpoint_dir) / div.summary.last_good_checkpoint)
-            logger.warning(
-                "training diverged (%s); recovery %d/%d: restarting from %s with lr %g",
-                div.summary.reason,
-                attempt,
-                rec.max_attempts,
-                restart,
-                new_lr,
-            )
-            # written into params.yaml for DVC to run and `dvc exp save` to keep with the experiment, then undone
-            params = apply_overrides(root, {"optim.lr": new_lr, "training.restart_from": restart})
-            recovery["wrote"] = (root / "params.yaml").read_bytes()
-            experiment = f"{base_name}-recovery-{attempt}"
-            pending = stages[stages.index(TRAIN_STAGE) :]
+    """After the stages: save the experiment, say how training ended (events for automations), and
+    publish the report and metrics."""
     summary = train_summary(root, params)
     if summary is not None and summary.status == "early_stopped":
         logger.info(
