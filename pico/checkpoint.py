@@ -12,12 +12,10 @@ A checkpoint is a folder ``step_NNNNNNNN/`` holding
 It is written into ``.tmp-…`` and renamed into place, so a folder named ``step_*`` is complete;
 leftovers of a crash are removed on the next start. The newest ``keep`` are kept. ``state.json``
 records the size and sha256 of the other two files; before resuming, ``restore`` verifies the
-newest checkpoint and falls back to the newest one that verifies and loads, moving each damaged one
-to ``<checkpoint_dir>.quarantine/`` (never deleting it) and saying which and why.
+newest checkpoint and falls back to the newest one that verifies and loads (``pico.runfolder``).
 
-``restore`` decides where a run starts: the newest checkpoint of the *same* run (same
-fingerprint), or ``training.restart_from``, or step 0. Checkpoints of another run are never
-resumed and never deleted: they are moved aside to ``<checkpoint_dir>.superseded/<fingerprint>/``.
+This module is the format alone (save, load, verify, list, prune). What a run does with a
+folder of them — where it resumes, what it sets aside or quarantines — is ``pico.runfolder``'s.
 Only folders this module names (``step_*``, ``best``, ``learning_dynamics``, ``.tmp-*``) are ever
 moved, and only ``.tmp-*`` and pruned ``step_*`` removed.
 """
@@ -30,14 +28,13 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from pico.fsutil import free_name, fsync_path, replace_dir
+from pico.fsutil import fsync_path, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 WEIGHTS, TRAINER, STATE = "model.safetensors", "trainer.pt", "state.json"
@@ -251,135 +248,3 @@ def load(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     if "cuda_rng" in trainer and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(trainer["cuda_rng"])
     return read_state(path), trainer["scheduler"]
-
-
-@dataclass
-class Restored:
-    """Where a run continues from: ``state`` (state.json) and the lr schedule's saved state, or,
-    after ``restart_from`` (another run's checkpoint), ``rebase`` the schedule on the current lr."""
-
-    path: Path
-    state: dict[str, Any]
-    scheduler_state: dict[str, Any]
-    rebase: bool
-
-
-def superseded_dir(root: Path, fingerprint: str | None) -> Path:
-    base = root.resolve()
-    return base.with_name(f"{base.name}.superseded") / (fingerprint or "unknown")
-
-
-def move_aside(root: Path, fingerprint: str | None) -> Path:
-    """Move another run's checkpoints (and only them) out of the way; returns where they went."""
-    dest = free_name(superseded_dir(root, fingerprint))
-    dest.mkdir(parents=True)
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and (STEP_DIR.match(p.name) or p.name in (BEST, LEARNING_DYNAMICS)):
-            os.replace(p, dest / p.name)
-    fsync_path(root)
-    return dest
-
-
-def quarantine(root: Path, path: Path, why: str) -> Path:
-    """Move a damaged checkpoint out of the run's way (never deleted); returns where it went."""
-    base = root.resolve()
-    dest = free_name(base.with_name(f"{base.name}.quarantine") / path.name)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, dest)
-    (dest / "QUARANTINED.txt").write_text(why + "\n")
-    fsync_path(root)
-    print(f"skipped a damaged checkpoint: {why}; moved to {dest}")
-    return dest
-
-
-def _newest_sound(root: Path, d: Any) -> tuple[Path, dict] | None:
-    """The newest checkpoint whose files verify (rank 0 quarantines the others); None if none."""
-    for path in reversed(list_checkpoints(root)):
-        try:
-            return path, verify(path)
-        except DamagedCheckpoint as err:
-            if d.is_main:
-                quarantine(root, path, str(err))
-    return None
-
-
-def find_restart_point(source: Path, search: list[Path] = ()) -> Path:
-    """``training.restart_from``: the checkpoint itself, or — once the folder that showed it shows
-    another run — that checkpoint in a run of the run store (``search``) or, as older versions left
-    it, ``<checkpoint_dir>.superseded/`` (newest first)."""
-    if (source / STATE).is_file():
-        return source
-    aside = superseded_dir(source.parent, None).parent  # <checkpoint_dir>.superseded beside the named folder
-    found = sorted(
-        (p for base in (*search, aside) if base.is_dir() for p in base.glob(f"*/{source.name}/{STATE}")),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    if not found:
-        where = " nor ".join(f"{base}/*/{source.name}" for base in (*search, aside))
-        raise FileNotFoundError(f"training.restart_from: no checkpoint at {source} (nor {where})")
-    print(f"training.restart_from: {source} now shows another run; using {found[0].parent}")
-    return found[0].parent
-
-
-def restore(
-    root: str | Path,
-    fingerprint: str,
-    restart_from: str | None,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    d: Any,
-    max_step: int | None = None,
-    search: list[Path] = (),
-) -> Restored | None:
-    """Resume the same run from its newest sound checkpoint, or restart from ``restart_from``, or
-    None (step 0). A checkpoint beyond ``max_step`` (the plan was shortened below where the run
-    got) cannot be continued: that run is moved aside like another run's. ``d`` is the process
-    group (``pico.distributed.Dist``): only rank 0 changes the folder; every rank reads what it
-    needs first."""
-    root = Path(root)
-    if d.is_main:
-        for name in remove_partial(root):
-            print(f"removed an incomplete checkpoint left by a crash: {root / name}")
-    d.barrier()
-
-    def same_run(state: dict) -> bool:
-        return state["fingerprint"] == fingerprint and (max_step is None or state["step"] <= max_step)
-
-    while (newest := _newest_sound(root, d)) is not None and same_run(newest[1]):
-        latest = newest[0]
-        try:
-            state, sched = load(latest, model, optimizer)
-        except DamagedCheckpoint as err:  # verified but does not load (e.g. written before checksums)
-            d.barrier()
-            if d.is_main:
-                quarantine(root, latest, str(err))
-            d.barrier()
-            continue
-        print(f"resuming from {latest} (step {state['step']}, {state['position']} rows consumed)")
-        return Restored(latest, state, sched, rebase=False)
-    latest, found = (newest[0], newest[1]["fingerprint"]) if newest else (None, None)
-    restored = None
-    if restart_from:
-        source = find_restart_point(Path(restart_from), search)
-        try:
-            verify(source)
-            state, sched = load(source, model, optimizer)
-        except DamagedCheckpoint as err:
-            raise DamagedCheckpoint(f"training.restart_from: {err}") from None
-        restored = Restored(source, state, sched, rebase=True)
-    d.barrier()  # every rank has read what it needs before rank 0 moves the old run aside
-    if latest is not None and d.is_main:
-        dest = move_aside(root, found)
-        why = (
-            f"belongs to another run (fingerprint {found} != {fingerprint})"
-            if found != fingerprint
-            else f"is at step {newest[1]['step']}, beyond training.max_steps={max_step}"
-        )
-        print(
-            f"{latest} {why}; starting fresh. Its checkpoints were moved to {dest} (listed by `pico "
-            f"checkpoints`); to continue that run instead, stop this one and `mv {dest}/* {root}/` (with a "
-            "plan that reaches its step)"
-        )
-    d.barrier()
-    return restored

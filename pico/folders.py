@@ -8,7 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pico.checkpoint import BEST, LEARNING_DYNAMICS, STATE, STEP_DIR, list_checkpoints, read_state, superseded_dir
+from pico.checkpoint import BEST, LEARNING_DYNAMICS, STATE, STEP_DIR, list_checkpoints, read_state
+from pico.runfolder import superseded_dir
 
 
 def _folder_size(path: Path) -> int:

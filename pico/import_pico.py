@@ -11,7 +11,7 @@ from, which ``pico evaluate`` (and then ``pico report``) scores with honest Palo
 Accepted sources: a step folder, a run folder (its ``checkpoints/latest`` or newest ``step_<N>``),
 or any HF folder with that ``config.json`` (e.g. a downloaded ``pico-lm/pico-decoder-tiny``).
 Nothing is fetched from the hub here. A checkpoint folder that already holds a run has that run
-moved aside first (``pico.checkpoint.move_aside``), never deleted.
+moved aside first (``pico.runfolder.move_aside``), never deleted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pico import checkpoint
+from pico import checkpoint, runfolder
 from pico.config import Params
 from pico.data.tokenizer import read_tokenizer, tokenizer_hash
 from pico.model import ModelDims, PicoDecoder
@@ -134,7 +134,7 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
     if newest is not None:
         found = checkpoint.read_state(newest).get("fingerprint")
         if found != fingerprint:
-            dest = checkpoint.move_aside(root, found)
+            dest = runfolder.move_aside(root, found)
             print(f"{root} held another run ({found}); moved to {dest}")
     state = {
         "fingerprint": fingerprint,

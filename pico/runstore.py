@@ -29,7 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pico import checkpoint
+from pico import checkpoint, runfolder
 from pico.config import Params, dvc_root
 from pico.fsutil import free_name, fsync_path, link_or_copy, replace_dir
 
@@ -93,7 +93,7 @@ def adopt(out_dir: Path, store: Path) -> list[str]:
         try:
             state = checkpoint.verify(path)
         except checkpoint.DamagedCheckpoint as err:
-            checkpoint.quarantine(out_dir, path, str(err))
+            runfolder.quarantine(out_dir, path, str(err))
             continue
         home = store / str(state["fingerprint"])
         newest = checkpoint.latest_checkpoint(home)
@@ -147,7 +147,7 @@ def start_fresh(run: Path, token: str) -> str | None:
     mark = run / FRESH_MARK
     if mark.is_file() and mark.read_text().strip() == token:
         return None
-    dest = checkpoint.move_aside(run, f"{run.name}-fresh") if _managed(run) else None
+    dest = runfolder.move_aside(run, f"{run.name}-fresh") if _managed(run) else None
     run.mkdir(parents=True, exist_ok=True)
     mark.write_text(token + "\n")
     return (

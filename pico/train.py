@@ -37,6 +37,7 @@ from pico import (
     dynamics,
     numerics,
     optim,
+    runfolder,
     runstore,
     train_metrics,
 )
@@ -254,7 +255,7 @@ class Trainer:
         self.optimizer = optim.make_optimizer(self.model, params, fused=fused)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         shown = self._open_run_folder()
-        self.restored = checkpoint.restore(
+        self.restored = runfolder.restore(
             self.run_dir,
             self.fingerprint,
             self.t.restart_from,

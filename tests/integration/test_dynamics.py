@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from pico import checkpoint, dynamics, folders, train
+from pico import checkpoint, dynamics, folders, runfolder, train
 from pico.config import parse_params
 from pico.data.eval_windows import EvalWindows
 from pico.model import ModelDims, PicoDecoder
@@ -192,7 +192,7 @@ def test_captures_move_aside_with_their_run(tmp_path):
     folder = dynamics.step_folder(root, 4)
     folder.mkdir(parents=True)
     (folder / "val_weights.pt").write_bytes(b"x")
-    dest = checkpoint.move_aside(root, "oldrun")
+    dest = runfolder.move_aside(root, "oldrun")
     assert (dest / "learning_dynamics" / "step_00000004" / "val_weights.pt").is_file()
     assert not dynamics.store(root).exists()
 

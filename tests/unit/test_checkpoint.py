@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from pico import checkpoint, folders
+from pico import checkpoint, folders, runfolder
 from pico.distributed import Dist
 from tests.helpers import save_checkpoint as _save
 from tests.helpers import tiny_model_and_optimizer as _model_opt
@@ -48,7 +48,7 @@ def test_same_run_resumes_from_the_newest(tmp_path):
     _save(tmp_path, 4)
     _save(tmp_path, 8)
     model, opt, _ = _model_opt(seed=5)
-    restored = checkpoint.restore(tmp_path, "run-a", None, model, opt, Dist())
+    restored = runfolder.restore(tmp_path, "run-a", None, model, opt, Dist())
     assert restored.path.name == "step_00000008" and not restored.rebase and restored.state["position"] == 64
 
 
@@ -63,7 +63,7 @@ def test_another_run_is_moved_aside_and_nothing_else_is_touched(tmp_path, capsys
     _save(root, 8)
     _save(root, 4, name=checkpoint.BEST)
     model, opt, _ = _model_opt()
-    assert checkpoint.restore(root, "run-b", None, model, opt, Dist()) is None
+    assert runfolder.restore(root, "run-b", None, model, opt, Dist()) is None
     moved = tmp_path / "project.superseded" / "run-a"
     assert sorted(p.name for p in moved.iterdir()) == ["best", "step_00000004", "step_00000008"]
     assert sorted(p.name for p in root.iterdir()) == [".git", "notes", "params.yaml"]
@@ -71,14 +71,14 @@ def test_another_run_is_moved_aside_and_nothing_else_is_touched(tmp_path, capsys
     assert "belongs to another run" in capsys.readouterr().out
     # a second superseded run with the same fingerprint does not overwrite the first
     _save(root, 2)
-    checkpoint.restore(root, "run-c", None, model, opt, Dist())
+    runfolder.restore(root, "run-c", None, model, opt, Dist())
     assert (tmp_path / "project.superseded" / "run-a-2" / "step_00000002").is_dir()
 
 
 def test_restart_from_another_checkpoint_rebases(tmp_path):
     source = _save(tmp_path / "old", 6)
     model, opt, _ = _model_opt(seed=3)
-    restored = checkpoint.restore(tmp_path / "new", "run-z", str(source), model, opt, Dist())
+    restored = runfolder.restore(tmp_path / "new", "run-z", str(source), model, opt, Dist())
     assert restored.rebase and restored.state["step"] == 6
     assert json.loads((source / checkpoint.STATE).read_text())["fingerprint"] == "run-a"
 
@@ -87,17 +87,17 @@ def test_a_restart_point_moved_aside_is_found_there(tmp_path, capsys):
     root = tmp_path / "checkpoints"
     _save(root, 4)
     model, opt, _ = _model_opt(seed=3)
-    restored = checkpoint.restore(root, "run-recovered", str(root / "step_00000004"), model, opt, Dist())
+    restored = runfolder.restore(root, "run-recovered", str(root / "step_00000004"), model, opt, Dist())
     assert restored.rebase and not (root / "step_00000004").exists()  # the old run was moved aside
     _save(root, 6, fingerprint="run-recovered")
     model, opt, _ = _model_opt(seed=3)  # the recovered experiment rerun on a fresh checkout
-    restored = checkpoint.restore(tmp_path / "fresh", "run-recovered", str(root / "step_00000004"), model, opt, Dist())
+    restored = runfolder.restore(tmp_path / "fresh", "run-recovered", str(root / "step_00000004"), model, opt, Dist())
     assert restored.path == tmp_path / "checkpoints.superseded/run-a/step_00000004"
     assert "now shows another run; using" in capsys.readouterr().out
     # the run store: the folder named shows another run, the checkpoint is in the store
     store = tmp_path / "store"
     _save(store / "run-b", 8, fingerprint="run-b")
-    restored = checkpoint.restore(
+    restored = runfolder.restore(
         tmp_path / "fresh2", "run-c", str(root / "step_00000008"), model, opt, Dist(), search=[store]
     )
     assert restored.path == store / "run-b/step_00000008"
@@ -108,7 +108,7 @@ def test_checkpoints_command_lists_and_removes_only_set_aside_runs(tmp_path, cap
 
     root = tmp_path / "checkpoints"
     _save(root, 4)
-    checkpoint.restore(root, "run-b", None, *_model_opt()[:2], Dist())
+    runfolder.restore(root, "run-b", None, *_model_opt()[:2], Dist())
     _save(root, 2, fingerprint="run-b")
     listing = folders.describe_folders(root)
     assert "step_00000002" in listing and "run-a" in listing and "step_00000004" in listing
@@ -151,7 +151,7 @@ def test_restore_skips_damaged_checkpoints_into_quarantine_and_loads_nothing_fro
     _save(root, 8)
     (root / "step_00000008" / checkpoint.TRAINER).write_bytes(b"not a torch file")
     fresh, fresh_opt, _ = _model_opt(seed=1)
-    restored = checkpoint.restore(root, "run-a", None, fresh, fresh_opt, Dist())
+    restored = runfolder.restore(root, "run-a", None, fresh, fresh_opt, Dist())
     assert restored.path.name == "step_00000004"
     out = capsys.readouterr().out
     assert "skipped a damaged checkpoint" in out and "trainer.pt has" in out
@@ -228,6 +228,6 @@ def test_a_stray_empty_state_json_deletes_nothing(tmp_path):
     stray.mkdir()
     (stray / checkpoint.STATE).write_text("{}")
     fresh, fresh_opt, _ = _model_opt(seed=1)
-    assert checkpoint.restore(root, "run-a", None, fresh, fresh_opt, Dist()).path.name == "step_00000004"
+    assert runfolder.restore(root, "run-a", None, fresh, fresh_opt, Dist()).path.name == "step_00000004"
     assert (tmp_path / "ckpt.quarantine/step_99999999" / checkpoint.STATE).read_text() == "{}"
     assert (root / "step_00000004" / checkpoint.WEIGHTS).is_file()
