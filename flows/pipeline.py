@@ -35,7 +35,8 @@ from prefect.runtime import flow_run
 
 from flows.artifacts import LiveView, emit, publish
 from flows.recovery import TRAIN_STAGE, PipelineFailed, restore_params, retry_unless_diverged, run_with_recovery
-from pico.config import Params, load_params, read_params_file, with_overrides
+from pico.config import Params, load_params, with_overrides
+from pico.paramsfile import read_params_file
 from pico.train_metrics import TrainSummary, read_summary, summary_path
 
 __all__ = ["PipelineFailed", "parse_overrides", "pipeline"]

@@ -55,9 +55,9 @@ def _train(args: argparse.Namespace, params: Params) -> None:
 
     numerics.apply(params.training.numerics)
     stop = StopRequest(params.training.stop_grace_s).install()
-    from pico import plan, train
+    from pico import launch, plan
 
-    train.main(params, args.params, on_start=plan.announce, stop=stop)
+    launch.main(params, args.params, on_start=plan.announce, stop=stop)
 
 
 def _plan(args: argparse.Namespace, params: Params) -> None:
@@ -109,7 +109,7 @@ def _reproduce(args: argparse.Namespace, params: Params | None) -> int:
 
 
 def _compare(args: argparse.Namespace, params: Params | None) -> None:
-    from pico.report import compare
+    from pico.compare import compare
 
     print(f"wrote {compare(args.run_a, args.run_b, args.out)}")
 

@@ -30,7 +30,7 @@ STAGE_MODULES: dict[str, str] = {
     "embedded_data": "pico.data.embedded",
     "tokenizer": "pico.data.tokenizer",
     "tokenize": "pico.data.tokenize",
-    "train": "pico.train",
+    "train": "pico.launch",  # pico.train in one process or under torchrun
     "evaluate": "pico.evaluate",
     "report": "pico.report",
 }

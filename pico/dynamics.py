@@ -263,6 +263,21 @@ class Capture:
         self.config = training_config(params, dims, params.report.run_name)
         self.seconds = 0.0
 
+    @classmethod
+    def for_run(
+        cls, params: Any, dims: Any, data: Any, model: torch.nn.Module, world: int, **kw: Any
+    ) -> Capture | None:
+        """The capture a run asked for (``learning_dynamics.enabled``), or None; refused at once,
+        not at step 1000, when it cannot run: several processes, or no module to hook."""
+        if not params.learning_dynamics.enabled:
+            return None
+        if world > 1:  # a replica's backward outside DDP's wrapper would stall its gradient sync
+            raise ValueError(
+                f"learning_dynamics.enabled needs a one-process run (training.nproc 1); this run has {world} processes"
+            )
+        hooked_modules(model, params.learning_dynamics.layer_suffixes)
+        return cls(params, dims, data.windows, data.rows, data.loader, **kw)
+
     def due(self, step: int) -> bool:
         return step == 0 or step % self.every == 0 or step == self.max_steps or step in self.ld.steps
 

@@ -1,6 +1,10 @@
 """Expected failures: the CLI turns these into one clear message and a non-zero exit."""
 
 
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the key and the value (exit 2)."""
+
+
 class BadDocumentError(ValueError):
     """Strict mode: a line that is not a usable document (the message names file and line)."""
 

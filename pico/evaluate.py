@@ -165,6 +165,23 @@ def evaluate_model(
     return aggregate(nll, windows.table[indices], windows.sources, windows.subdomains)
 
 
+@torch.no_grad()
+def rows_loss(
+    model: torch.nn.Module, rows: Any, indices: Any, batch_size: int, device: torch.device, autocast: Any
+) -> float:
+    """Mean token loss of training rows ``indices`` in eval mode (the trainer's seen-rows sample:
+    already-trained rows scored without dropout, beside the held-out windows)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for i in range(0, len(indices), batch_size):
+        batch = torch.from_numpy(np.asarray(rows[indices[i : i + batch_size]], dtype=np.int64)).to(device)
+        with autocast:
+            total += model(batch[:, :-1], batch[:, 1:]).double() * len(batch)
+    model.train(was_training)
+    return float(total) / len(indices)
+
+
 def json_safe(obj: Any) -> Any:
     """Infinite or NaN values as strings: strict JSON readers (and DVC) reject bare Infinity."""
     if isinstance(obj, dict):

@@ -15,7 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pico.config import ConfigError, read_params_file, with_overrides
+from pico.config import with_overrides
+from pico.errors import ConfigError
+from pico.paramsfile import read_params_file
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 

@@ -6,8 +6,8 @@ per byte first → best → last per source, pico's per-sequence mean beside the
 happened* (a diagnosis with its evidence, pico/diagnose.py), *What we do next* (recommendations tied
 to numbers), the config in brief and PNG plots. ``report.md`` is a function of the run's results
 alone, so a rerun anywhere writes the same bytes; the date, machine and speed go to ``run_info.md``
-beside it, which DVC does not hash. ``pico compare A B`` writes the same log for two runs (git
-revisions or DVC experiments) side by side.
+beside it, which DVC does not hash. ``pico compare A B`` (pico/compare.py) sets two of these logs side by
+side.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pico import train_metrics
 from pico.config import Params
 from pico.diagnose import Diagnosis, diagnose
 from pico.fsutil import atomic_write_json, atomic_write_text
-from pico.plots import compare_plots, make_plots
+from pico.plots import make_plots
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
 from pico.train_metrics import TrainSummary, duration, median_rate
 
@@ -375,71 +375,3 @@ def run(params: Params, date: str | None = None) -> Path:
     atomic_write_json(Path(params.training.metrics_dir) / train_metrics.HEADLINE_JSON, headline(record))
     print(f"report: {out / 'report.md'} ({len(plots)} plots)")
     return out / "report.md"
-
-
-def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None = None) -> Path:
-    """The training log of two runs (git revisions or DVC experiments), side by side, with their
-    curves drawn together by tokens seen; written to ``comparisons/<a>-vs-<b>/`` (outside every
-    stage's outputs) unless ``out_path`` names the markdown file."""
-    runs = [load_run(a), load_run(b)]
-    out_path = Path(out_path) if out_path else Path("comparisons") / f"{_slug(a)}-vs-{_slug(b)}" / "compare.md"
-    plots = compare_plots(
-        [
-            (
-                r.name,
-                r.train,
-                r.evals,
-                r.summary.effective_batch_tokens
-                if r.summary
-                else r.params.data.seq_len * r.params.training.effective_batch_rows(),
-            )
-            for r in runs
-        ],
-        out_path.parent / "plots",
-    )
-    date = date or dt.date.today().isoformat()
-    cols = [
-        render(
-            r,
-            describe_changes(r.params, load_params_at(other)) if r is runs[1] else None,
-            other if r is runs[1] else None,
-            None,
-            [],
-        )
-        for r, other in zip(runs, (b, a))
-    ]
-    diag = [diagnose(r.train, r.evals, r.summary, r.final_eval, r.params) for r in runs]
-
-    def final(r: RunRecord, key: str) -> str:
-        return fmt(r.final_eval.get("macro", {}).get(key))
-
-    rows = [
-        ("status", *(status_line(r.summary, r.params.training.max_steps) for r in runs)),
-        ("final train loss", *(fmt(r.summary.final_loss_mean if r.summary else None) for r in runs)),
-        ("token perplexity (macro)", *(final(r, "token_perplexity") for r in runs)),
-        ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
-        ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),
-        ("tokens seen", *(fmt(r.summary.tokens if r.summary else None) for r in runs)),
-        ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
-    ]
-    lines = [
-        f"# Training logs compared: {a} vs {b}",
-        "",
-        f"- **Date**: {date}",
-        "",
-        f"| | {a} | {b} |",
-        "|---|---|---|",
-    ] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
-    lines += ["", "## Time and cost", "", *cost_table(runs), "", "## Curves, by tokens seen", ""]
-    lines += [f"![{p}](plots/{p})" for p in plots]
-    lines += ["", f"## What changed from {a} to {b}", ""]
-    lines += [f"- {c}" for c in describe_changes(runs[1].params, load_params_at(a))] or ["- nothing"]
-    for name, text in zip((a, b), cols):
-        body = text.split("\n", 1)[1].replace("\n## ", "\n### ")
-        lines += ["", "---", "", f"## {name}", body]
-    atomic_write_text(out_path, "\n".join(lines) + "\n")
-    return out_path
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pico import train_metrics
-from pico.config import Params, parse_params, read_params_file, read_yaml
+from pico.config import Params, parse_params
+from pico.paramsfile import read_params_file, read_yaml
 from pico.train_metrics import TrainSummary, parse_csv
 
 

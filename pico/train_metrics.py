@@ -111,6 +111,17 @@ def progress_line(step: int, max_steps: int, loss_mean: float, lr: float, tokens
     )
 
 
+def perf_row(step: int, rate: float, elapsed_s: float, flops_per_token: int, peak: float | None, world: int) -> dict:
+    """A row of perf.csv: throughput, and model FLOP/s and MFU against ``training.peak_flops``."""
+    return {
+        "step": step,
+        "tokens_per_s": round(rate, 1),
+        "elapsed_s": elapsed_s,
+        "model_flops_per_s": round(rate * flops_per_token),
+        "mfu": round(rate * flops_per_token / (peak * world), 5) if peak else "",
+    }
+
+
 def eval_line(step: int, macro: dict[str, float]) -> str:
     return (
         f"step {step}: eval loss {macro['loss']:.4f}, token ppl {macro['token_perplexity']:.3f}, "

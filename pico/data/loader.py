@@ -1,4 +1,5 @@
-"""The row loader: a seeded global order over packed rows (an OLMo-style global index).
+"""The row loader: a seeded global order over packed rows (an OLMo-style global index), and the
+training data a trainer opens (``open_train_data``).
 
 Position ``p`` (rows consumed so far, counted over all ranks) maps to epoch ``p // n_rows`` and to
 ``permutation(seed, epoch)[p % n_rows]``. The order depends on the seed alone, not on the number
@@ -7,8 +8,15 @@ of processes; a checkpoint stores ``p`` and resumes exactly where it stopped.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
+
+from pico.config import Params
+from pico.data.eval_windows import EvalWindows
+from pico.data.tokens_dir import TokensDir
 
 
 class GlobalRowOrder:
@@ -76,3 +84,42 @@ class RowLoader:
         """Every row of the step starting at ``position`` (all ranks, all micro-batches), in the order
         the micro-batches are drawn."""
         return np.concatenate([self._micro_indices(position, j) for j in range(self.accum * self.world)])
+
+
+@dataclass
+class TrainData:
+    """What a trainer reads, opened and checked before any work."""
+
+    rows: np.ndarray  # packed rows of seq_len + 1 tokens (memory-mapped)
+    manifest: dict[str, Any]  # train_manifest.json: hashes, sources, tokenizer
+    windows: EvalWindows  # the held-out evaluation windows
+    loader: RowLoader  # this rank's micro-batches of each optimizer step
+    # the first rows of the global order: a fixed sample every evaluation after they were trained
+    # on scores in eval mode, so a train/held-out gap is not confounded with dropout
+    seen_rows: np.ndarray
+    batch_rows: int  # rows per optimizer step, over all ranks
+    tokens_per_step: int
+
+
+def open_train_data(params: Params, vocab_size: int, rank: int, world: int) -> TrainData:
+    cfg, seq_len = params.training, params.data.seq_len
+    tokens = TokensDir(params.data.tokens_dir)
+    rows, manifest = tokens.open_rows(seq_len)
+    tokens.check_consistent()
+    tokens.verify_train(vocab_size)
+    batch_rows = cfg.effective_batch_rows(world)
+    if cfg.global_batch_size is not None and cfg.global_batch_size != batch_rows:
+        raise ValueError(
+            f"training.global_batch_size={cfg.global_batch_size} but micro_batch_size x "
+            f"grad_accum_steps x world size = {batch_rows}"
+        )
+    if batch_rows > len(rows):
+        raise ValueError(
+            f"training: an optimizer step takes {batch_rows} rows (micro_batch_size x grad_accum_steps x "
+            f"processes) but {params.data.tokens_dir}/train.bin holds {len(rows)} rows of {seq_len} tokens; "
+            "lower training.micro_batch_size or training.grad_accum_steps, or add training data"
+        )
+    loader = RowLoader(rows, cfg.seed, cfg.micro_batch_size, cfg.grad_accum_steps, rank, world, cfg.shuffle)
+    n_seen = min(params.evaluation.seen_rows, len(rows))
+    seen_rows = np.sort(GlobalRowOrder(len(rows), cfg.seed, cfg.shuffle).indices(0, n_seen))
+    return TrainData(rows, manifest, EvalWindows(tokens), loader, seen_rows, batch_rows, batch_rows * seq_len)

@@ -13,6 +13,8 @@ import yaml
 from pico import checkpoint, dynamics, folders, runfolder, train
 from pico.config import parse_params
 from pico.data.eval_windows import EvalWindows
+from pico.data.loader import GlobalRowOrder
+from pico.data.tokens_dir import TokensDir
 from pico.model import ModelDims, PicoDecoder
 
 
@@ -107,8 +109,8 @@ def test_capture_is_the_checkpoint_and_the_next_batch(captured):
     assert torch.equal(weights["layers.1.swiglu.w_2"], model.layers[1].swiglu.w_2.weight)
     rows_used = yaml.safe_load((folder / dynamics.ROWS_FILE).read_text())["train"]
     # the trainer's order: the rows step 5 trains on (after 4 steps of 8 rows), micro-batch by micro-batch
-    rows, _ = train.TokensDir(captured.data.tokens_dir).open_rows(32)
-    order = train.GlobalRowOrder(len(rows), captured.training.seed, True)
+    rows, _ = TokensDir(captured.data.tokens_dir).open_rows(32)
+    order = GlobalRowOrder(len(rows), captured.training.seed, True)
     assert rows_used == np.concatenate([np.sort(order.indices(32 + j * 4, 4)) for j in range(2)]).tolist()
 
     batch = torch.from_numpy(np.asarray(rows[rows_used], dtype=np.int64))

@@ -30,7 +30,7 @@ def test_live_view_reads_the_repository_files_without_changing_folder(prepared, 
 
     import yaml
 
-    from flows import pipeline
+    from flows import artifacts
 
     train.run(prepared, progress=False)
     repo = tmp_path / "repo"
@@ -40,12 +40,12 @@ def test_live_view_reads_the_repository_files_without_changing_folder(prepared, 
     raw["training"]["metrics_dir"] = "metrics"  # relative, as in a real params.yaml
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     published = []
-    monkeypatch.setattr(pipeline, "create_markdown_artifact", lambda md, **kw: published.append(md))
+    monkeypatch.setattr(artifacts, "create_markdown_artifact", lambda md, **kw: published.append(md))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     warnings = []
-    view = pipeline.LiveView(
+    view = artifacts.LiveView(
         repo, type("Log", (), {"info": lambda *a: None, "warning": lambda *a: warnings.append(a)})()
     )
     view("step 6: eval loss 5.0000, token ppl 148.413, bits/byte 4.0000 (pico per-seq mean 150)")
