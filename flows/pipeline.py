@@ -88,27 +88,40 @@ def train_summary(repo: Path, params: Params, since: float | None = None) -> Tra
     return summary
 
 
-def stage_is_current(repo: Path, stage: str) -> bool:
-    """DVC's own answer (``dvc status --json``), not its human-readable output: nothing to run."""
-    proc = dvc(repo, "status", "--json", stage)
+def current_stages(repo: Path) -> set[str]:
+    """The stages DVC says are up to date (``dvc status --json``: its own answer, not its
+    human-readable output), asked once for a whole pass over the stages; empty when DVC cannot
+    say (then each stage goes to ``dvc repro``, which reports the problem)."""
+    proc = dvc(repo, "status", "--json")
     if proc.returncode != 0:
-        return False  # let `dvc repro` run and report the problem
-    return not json.loads(proc.stdout or "{}")
+        return set()
+    changed = json.loads(proc.stdout or "{}")
+    return {stage for stage in dvc_stages(repo) if stage not in changed}
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, task_run_name="{stage}")
-def run_stage(stage: str, repo: str) -> str:
+def run_stage(stage: str, repo: str, up_to_date: bool = False) -> str:
+    """``dvc repro --single-item STAGE``, its output streamed into the task's log; "skipped" when DVC
+    said the stage was up to date (and nothing before it ran in this pass)."""
     logger = get_run_logger()
-    if stage_is_current(Path(repo), stage):
+    if up_to_date:
         logger.info("stage '%s' is up to date (dvc status)", stage)
         return "skipped"
     live = LiveView(Path(repo), logger) if stage == TRAIN_STAGE else None
-    code = dvc_streamed(Path(repo), live or logger.info, "repro", "--single-item", stage)
+    skip_line, said_skip = f"Stage '{stage}' didn't change, skipping", []
+
+    def log(line: str) -> None:
+        if skip_line in line:
+            said_skip.append(line)
+        (live or logger.info)(line)
+
+    code = dvc_streamed(Path(repo), log, "repro", "--single-item", stage)
     if live and code == 0:
         live.close()
     if code != 0:
         raise RuntimeError(f"stage '{stage}' failed with exit code {code}")
-    return "ran"
+    # an earlier stage ran but left this one's inputs as they were: DVC said so and ran nothing
+    return "skipped" if said_skip else "ran"
 
 
 def dvc_streamed(repo: Path, log: Any, *args: str) -> int:
@@ -128,7 +141,9 @@ def _run_stages(
     root: Path, stages: list[str], retries: int, delays: list[float], outcome: dict[str, str]
 ) -> TrainSummary | None:
     """Each stage as a Prefect task, in order (the StageRunner of flows.recovery): the trainer's
-    summary when training diverged, None when every stage ran; any other failure raises."""
+    summary when training diverged, None when every stage ran; any other failure raises. DVC is
+    asked once which stages are up to date: one of those is skipped unless a stage before it ran."""
+    current, ran = current_stages(root), False
     for stage in stages:
         options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": delays}
         started = time.time()
@@ -136,7 +151,9 @@ def _run_stages(
             options["retry_condition_fn"] = retry_unless_diverged(
                 lambda since=started: train_summary(root, load_params(root / "params.yaml"), since)
             )
-        state = run_stage.with_options(**options)(stage, str(root), return_state=True)
+        up_to_date = stage in current and not ran
+        state = run_stage.with_options(**options)(stage, str(root), up_to_date, return_state=True)
+        ran = ran or not up_to_date
         if state.is_failed():
             params = load_params(root / "params.yaml")
             summary = train_summary(root, params, since=started)

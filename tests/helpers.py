@@ -179,6 +179,25 @@ def copy_dvc_repo(template: Path, repo: Path, overrides: dict | None = None) -> 
     return repo
 
 
+def copy_presets(repo: Path, max_steps: int = 60) -> None:
+    """The project's presets (presets/*.yaml) into ``repo``, each shrunk to ``max_steps`` steps with
+    proportionate warmup and intervals: the lr, batch and regularisation they set stay as they are
+    (the end-to-end tests need the mechanism and the differences between presets, not 200 steps)."""
+    (repo / "presets").mkdir()
+    for path in sorted((REPO / "presets").glob("*.yaml")):
+        preset = yaml.safe_load(path.read_text())
+        o = preset["overrides"]
+        o.update(
+            {
+                "training.max_steps": max_steps,
+                "optim.warmup_steps": min(o.get("optim.warmup_steps", 0), max_steps // 4),
+                "training.eval_every": max_steps // 3,
+                "training.checkpoint_every": 10,
+            }
+        )
+        (repo / "presets" / path.name).write_text(yaml.safe_dump(preset, sort_keys=False))
+
+
 def run_folder(root: Path, raw: dict, name: str) -> Path:
     """``root/name`` with params whose checkpoints and metrics live inside it."""
     p = copy.deepcopy(raw)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, copy_dvc_repo, sh
+from tests.helpers import copy_dvc_repo, copy_presets, sh
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
@@ -20,7 +20,7 @@ METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, dvc_template) -> Path:
     root = copy_dvc_repo(dvc_template, tmp_path_factory.mktemp("exps") / "repo")
-    shutil.copytree(REPO / "presets", root / "presets")
+    copy_presets(root)
     sh(root, "dvc", "repro")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "baseline run")

@@ -6,7 +6,6 @@ twice. One repository, committed after a 20-step run; the tests build on each ot
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pico import checkpoint
-from tests.helpers import REPO, copy_dvc_repo, sh
+from tests.helpers import copy_dvc_repo, copy_presets, sh
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def repo(tmp_path_factory, dvc_template) -> Path:
         tmp_path_factory.mktemp("interrupted") / "repo",
         {"training": {"max_steps": 20, "checkpoint_every": 10, "log_every": 5, "eval_every": 10}},
     )
-    shutil.copytree(REPO / "presets", root / "presets")
+    copy_presets(root)
     sh(root, "dvc", "repro")
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "a 20-step run")
