@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_dvc_repo, make_corpus, make_dvc_repo, sh, tiny_params
+from pico import numerics
+
+# before anything imports torch: in-process runs compute as `pico` does in its own processes (the
+# portable AVX2 kernels on any x86-64), so the tests may compare the two bit for bit on any CPU
+numerics.apply("portable")
+
+from tests.helpers import copy_dvc_repo, make_corpus, make_dvc_repo, sh, tiny_params  # noqa: E402
 
 LAYERS = ("unit", "integration", "e2e")
 

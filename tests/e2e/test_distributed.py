@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import REPO, write_params
+from pico import train
+from pico.config import parse_params
+from tests.helpers import REPO, tiny_params, write_params
 
 
 def train_cli(project: Path, raw: dict, **env) -> subprocess.CompletedProcess:
@@ -55,22 +57,33 @@ def assert_close_runs(a: Path, b: Path) -> None:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-5, k
 
 
-def test_two_processes_match_one(params_dict, prepared, tmp_path):
-    one = variant(params_dict, tmp_path, "one", nproc=1, micro=4, accum=2)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tokenized_once) -> Path:
+    """One process, micro-batch 4 x accumulation 2 (8 rows a step), trained once, in this process
+    (its numerics are pico's own: tests/conftest.py): what every multi-process run here must match."""
+    root = tmp_path_factory.mktemp("reference")
+    corpus = tokenized_once / "corpus"
+    raw = tiny_params(tokenized_once, {"train": f"{corpus}/dolma/*.json.gz", "eval": f"{corpus}/paloma/*/val.jsonl.gz"})
+    raw["training"].update(
+        nproc=1, micro_batch_size=4, grad_accum_steps=2, checkpoint_dir=str(root / "checkpoints"),
+        metrics_dir=str(root / "metrics"),
+    )  # fmt: skip
+    train.run(parse_params(raw), progress=False)
+    return root
+
+
+def test_two_processes_match_one(params_dict, prepared, tmp_path, reference):
     two = variant(params_dict, tmp_path, "two", nproc=2, micro=4, accum=1)  # same effective batch: 8 rows
-    assert train_cli(tmp_path / "one", one).returncode == 0
     proc = train_cli(tmp_path / "two", two)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "launching 2 processes" in proc.stdout
     summary = json.loads((tmp_path / "two/metrics/train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["weights_identical_across_ranks"] is True
     assert summary["effective_batch_rows"] == 8
-    assert_close_runs(tmp_path / "one", tmp_path / "two")
+    assert_close_runs(reference, tmp_path / "two")
 
 
-def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, tmp_path):
-    ref = variant(params_dict, tmp_path, "ref", nproc=1, micro=4, accum=2)
-    assert train_cli(tmp_path / "ref", ref).returncode == 0
+def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, tmp_path, reference):
     two = variant(params_dict, tmp_path, "moved", nproc=2, micro=4, accum=1)
     crashed = train_cli(tmp_path / "moved", two, PICO_FAULT_KILL_AT_STEP="4")  # every rank dies after step 4
     assert crashed.returncode != 0
@@ -80,15 +93,13 @@ def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, 
     resumed = train_cli(tmp_path / "moved", one)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from" in resumed.stdout and "step 4" in resumed.stdout
-    assert_close_runs(tmp_path / "ref", tmp_path / "moved")
+    assert_close_runs(reference, tmp_path / "moved")
 
 
 @pytest.mark.parametrize("resume_nproc", [1, 2])
-def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tmp_path, resume_nproc):
+def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tmp_path, reference, resume_nproc):
     """fully_shard over 2 processes: same losses and weights as 1 process; its gathered checkpoint
     resumes on 1 process (plain) or on 2 (sharded again)."""
-    ref = variant(params_dict, tmp_path, "ref", nproc=1, micro=4, accum=2)
-    assert train_cli(tmp_path / "ref", ref).returncode == 0
     fsdp = variant(params_dict, tmp_path, "fsdp", nproc=2, micro=4, accum=1)
     fsdp["training"]["parallelism"] = "fsdp"
     crashed = train_cli(tmp_path / "fsdp", fsdp, PICO_FAULT_KILL_AT_STEP="4")
@@ -102,7 +113,7 @@ def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tm
     if resume_nproc == 2:
         summary = json.loads((tmp_path / "fsdp/metrics/train_summary.json").read_text())
         assert summary["parallelism"] == "fsdp" and summary["processes"] == 2
-    assert_close_runs(tmp_path / "ref", tmp_path / "fsdp")
+    assert_close_runs(reference, tmp_path / "fsdp")
 
 
 def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_one_line(params_dict, prepared, tmp_path):

@@ -204,7 +204,7 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
     deadline = time.time() + 400
     while "Success" not in sh(repo, "dvc", "queue", "status").stdout:
         assert time.time() < deadline, sh(repo, "dvc", "queue", "status").stdout
-        time.sleep(2)
+        time.sleep(5)  # each look is a dvc process: ~1.5 s of CPU
     names = [line.split()[1] for line in sh(repo, "dvc", "queue", "status").stdout.splitlines() if "Success" in line]
     assert names, sh(repo, "dvc", "queue", "status").stdout
     log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout

@@ -19,7 +19,7 @@ def test_the_report_artifact_shows_its_plots_in_the_prefect_ui(prefect_server, t
     from prefect import flow
     from prefect.artifacts import create_markdown_artifact
 
-    from flows.pipeline import embed_images
+    from flows.artifacts import embed_images
     from pico.plots import make_plots
 
     train = [
