@@ -94,6 +94,11 @@ def prefect_server(tmp_path_factory):
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server
     finally:
+        # send what this process still holds (events, logs) while the server is up: afterwards
+        # Prefect's workers retry a dead server at exit for over a minute
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=30)
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
