@@ -122,7 +122,7 @@ def _export_hf(args: argparse.Namespace, params: Params | None) -> None:
 
 
 def _export_analysis(args: argparse.Namespace, params: Params) -> None:
-    from pico.dynamics import export_analysis
+    from pico.export_analysis import export_analysis
 
     out, steps = export_analysis(args.checkpoint_dir or params.training.checkpoint_dir, args.out_dir)
     print(

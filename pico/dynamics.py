@@ -23,15 +23,13 @@ This module owns the on-disk layout: ``<checkpoint_dir>/learning_dynamics/step_N
 ``{train,val}_{activations,weights,gradients}.pt`` plus ``rows.json`` (which train rows / eval
 windows were used) and ``training_config.yaml`` (pico-train's config shape) beside the step folders.
 The folder is not pruned with the checkpoints and moves aside with its run. ``pico export-analysis
-OUT`` links it into the layout pico-analyze expects (``OUT/checkpoints/step_<N>/learning_dynamics/``,
-``OUT/training_config.yaml``).
+OUT`` (pico/export_analysis.py) links it into the layout pico-analyze expects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +43,7 @@ import yaml
 from pico.checkpoint import (
     LEARNING_DYNAMICS as DIR,  # inside the checkpoint folder: never pruned, moves aside with the run
 )
-from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path, link_or_copy
+from pico.fsutil import atomic_open, atomic_write_json, atomic_write_text, fsync_path
 
 SPLITS = ("train", "val")
 KINDS = ("activations", "weights", "gradients")
@@ -296,30 +294,3 @@ class Capture:
                 folder = write_split(self.root, step, split, states, ids)
         self.seconds += time.perf_counter() - started
         return folder
-
-
-def export_analysis(checkpoint_dir: str | Path, out: str | Path) -> tuple[Path, list[int]]:
-    """Link (hard links; copies across filesystems) a run's captures into pico-analyze's layout:
-    ``OUT/training_config.yaml`` and ``OUT/checkpoints/step_<N>/learning_dynamics/*.pt``. OUT must be
-    new or an earlier export (it holds nothing else); nothing outside OUT is changed."""
-    src, out = store(checkpoint_dir), Path(out)
-    steps = captured_steps(checkpoint_dir)
-    if not steps or not (src / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"no learning dynamics in {src} (set learning_dynamics.enabled: true and train)")
-    if out.exists() and set(p.name for p in out.iterdir()) - {CONFIG_FILE, "checkpoints"}:
-        raise FileExistsError(f"{out} exists and holds other files; name a new folder")
-    for step in steps:
-        dest = out / "checkpoints" / f"step_{step}" / "learning_dynamics"
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in sorted(step_folder(checkpoint_dir, step).glob("*_*.pt")):
-            _link(f, dest / f.name)
-    _link(src / CONFIG_FILE, out / CONFIG_FILE)
-    return out, steps
-
-
-def _link(src: Path, dest: Path) -> None:
-    if dest.exists() or dest.is_symlink():
-        if dest.is_file() and os.path.samefile(src, dest):
-            return
-        dest.unlink()
-    link_or_copy(src, dest)

@@ -191,7 +191,9 @@ class Trainer:
         if s.step == 0 and self.dynamics:
             self.capture_dynamics()
         self.model.train()
-        bar = tqdm(total=cfg.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress)
+        bar = tqdm(
+            total=cfg.max_steps, initial=s.step, desc="train", unit="step", disable=not self.progress, mininterval=2
+        )
         interval = self.interval
         interval.restart_clock()
         while s.step < cfg.max_steps:

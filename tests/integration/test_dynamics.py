@@ -15,6 +15,7 @@ from pico.config import parse_params
 from pico.data.eval_windows import EvalWindows
 from pico.data.loader import GlobalRowOrder
 from pico.data.tokens_dir import TokensDir
+from pico.export_analysis import export_analysis
 from pico.model import ModelDims, PicoDecoder
 
 
@@ -143,7 +144,7 @@ def test_capture_does_not_change_the_run(captured_run, tmp_path):
 
 
 def test_export_is_a_pico_analyze_run_and_its_metrics_compute(captured, tmp_path):
-    out, steps = dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
+    out, steps = export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
     assert steps == [0, 4, 8, 12]
     config = yaml.safe_load((out / "training_config.yaml").read_text())
     assert config["model"]["d_model"] == 24 and config["model"]["attention_n_heads"] == 12
@@ -165,11 +166,11 @@ def test_export_is_a_pico_analyze_run_and_its_metrics_compute(captured, tmp_path
         early["weights"][f"{prefix}0.swiglu.w_2"],
     )
     # exporting again refreshes the links; a folder holding anything else is refused
-    dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
+    export_analysis(captured.training.checkpoint_dir, tmp_path / "analysis")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="holds other files"):
-        dynamics.export_analysis(captured.training.checkpoint_dir, tmp_path / "other")
+        export_analysis(captured.training.checkpoint_dir, tmp_path / "other")
 
 
 def test_val_subset_spreads_over_sources(prepared):
