@@ -92,3 +92,23 @@ def test_restart_from_a_checkpoint_with_lower_lr(params_dict, prepared, tmp_path
     assert state["history"]["events"][0]["step"] == 8
     lrs = [r for r in state["history"]["train"] if r["step"] > 8]
     assert all(r["lr"] <= 1.0e-3 for r in lrs)
+
+
+def test_a_restarted_run_stopped_before_its_first_step_saves_where_it_restarted(params_dict, prepared, tmp_path):
+    """The restart point is another run's checkpoint, not this run's newest save: a stop before the
+    first step writes this run's own (interim) checkpoint at the restart step, and says so."""
+    import signal
+
+    from pico.errors import TrainingInterrupted
+    from pico.preempt import StopRequest
+
+    train.run(prepared, progress=False)
+    raw = copy.deepcopy(params_dict)
+    raw["optim"]["lr"] = 1.0e-3
+    raw["training"]["restart_from"] = str(tmp_path / "checkpoints/step_00000008")
+    stop = StopRequest(30.0)
+    stop.request(signal.SIGTERM)  # as if it came while the data loaded
+    with pytest.raises(TrainingInterrupted, match=r"stopped at step 8 of 12 \(SIGTERM\): checkpoint \S+step_00000008"):
+        train.run(parse_params(raw), progress=False, stop=stop)
+    state = checkpoint.read_state(tmp_path / "checkpoints/step_00000008")
+    assert state["interim"] and state["config"]["optim"]["lr"] == 1.0e-3  # this run's, at the restart step
