@@ -88,7 +88,7 @@ def train_summary(repo: Path, params: Params, since: float | None = None) -> Tra
     return summary
 
 
-def current_stages(repo: Path) -> set[str]:
+def current_stages(repo: Path, stages: list[str]) -> set[str]:
     """The stages DVC says are up to date (``dvc status --json``: its own answer, not its
     human-readable output), asked once for a whole pass over the stages; empty when DVC cannot
     say (then each stage goes to ``dvc repro``, which reports the problem)."""
@@ -96,7 +96,7 @@ def current_stages(repo: Path) -> set[str]:
     if proc.returncode != 0:
         return set()
     changed = json.loads(proc.stdout or "{}")
-    return {stage for stage in dvc_stages(repo) if stage not in changed}
+    return {stage for stage in stages if stage not in changed}
 
 
 @task(name="dvc-stage", cache_policy=NO_CACHE, task_run_name="{stage}")
@@ -143,7 +143,7 @@ def _run_stages(
     """Each stage as a Prefect task, in order (the StageRunner of flows.recovery): the trainer's
     summary when training diverged, None when every stage ran; any other failure raises. DVC is
     asked once which stages are up to date: one of those is skipped unless a stage before it ran."""
-    current, ran = current_stages(root), False
+    current, ran = current_stages(root, stages), False
     for stage in stages:
         options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": delays}
         started = time.time()

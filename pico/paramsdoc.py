@@ -12,6 +12,7 @@ import io
 import sys
 import textwrap
 import tokenize
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def _type(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, __import__("types").UnionType):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _type(a) for a in args)
     if origin in (list, tuple, dict):
         return f"{origin.__name__}[{', '.join(_type(a) for a in args if a is not Ellipsis)}]"

@@ -43,7 +43,6 @@ from pico.model import PicoDecoder, check_attention_kernel
 from pico.monitor import LossWatch, eval_verdict
 from pico.parentwatch import ParentWatch
 from pico.preempt import StopRequest
-from pico.runfolder import Restored
 from pico.runlock import RunLock
 from pico.runtime import build_model, compile_model, model_dims, pick_device  # noqa: F401  (tests, benchmarks)
 from pico.train_metrics import TrainSummary
@@ -116,7 +115,6 @@ class Trainer:
         self.supervisor = ParentWatch() if dist.is_main else None  # the dvc that started us, if any
         self.invocation = Invocation(cfg, self.fingerprint, self.device)
         self.interval = Interval()
-        self.restored: Restored | None = None
         self.faults = Faults(fresh_run=True)
         self.eta_s: float | None = None
 
@@ -130,7 +128,7 @@ class Trainer:
         """Continue this run from its newest sound checkpoint (or ``training.restart_from``), else
         start at step 0 (pico.checkpointer), with the schedule the continued run runs under."""
         params = self.params
-        r = self.restored = self.ckpt.restore(self.model, self.optimizer)
+        r = self.ckpt.restore(self.model, self.optimizer)
         if r is None:
             return
         events = r.state["history"].setdefault("events", [])

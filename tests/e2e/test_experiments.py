@@ -138,37 +138,23 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
         fs.mkdir("dvc-remote")
     sh(repo, "dvc", "remote", "add", "-f", "-d", "store", "s3://dvc-remote/pico")
     sh(repo, "dvc", "remote", "modify", "store", "endpointurl", s3_server.endpoint)
+
+    def set_secret(value: str) -> None:
+        sh(repo, "dvc", "remote", "modify", "--local", "store", "secret_access_key", value)
+
     # credentials only in the untracked local config
     sh(repo, "dvc", "remote", "modify", "--local", "store", "access_key_id", s3_server.env()["AWS_ACCESS_KEY_ID"])
-    sh(
-        repo,
-        "dvc",
-        "remote",
-        "modify",
-        "--local",
-        "store",
-        "secret_access_key",
-        s3_server.env()["AWS_SECRET_ACCESS_KEY"],
-    )
+    set_secret(s3_server.env()["AWS_SECRET_ACCESS_KEY"])
     assert "secret" not in (repo / ".dvc/config").read_text()
     sh(repo, "git", "add", ".dvc/config")
     sh(repo, "git", "commit", "-qm", "remote")
 
     # wrong credentials: a clear error, nothing pushed
-    sh(repo, "dvc", "remote", "modify", "--local", "store", "secret_access_key", "wrong")
+    set_secret("wrong")
     bad = sh(repo, "dvc", "push", check=False)
     assert bad.returncode != 0
     assert "Forbidden" in bad.stderr and "403" in bad.stderr  # DVC names the refusal
-    sh(
-        repo,
-        "dvc",
-        "remote",
-        "modify",
-        "--local",
-        "store",
-        "secret_access_key",
-        s3_server.env()["AWS_SECRET_ACCESS_KEY"],
-    )
+    set_secret(s3_server.env()["AWS_SECRET_ACCESS_KEY"])
 
     sh(repo, "dvc", "push")
 

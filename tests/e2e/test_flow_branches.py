@@ -8,8 +8,6 @@ import pytest
 
 from tests.helpers import latest_flow_task_runs, sh
 
-STAGES = ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")
-
 
 def test_killed_training_is_retried_and_resumes(prefect_server, new_repo, tmp_path, monkeypatch):
     """The trainer SIGKILLed after step 4's checkpoint: the flow retries the train task, which

@@ -12,8 +12,6 @@ import yaml
 
 from tests.helpers import REPO, latest_flow_task_runs
 
-STAGES = ("embedded_data", "tokenizer", "tokenize", "train", "evaluate", "report")
-
 
 def _session_processes(sid: int) -> list[str]:
     """Command lines of the live processes in a session (what a stopped service left behind)."""

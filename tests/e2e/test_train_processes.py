@@ -1,31 +1,16 @@
 """The trainer as a process: SIGKILL mid-run then resume bit-identical; a second trainer on the same run refused, a dead holder's lock taken over."""
 
 import copy
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from pico import checkpoint, train
 from pico.config import load_params
-from tests.helpers import REPO, assert_same_run, run_folder
-
-
-def _run_cli(project: Path, *args, env_extra: dict | None = None, **kw):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pico.cli", "--params", str(project / "params.yaml"), *args],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
+from tests.helpers import REPO, assert_same_run, pico, run_folder
 
 
 def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp_path):
@@ -38,7 +23,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
     train.run(load_params(clean / "params.yaml"), progress=False)
 
     # steps slowed by sleeping (not computing), so the kill lands mid-run without loading the machine
-    proc = _run_cli(killed, "train", env_extra={"PICO_FAULT_STEP_SECONDS": "0.05"})
+    proc = pico(killed, "train", PICO_FAULT_STEP_SECONDS="0.05")
     target = killed / "checkpoints" / "step_00000030"
     deadline = time.time() + 300
     while not target.exists():
@@ -49,7 +34,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(params_dict, prepared, tmp
     proc.wait()
     interrupted_at = checkpoint.read_state(checkpoint.latest_checkpoint(killed / "checkpoints"))["step"]
     assert interrupted_at < 60
-    proc = _run_cli(killed, "train")
+    proc = pico(killed, "train")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "resuming from" in out
