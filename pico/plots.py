@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pico.fsutil import atomic_open  # noqa: E402
+from pico.fsutil import atomic_open
 
 
 def _save(fig, path: Path) -> None:
     with atomic_open(path, "wb") as fh:  # no version stamp: stable bytes; tight box: no clipped labels
         fig.savefig(fh, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
-    plt.close(fig)
+
+
+def _figure(width: float, height: float):
+    """A figure and its axes without pyplot: no global figure registry to close, no GUI backend
+    chosen, and ~0.4 s less start-up per report (savefig renders PNG with Agg)."""
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def _tokens_axis(ax, tokens_per_step: float | None) -> None:
@@ -46,7 +49,7 @@ def make_plots(
     who = f" — {run_name}" if run_name else ""
     if train:
         steps = [r["step"] for r in train]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = _figure(7, 4)
         ax.plot(steps, [r["loss_mean"] for r in train], label="train loss (mean over log interval, dropout on)")
         if evals:
             ax.plot(
@@ -70,7 +73,7 @@ def make_plots(
             ("lr", "Learning rate", "learning rate"),
             ("grad_norm", "Gradient norm", "L2 norm"),
         ):
-            fig, ax = plt.subplots(figsize=(7, 3))
+            fig, ax = _figure(7, 3)
             if name == "lr":
                 ax.plot(steps, [r["lr"] for r in train], label="learning rate (at the logged step)")
             else:
@@ -85,7 +88,7 @@ def make_plots(
             _save(fig, out_dir / f"{name}.png")
             made.append(f"{name}.png")
     if evals:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = _figure(7, 4)
         steps = [r["step"] for r in evals]
         for key in sorted(k for k in evals[0] if k.startswith("token_perplexity/")):
             ax.plot(steps, [r[key] for r in evals], "o-", label=f"source {key.split('/', 1)[1]}")
@@ -113,7 +116,7 @@ def compare_plots(runs: list[tuple[str, list[dict], list[dict], float]], out_dir
             True,
         ),
     ):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = _figure(8, 4.5)
         for i, (run, train, evals, per_step) in enumerate(runs):
             color = f"C{i}"
             if pick is None and train:
