@@ -9,9 +9,11 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -271,3 +273,23 @@ def latest_flow_task_runs():
         )[0]
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
         return {r.name: r for r in runs}
+
+
+def exp_refs(repo: Path) -> set[str]:
+    """The experiments DVC has saved (git refs under refs/exps): a git process, ~5 ms."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True)
+    return set(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/\S+$", out.stdout.decode(), re.M))
+
+
+def wait_for_queue(repo: Path, before: set[str], done: int, timeout: float = 400) -> str:
+    """Wait until ``done`` queued experiments have been saved since ``before`` (``exp_refs``), then
+    return ``dvc queue status``. Refs are watched, not the queue: each ``dvc queue status`` costs
+    ~1.5 s of CPU, so the queue is asked every 30 s only, to fail early on a failed task."""
+    deadline, asked = time.time() + timeout, time.time()
+    while len(exp_refs(repo) - before) < done:
+        assert time.time() < deadline, sh(repo, "dvc", "queue", "status").stdout
+        if time.time() - asked > 30:
+            status, asked = sh(repo, "dvc", "queue", "status").stdout, time.time()
+            assert "Failed" not in status, status
+        time.sleep(0.5)
+    return sh(repo, "dvc", "queue", "status").stdout

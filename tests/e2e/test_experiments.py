@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_dvc_repo, copy_presets, sh
+from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, wait_for_queue
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
@@ -68,14 +68,10 @@ def test_presets_v1_and_v2_side_by_side(repo):
 
 def test_queued_sweep(repo):
     sh(repo, "git", "checkout", "--", "params.yaml")
+    before = exp_refs(repo)
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "optim.lr=1.0e-4,3.0e-4")
     sh(repo, "dvc", "queue", "start")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        status = sh(repo, "dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)  # each look is a dvc process: ~1.5 s of CPU
+    status = wait_for_queue(repo, before, done=2)
     assert status.count("Success") >= 2, status
     lrs = sorted(e["params"]["optim"]["lr"] for e in exps(repo).values() if e["params"]["training"]["max_steps"] == 8)
     assert 1.0e-4 in lrs and 3.0e-4 in lrs

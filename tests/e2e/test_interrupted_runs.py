@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pico import checkpoint
-from tests.helpers import copy_dvc_repo, copy_presets, sh
+from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, wait_for_queue
 
 
 @pytest.fixture(scope="module")
@@ -199,14 +199,12 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
             pass
     stale = sh(repo, "pico", "queue", check=False)
     assert stale.returncode == 1 and "DVC lists it as running, but its process" in stale.stdout, stale.stdout
+    before = exp_refs(repo)
     sh(repo, *queue)
     sh(repo, "dvc", "queue", "start")
-    deadline = time.time() + 400
-    while "Success" not in sh(repo, "dvc", "queue", "status").stdout:
-        assert time.time() < deadline, sh(repo, "dvc", "queue", "status").stdout
-        time.sleep(5)  # each look is a dvc process: ~1.5 s of CPU
-    names = [line.split()[1] for line in sh(repo, "dvc", "queue", "status").stdout.splitlines() if "Success" in line]
-    assert names, sh(repo, "dvc", "queue", "status").stdout
+    status = wait_for_queue(repo, before, done=1)
+    names = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    assert names, status
     log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout
     assert _resumed_at(log) >= 40, log
     # the dead task's row: said, then cleaned; no row is left "Running" with another run's numbers
