@@ -46,7 +46,7 @@ from pico.preempt import StopRequest
 from pico.runlock import RunLock
 from pico.runtime import build_model, compile_model, model_dims, pick_device  # noqa: F401  (tests, benchmarks)
 from pico.train_metrics import TrainSummary
-from pico.trainstate import Interval, Invocation, TrainState, due, nonfinite, source_epochs
+from pico.trainstate import Interval, Invocation, RunFacts, TrainState, due, nonfinite
 
 FSDP_PRESETS = ("medium", "large")  # training.parallelism auto shards these across processes
 
@@ -106,6 +106,11 @@ class Trainer:
         auto_fsdp = cfg.parallelism == "auto" and params.model.preset in FSDP_PRESETS
         self.fsdp = dist.world > 1 and (cfg.parallelism == "fsdp" or auto_fsdp)
         self.wrapped_model: torch.nn.Module = self.model  # what the step calls: the DDP wrapper when there is one
+        self.facts = RunFacts(
+            cfg.max_steps, self.fingerprint, self.n_params, len(self.data.rows), self.data.batch_rows,
+            self.data.tokens_per_step, dist.world, "single" if dist.world == 1 else "fsdp" if self.fsdp else "ddp",
+            self.data.manifest,
+        )  # fmt: skip
         self.dynamics = dynamics.Capture.for_run(
             params, self.dims, self.data, self.model, dist.world,
             device=self.device, autocast=self.autocast, root=self.ckpt.run_dir,
@@ -420,37 +425,7 @@ class Trainer:
         return summary
 
     def summary(self, identical: bool | None = None) -> TrainSummary:
-        s, world = self.state, self.dist.world
-        verdict = eval_verdict(s.history["eval"], self.params.early_stop) if s.history["eval"] else None
-        final_train = s.history["train"][-1] if s.history["train"] else {}
-        epochs = s.position / len(self.data.rows)
-        return TrainSummary(
-            status=s.status,
-            reason=s.reason,
-            step=s.step,
-            max_steps=self.cfg.max_steps,
-            final_loss=final_train.get("loss"),
-            final_loss_mean=final_train.get("loss_mean"),
-            min_loss_mean=min((r["loss_mean"] for r in s.history["train"]), default=None),
-            best_eval_loss=verdict.best_loss if verdict else None,
-            best_eval_step=verdict.best_step if verdict else None,
-            # a folder name inside training.checkpoint_dir, so equal runs write equal summaries
-            last_good_checkpoint=self.ckpt.last_good(),
-            tokens=s.step * self.data.tokens_per_step,
-            epochs=epochs,
-            effective_batch_rows=self.data.batch_rows,
-            effective_batch_tokens=self.data.tokens_per_step,
-            processes=world,
-            parallelism="single" if world == 1 else "fsdp" if self.fsdp else "ddp",
-            weights_identical_across_ranks=identical if world > 1 else None,
-            parameters=self.n_params,
-            fingerprint=self.fingerprint,
-            code_version=s.code_version,
-            code_lineage=s.code_lineage,
-            events=s.history.get("events", []),
-            eta_s=self.eta_s if s.status == "running" else None,
-            source_epochs=source_epochs(self.data.manifest, epochs),
-        )
+        return self.state.summary(self.facts, self.params.early_stop, self.ckpt.last_good(), identical, self.eta_s)
 
     def _announce(self) -> None:
         p, dist = self.params, self.dist

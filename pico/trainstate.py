@@ -1,6 +1,7 @@
 """What a run carries from step to step, apart from the model and optimizer: ``TrainState`` (what
-a checkpoint's state.json holds), the log interval's unread losses (``Interval``), when something
-is due after a step (``due``), and this invocation's wall time (``Invocation``, in run_info.json).
+a checkpoint's state.json holds, and the summary it gives with the run's fixed ``RunFacts``), the
+log interval's unread losses (``Interval``), when something is due after a step (``due``), and this
+invocation's wall time (``Invocation``, in run_info.json).
 """
 
 from __future__ import annotations
@@ -13,9 +14,24 @@ from typing import Any
 import torch
 
 from pico import numerics, train_metrics
-from pico.config import TrainingConfig
-from pico.monitor import LossWatch
-from pico.train_metrics import RunStatus
+from pico.config import EarlyStopConfig, TrainingConfig
+from pico.monitor import LossWatch, eval_verdict
+from pico.train_metrics import RunStatus, TrainSummary
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run is for its whole life, which its summary repeats beside the moving state."""
+
+    max_steps: int
+    fingerprint: str
+    parameters: int
+    rows: int  # packed training rows: one epoch
+    batch_rows: int  # effective batch: micro-batch x accumulation x processes
+    tokens_per_step: int
+    processes: int
+    parallelism: str  # single | ddp | fsdp
+    manifest: dict[str, Any]  # the training data's (its sources, for epochs per source)
 
 
 @dataclass
@@ -54,6 +70,46 @@ class TrainState:
             "lineage": self.lineage,
             "code_lineage": self.code_lineage,
         }
+
+    def summary(
+        self,
+        facts: RunFacts,
+        early_stop: EarlyStopConfig,
+        last_good: str | None,
+        identical: bool | None = None,
+        eta_s: float | None = None,
+    ) -> TrainSummary:
+        """``metrics/train_summary.json`` as of now. ``last_good``: a folder name inside
+        training.checkpoint_dir, so equal runs write equal summaries."""
+        verdict = eval_verdict(self.history["eval"], early_stop) if self.history["eval"] else None
+        train = self.history["train"]
+        epochs = self.position / facts.rows
+        return TrainSummary(
+            status=self.status,
+            reason=self.reason,
+            step=self.step,
+            max_steps=facts.max_steps,
+            final_loss=train[-1]["loss"] if train else None,
+            final_loss_mean=train[-1]["loss_mean"] if train else None,
+            min_loss_mean=min((r["loss_mean"] for r in train), default=None),
+            best_eval_loss=verdict.best_loss if verdict else None,
+            best_eval_step=verdict.best_step if verdict else None,
+            last_good_checkpoint=last_good,
+            tokens=self.step * facts.tokens_per_step,
+            epochs=epochs,
+            effective_batch_rows=facts.batch_rows,
+            effective_batch_tokens=facts.tokens_per_step,
+            processes=facts.processes,
+            parallelism=facts.parallelism,
+            weights_identical_across_ranks=identical if facts.processes > 1 else None,
+            parameters=facts.parameters,
+            fingerprint=facts.fingerprint,
+            code_version=self.code_version,
+            code_lineage=self.code_lineage,
+            events=self.history.get("events", []),
+            eta_s=eta_s if self.status == "running" else None,
+            source_epochs=source_epochs(facts.manifest, epochs),
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.position = state["step"], state["position"]
