@@ -5,6 +5,24 @@ another flow's runs are left alone."""
 import time
 import uuid
 
+import pytest
+
+
+@pytest.fixture
+def automations(prefect_server):
+    """The project's automations on the session's server, deleted afterwards: the flow tests share
+    that server (one xdist group), and their runs must not meet this test's 10 s heartbeat rule."""
+    from prefect.automations import Automation
+
+    from flows import automations
+
+    yield automations
+    for made in (automations.crash_zombies_automation(), automations.pause_diverged_automation()):
+        try:
+            Automation.read(name=made.name).delete()
+        except ValueError:  # none of that name
+            pass
+
 
 def _running_run(client, flow_name):
     from prefect import flow
@@ -15,11 +33,9 @@ def _running_run(client, flow_name):
     return run
 
 
-def test_a_run_without_heartbeats_is_crashed(prefect_server):
+def test_a_run_without_heartbeats_is_crashed(automations):
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
-
-    from flows import automations
 
     made = automations.ensure(within_s=10)
     assert automations.ensure(within_s=10).id == made.id  # idempotent: updated by name, not duplicated
@@ -47,13 +63,12 @@ def test_a_run_without_heartbeats_is_crashed(prefect_server):
         assert client.read_flow_run(other.id).state.type.value == "RUNNING"
 
 
-def test_a_diverged_run_pauses_its_deployment(prefect_server):
+def test_a_diverged_run_pauses_its_deployment(automations):
     """The flow's ``pico.training.diverged`` event, related to a deployment as Prefect relates a
     deployment's runs, pauses that deployment; another deployment is left alone."""
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
 
-    from flows import automations
     from flows.pipeline import pipeline
 
     automations.ensure(within_s=10)
