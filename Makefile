@@ -26,10 +26,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	$(ACTIVATE) && dvc repro
 
-# two workers (the suite is CPU-bound: a third is slower), one test file each at a time, the files
-# that use the Prefect server as one group (tests/conftest.py); the suite doubles as a loaded-machine check
+# two workers (the suite is CPU-bound: a third is slower), one test file each at a time (module
+# fixtures are built once); the suite doubles as a loaded-machine check. (--dist loadgroup, to put
+# every Prefect test on one server, does not group under pytest 9.2 + pytest-xdist 3.8: xdist
+# rewrites item._nodeid, which pytest 9.2 no longer reads.)
 test: setup
-	$(ACTIVATE) && python -m pytest -n 2 --dist loadgroup --durations=15
+	$(ACTIVATE) && python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(ACTIVATE) && python -m pytest -q tests/unit

@@ -23,17 +23,10 @@ LAYERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # xdist (--dist loadgroup) sends each group to one worker: a module's tests stay together in
-    # order (module fixtures are built once), and every module that needs the Prefect server is one
-    # group, so one worker starts one server (~15 s of CPU, and its services' CPU while it runs)
-    prefect = {item.module.__name__ for item in items if "prefect_server" in item.fixturenames}
-    # (so those tests share one server: each cleans up what would touch another's runs)
     for item in items:
         layer = next((p for p in Path(item.fspath).parts if p in LAYERS), None)
         if layer:
             item.add_marker(layer)
-        group = "prefect" if item.module.__name__ in prefect else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 @pytest.fixture
 def automations(prefect_server):
-    """The project's automations on the session's server, deleted afterwards: the flow tests share
-    that server (one xdist group), and their runs must not meet this test's 10 s heartbeat rule."""
+    """The project's automations on the session's server, deleted afterwards: the flow tests in
+    the same worker share that server, and their runs must not meet this test's 10 s heartbeat rule."""
     from prefect.automations import Automation
 
     from flows import automations
