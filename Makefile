@@ -3,7 +3,7 @@
 #   make test   set up and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-UV_VERSION := $(shell sed -n 's/^uv==//p' constraints.txt)
+UV_VERSION := $(shell sed -n 's/^uv==\([^ #]*\).*/\1/p' constraints.txt)
 ACTIVATE := . $(VENV)/bin/activate
 
 .PHONY: setup run test test-fast lint
