@@ -107,10 +107,16 @@ class Trainer:
         self.fsdp = dist.world > 1 and (cfg.parallelism == "fsdp" or auto_fsdp)
         self.wrapped_model: torch.nn.Module = self.model  # what the step calls: the DDP wrapper when there is one
         self.facts = RunFacts(
-            cfg.max_steps, self.fingerprint, self.n_params, len(self.data.rows), self.data.batch_rows,
-            self.data.tokens_per_step, dist.world, "single" if dist.world == 1 else "fsdp" if self.fsdp else "ddp",
-            self.data.manifest,
-        )  # fmt: skip
+            max_steps=cfg.max_steps,
+            fingerprint=self.fingerprint,
+            parameters=self.n_params,
+            rows=len(self.data.rows),
+            batch_rows=self.data.batch_rows,
+            tokens_per_step=self.data.tokens_per_step,
+            processes=dist.world,
+            parallelism="single" if dist.world == 1 else "fsdp" if self.fsdp else "ddp",
+            manifest=self.data.manifest,
+        )
         self.dynamics = dynamics.Capture.for_run(
             params, self.dims, self.data, self.model, dist.world,
             device=self.device, autocast=self.autocast, root=self.ckpt.run_dir,
