@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,8 +127,10 @@ def write_params(path: Path, params: dict) -> Path:
     return path
 
 
-def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {
+def sh_env(**extra: str) -> dict[str, str]:
+    """The environment of the commands a test runs: this interpreter's scripts first, a fixed git
+    identity, no analytics, one thread each (two workers share two cores)."""
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
@@ -136,11 +139,25 @@ def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
         "OMP_NUM_THREADS": "1",
+        **extra,
     }
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sh(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=sh_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start_queue(repo: Path, **env: str) -> None:
+    """``dvc queue start``, back once the worker is spawned. The worker inherits the command's
+    output: read through a pipe (as ``sh`` reads), the call would last until the worker exits, its
+    tasks done and 10 s idle after them. ``env``: extra variables, which the worker inherits."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.run(["dvc", "queue", "start"], cwd=repo, env=sh_env(**env), stdout=out, stderr=out)
+        out.seek(0)
+        assert proc.returncode == 0, f"dvc queue start failed ({proc.returncode}):\n{out.read().decode()}"
 
 
 def make_dvc_repo(repo: Path, overrides: dict | None = None) -> Path:

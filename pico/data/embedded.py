@@ -17,14 +17,17 @@ no timestamp, so the same interpreter gives byte-identical files.
 from __future__ import annotations
 
 import ast
+import gc
 import gzip
 import hashlib
 import json
 import keyword
+import os
 import shutil
 import sys
 import sysconfig
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from pico.config import EmbeddedConfig, Params
@@ -67,32 +70,68 @@ def pydoc_topic_documents(min_chars: int) -> list[dict]:
     return docs
 
 
+def _stdlib_files(lib: Path) -> list[Path]:
+    """The stdlib's ``.py`` files in sorted order, not descending into SKIP_DIRS (site-packages
+    alone may hold many times the stdlib)."""
+    found = []
+    for folder, dirs, files in os.walk(lib):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        found += [Path(folder, f) for f in files if f.endswith(".py")]
+    return sorted(found)
+
+
+def _definitions(body: list[ast.stmt]) -> Iterator[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """Every class and function defined in a statement list, nested ones included. Definitions are
+    statements, so only statement lists are walked, not the expressions (most of a tree)."""
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        for name in ("body", "orelse", "finalbody"):
+            inner = getattr(node, name, None)
+            if isinstance(inner, list):
+                yield from _definitions(inner)
+        for block in getattr(node, "handlers", None) or getattr(node, "cases", None) or ():
+            yield from _definitions(block.body)
+
+
 def stdlib_docstring_documents(min_chars: int) -> list[dict]:
     lib = Path(sysconfig.get_paths()["stdlib"])
+    docs: list[dict] = []
+    # a syntax tree holds no reference cycles (refcounting frees it), yet its nodes trigger the
+    # cycle collector over and over: a quarter of this loop's time, so it is off meanwhile
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for path in _stdlib_files(lib):
+            docs += _docstrings(path, lib, min_chars)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return docs
+
+
+def _docstrings(path: Path, lib: Path, min_chars: int) -> list[dict]:
+    """The module, class and function docstrings of one stdlib file, read with ``ast``."""
+    rel = path.relative_to(lib)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    module = rel.parts[0].removesuffix(".py")
     docs = []
-    for path in sorted(lib.rglob("*.py")):
-        rel = path.relative_to(lib)
-        if SKIP_DIRS.intersection(rel.parts[:-1]):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        module = rel.parts[0].removesuffix(".py")
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                text = ast.get_docstring(node)
-                if text and len(text) >= min_chars:
-                    name = getattr(node, "name", "<module>")
-                    docs.append(
-                        {
-                            "id": f"docstring:{rel.as_posix()}:{name}:{node.lineno if hasattr(node, 'lineno') else 0}",
-                            "text": text,
-                            "source": "stdlib_docstrings",
-                            "subdomain": module,
-                            "metadata": {"path": rel.as_posix(), "name": name},
-                        }
-                    )
+    for node in (tree, *_definitions(tree.body)):
+        text = ast.get_docstring(node)
+        if text and len(text) >= min_chars:
+            name = getattr(node, "name", "<module>")
+            docs.append(
+                {
+                    "id": f"docstring:{rel.as_posix()}:{name}:{getattr(node, 'lineno', 0)}",
+                    "text": text,
+                    "source": "stdlib_docstrings",
+                    "subdomain": module,
+                    "metadata": {"path": rel.as_posix(), "name": name},
+                }
+            )
     return docs
 
 

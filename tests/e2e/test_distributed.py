@@ -4,6 +4,7 @@ import copy
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,15 +97,32 @@ def test_multi_process_checkpoint_resumes_on_one_process(params_dict, prepared, 
     assert_close_runs(reference, tmp_path / "moved")
 
 
+@pytest.fixture(scope="module")
+def fsdp_crashed(tmp_path_factory, tokenized_once) -> tuple[Path, dict]:
+    """fully_shard over 2 processes, every rank killed after step 4's checkpoint: once per module,
+    each test resuming a copy of it."""
+    root = tmp_path_factory.mktemp("fsdp")
+    corpus = tokenized_once / "corpus"
+    raw = tiny_params(tokenized_once, {"train": f"{corpus}/dolma/*.json.gz", "eval": f"{corpus}/paloma/*/val.jsonl.gz"})
+    raw["training"].update(
+        nproc=2, micro_batch_size=4, grad_accum_steps=1, parallelism="fsdp",
+        checkpoint_dir=str(root / "checkpoints"), metrics_dir=str(root / "metrics"),
+    )  # fmt: skip
+    crashed = train_cli(root, raw, PICO_FAULT_KILL_AT_STEP="4")
+    assert crashed.returncode != 0 and (root / "checkpoints/step_00000004").is_dir(), crashed.stdout
+    return root, raw
+
+
 @pytest.mark.parametrize("resume_nproc", [1, 2])
-def test_fsdp_matches_one_process_and_resumes_anywhere(params_dict, prepared, tmp_path, reference, resume_nproc):
+def test_fsdp_matches_one_process_and_resumes_anywhere(fsdp_crashed, tmp_path, reference, resume_nproc):
     """fully_shard over 2 processes: same losses and weights as 1 process; its gathered checkpoint
     resumes on 1 process (plain) or on 2 (sharded again)."""
-    fsdp = variant(params_dict, tmp_path, "fsdp", nproc=2, micro=4, accum=1)
-    fsdp["training"]["parallelism"] = "fsdp"
-    crashed = train_cli(tmp_path / "fsdp", fsdp, PICO_FAULT_KILL_AT_STEP="4")
-    assert crashed.returncode != 0 and (tmp_path / "fsdp/checkpoints/step_00000004").is_dir()
-    again = copy.deepcopy(fsdp)
+    crashed, raw = fsdp_crashed
+    shutil.copytree(crashed, tmp_path / "fsdp", symlinks=True)
+    again = copy.deepcopy(raw)
+    again["training"].update(
+        checkpoint_dir=str(tmp_path / "fsdp/checkpoints"), metrics_dir=str(tmp_path / "fsdp/metrics")
+    )
     if resume_nproc == 1:
         again["training"].update(nproc=1, grad_accum_steps=2)
     done = train_cli(tmp_path / "fsdp", again)

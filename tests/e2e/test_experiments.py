@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, wait_for_queue
+from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, start_queue, wait_for_queue
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
@@ -70,7 +70,7 @@ def test_queued_sweep(repo):
     sh(repo, "git", "checkout", "--", "params.yaml")
     before = exp_refs(repo)
     sh(repo, "dvc", "exp", "run", "--queue", "-S", "optim.lr=1.0e-4,3.0e-4")
-    sh(repo, "dvc", "queue", "start")
+    start_queue(repo)
     status = wait_for_queue(repo, before, done=2)
     assert status.count("Success") >= 2, status
     lrs = sorted(e["params"]["optim"]["lr"] for e in exps(repo).values() if e["params"]["training"]["max_steps"] == 8)
@@ -177,9 +177,9 @@ def test_s3_remote_round_trip_and_failures(repo, s3_server, tmp_path, monkeypatc
         env={
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "AWS_MAX_ATTEMPTS": "3",
+            "AWS_MAX_ATTEMPTS": "1",
         },
-    )  # fewer retries: the test waits for the failure
+    )  # one attempt per request (botocore's default is 5, with backoff): the test waits for the failure
     time.sleep(0.3)
     s3_server.stop()
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pico import checkpoint
-from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, wait_for_queue
+from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, start_queue, wait_for_queue
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
     queue = ("dvc", "exp", "run", "--queue", "-S", "training.max_steps=70", "-S", "optim.lr=1.0e-3")
     sh(repo, *queue)
     _start(repo, "dvc", "queue", "start", step_seconds=0.3).wait(timeout=60)  # the worker inherits the slowdown
-    _wait_for_step(repo, None, 40, timeout=300)  # in the repository's store, from the queue's copy of it
+    _wait_for_step(repo, None, 20, timeout=300)  # in the repository's store, from the queue's copy of it
     for pid in _queue_processes(repo):  # the worker, the executor, DVC and the trainer: all gone
         try:
             os.kill(pid, signal.SIGKILL)
@@ -201,12 +201,12 @@ def test_a_queued_experiment_whose_every_process_was_killed_continues_when_reque
     assert stale.returncode == 1 and "DVC lists it as running, but its process" in stale.stdout, stale.stdout
     before = exp_refs(repo)
     sh(repo, *queue)
-    sh(repo, "dvc", "queue", "start")
+    start_queue(repo)
     status = wait_for_queue(repo, before, done=1)
     names = [line.split()[1] for line in status.splitlines() if "Success" in line]
     assert names, status
     log = sh(repo, "dvc", "queue", "logs", names[-1]).stdout
-    assert _resumed_at(log) >= 40, log
+    assert _resumed_at(log) >= 20, log
     # the dead task's row: said, then cleaned; no row is left "Running" with another run's numbers
     cleaned = sh(repo, "pico", "queue", "--clean")
     assert "removed" in cleaned.stdout and "Running" not in sh(repo, "dvc", "queue", "status").stdout
