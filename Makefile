@@ -9,18 +9,27 @@ ACTIVATE := . $(VENV)/bin/activate
 .PHONY: setup run test test-fast lint
 setup: $(VENV)/.installed
 
-# torch==2.13.0 first, with pip: the CPU build (pip finds its file on this machine's disk; a looser
-# torch requirement resolved alone pulls a CUDA build). The rest with uv, which sees that torch
-# satisfies the project and installs the other ~200 pinned packages in ~40 s where pip takes 2-4
-# min. Bytecode compiled at install (pip does; uv when asked): where PYTHONDONTWRITEBYTECODE is set,
-# as on our machines, a process would otherwise compile what it imports every time (torch: +2 s).
+# torch==2.13.0's CPU build is a file on this machine's disk, in the folder pip's configuration
+# names (find-links). uv installs it from there together with the ~200 other pinned packages, in
+# one resolution (~40 s; pip alone takes 2-4 min). Where no folder holds that file, pip installs
+# torch first (uv does not read pip's configuration, and a torch resolved from PyPI alone is a CUDA
+# build of several GB), then uv the rest. Bytecode compiled at install: where
+# PYTHONDONTWRITEBYTECODE is set, as on our machines, a process would otherwise compile what it
+# imports every time (torch: +2 s).
+LOCAL_WHEELS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+UV_INSTALL = $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@# the UI test's browser (Debian's chromium); best effort: without it that one test is skipped
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get install -y -q chromium >/dev/null 2>&1; } || echo "note: no chromium; tests/e2e/test_ui.py will be skipped"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0 uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	if ls $(LOCAL_WHEELS)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then \
+	  $(UV_INSTALL) --find-links $(LOCAL_WHEELS) torch==2.13.0+cpu -e '.[test]'; \
+	else \
+	  $(PY) -m pip install -q torch==2.13.0 && $(UV_INSTALL) -e '.[test]'; \
+	fi
 	touch $@
 
 run: setup

@@ -27,10 +27,10 @@ def _session_processes(sid: int) -> list[str]:
 
 
 def test_scheduled_runs_go_one_at_a_time_under_load_and_stop_on_sigterm(prefect_server, new_repo, tmp_path):
-    """A deployment every 2 s whose first run trains for ~5 s (then evaluates and reports), on a machine kept busy by a
-    CPU-bound process: runs that come due meanwhile are skipped (cancelled, saying why), no two
-    runs overlap, the trained run completes, and SIGTERM stops the service within seconds,
-    leaving no process behind."""
+    """A deployment every 2 s whose first run trains for ~5 s and then evaluates and reports, on a
+    machine kept busy by a CPU-bound process: runs that come due meanwhile are skipped (cancelled,
+    saying why), no two runs overlap, the trained run completes, and SIGTERM stops the service
+    within seconds, leaving no process behind."""
     from prefect.client.orchestration import get_client
 
     repo = new_repo(tmp_path / "repo")
