@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 # build of several GB), then uv the rest. Bytecode compiled at install: where
 # PYTHONDONTWRITEBYTECODE is set, as on our machines, a process would otherwise compile what it
 # imports every time (torch: +2 s).
-LOCAL_WHEELS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+LOCAL_WHEELS ?= $(firstword $(shell python3 -m pip config get global.find-links 2>/dev/null))
 UV_INSTALL = $(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -c constraints.txt
 
 $(VENV)/.installed: pyproject.toml constraints.txt
