@@ -41,3 +41,14 @@ def compile_model(model: PicoDecoder, mode: str = "default", per_block: bool = F
             layer.compile(mode=mode)
     else:
         model.hidden_states = torch.compile(model.hidden_states, mode=mode)  # shadows the method
+
+
+def peak_memory_mib(device: torch.device) -> tuple[float, float] | None:
+    """This process's peak GPU memory since the last call, allocated and reserved by torch's caching
+    allocator, in MiB (None off CUDA): perf.csv's per-interval OOM margin. Resets the peaks, so each
+    log interval reports its own."""
+    if device.type != "cuda":
+        return None
+    peaks = torch.cuda.max_memory_allocated(device) / 2**20, torch.cuda.max_memory_reserved(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return peaks

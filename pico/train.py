@@ -44,7 +44,7 @@ from pico.monitor import LossWatch, eval_verdict
 from pico.parentwatch import ParentWatch
 from pico.preempt import StopRequest
 from pico.runlock import RunLock
-from pico.runtime import build_model, compile_model, model_dims, pick_device  # noqa: F401  (tests, benchmarks)
+from pico.runtime import build_model, compile_model, model_dims, peak_memory_mib, pick_device  # noqa: F401  (tests, benchmarks)
 from pico.train_metrics import TrainSummary
 from pico.trainstate import Interval, Invocation, RunFacts, TrainState, due, nonfinite
 
@@ -280,8 +280,11 @@ class Trainer:
         row = interval.train_row(s.step, lr, s.step * self.data.tokens_per_step)
         s.history["train"].append(row)
         rate, elapsed = interval.rate(now, self.data.tokens_per_step), round(now - interval.started, 2)
+        memory = peak_memory_mib(self.device)
         s.history["perf"].append(
-            train_metrics.perf_row(s.step, rate, elapsed, self.flops_per_token, self.cfg.peak_flops, self.dist.world)
+            train_metrics.perf_row(
+                s.step, rate, elapsed, self.flops_per_token, self.cfg.peak_flops, self.dist.world, memory
+            )
         )
         self.eta_s = interval.eta_s(now, self.cfg.max_steps - s.step)
         if not self.progress and self.dist.is_main:  # no progress bar (output to a pipe: DVC, Prefect): a line

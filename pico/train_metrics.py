@@ -3,7 +3,8 @@
     train.csv           step, loss (this step), loss_mean (over the log interval), lr, grad_norm
                         (before clipping), grad_norm_max, tokens
     eval_history.csv    step, tokens seen and the macro / per-source evaluation figures (pico.evaluate)
-    perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU
+    perf.csv            step, tokens/s, elapsed seconds, model FLOP/s, MFU, and on a GPU the log
+                        interval's peak memory allocated and reserved (MiB; rank 0's device)
     train_summary.json  ``TrainSummary``: how the run ended and what it amounted to
     run_info.json       where and when: the machine, the CPU numerics in effect, and each
                         invocation's start, steps and wall time
@@ -41,7 +42,15 @@ TRAIN_CSV, EVAL_CSV, PERF_CSV, SUMMARY_JSON = "train.csv", "eval_history.csv", "
 RUN_INFO_JSON = "run_info.json"
 HEADLINE_JSON = "headline.json"
 TRAIN_COLUMNS = ("step", "loss", "loss_mean", "lr", "grad_norm", "grad_norm_max", "tokens")
-PERF_COLUMNS = ("step", "tokens_per_s", "elapsed_s", "model_flops_per_s", "mfu")
+PERF_COLUMNS = (
+    "step",
+    "tokens_per_s",
+    "elapsed_s",
+    "model_flops_per_s",
+    "mfu",
+    "gpu_peak_allocated_mib",
+    "gpu_peak_reserved_mib",
+)
 EVAL_MACRO_KEYS = ("loss", "token_perplexity", "bits_per_byte", "pico_mean_seq_perplexity")
 
 # running: not ended (or killed); completed: max_steps reached; early_stopped: no eval improvement
@@ -111,14 +120,26 @@ def progress_line(step: int, max_steps: int, loss_mean: float, lr: float, tokens
     )
 
 
-def perf_row(step: int, rate: float, elapsed_s: float, flops_per_token: int, peak: float | None, world: int) -> dict:
-    """A row of perf.csv: throughput, and model FLOP/s and MFU against ``training.peak_flops``."""
+def perf_row(
+    step: int,
+    rate: float,
+    elapsed_s: float,
+    flops_per_token: int,
+    peak: float | None,
+    world: int,
+    memory_mib: tuple[float, float] | None = None,
+) -> dict:
+    """A row of perf.csv: throughput, model FLOP/s and MFU against ``training.peak_flops``, and the
+    interval's peak GPU memory (allocated, reserved; empty off a GPU): how far the run is from OOM."""
+    allocated, reserved = (round(m, 1) for m in memory_mib) if memory_mib else ("", "")
     return {
         "step": step,
         "tokens_per_s": round(rate, 1),
         "elapsed_s": elapsed_s,
         "model_flops_per_s": round(rate * flops_per_token),
         "mfu": round(rate * flops_per_token / (peak * world), 5) if peak else "",
+        "gpu_peak_allocated_mib": allocated,
+        "gpu_peak_reserved_mib": reserved,
     }
 
 

@@ -131,6 +131,7 @@ def test_bf16_autocast_path_and_mfu_column(params_dict, prepared, tmp_path):
     perf = read_csv(tmp_path / "metrics/perf.csv")
     assert all(0 < float(r["mfu"]) < 1 for r in perf)
     assert all(float(r["model_flops_per_s"]) > 0 for r in perf)
+    assert all(r["gpu_peak_allocated_mib"] == r["gpu_peak_reserved_mib"] == "" for r in perf)  # no GPU here
 
 
 # ---- the GPU hot loop, exercised on CPU: reads only when due, non-finite steps skipped on the device ----

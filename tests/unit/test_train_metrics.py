@@ -85,3 +85,20 @@ def test_background_writer_writes_the_newest_snapshot_and_reports_errors(tmp_pat
     broken.submit(history)
     with pytest.raises(OSError, match="could not write the metrics in .*blocked"):
         broken.flush()
+
+
+def test_perf_rows_carry_the_gpu_memory_peaks_and_a_resumed_run_keeps_older_rows(tmp_path):
+    """On a GPU each interval's peak allocated/reserved MiB (rounded); off a GPU the columns are
+    empty; rows written before the columns existed read back with them empty."""
+    gpu = train_metrics.perf_row(4, 1000.0, 1.5, 100, None, 1, (812.3456, 1024.0))
+    cpu = train_metrics.perf_row(8, 1000.0, 1.5, 100, 1.0e9, 1)
+    assert (gpu["gpu_peak_allocated_mib"], gpu["gpu_peak_reserved_mib"]) == (812.3, 1024.0)
+    assert (cpu["gpu_peak_allocated_mib"], cpu["gpu_peak_reserved_mib"]) == ("", "")
+    (tmp_path / train_metrics.PERF_CSV).write_text(
+        "step,tokens_per_s,elapsed_s,model_flops_per_s,mfu\n2,900.0,1.0,90000,\n"
+    )
+    history = {"train": [], "eval": [], "perf": [*train_metrics.read_perf(tmp_path, 2), gpu], "events": []}
+    train_metrics.write(tmp_path, history, None)
+    rows = (tmp_path / train_metrics.PERF_CSV).read_text().splitlines()
+    assert rows[0].split(",") == list(train_metrics.PERF_COLUMNS)
+    assert rows[1] == "2,900.0,1.0,90000,,," and rows[2] == "4,1000.0,1.5,100000,,812.3,1024.0"
