@@ -58,17 +58,20 @@ def assert_close_runs(a: Path, b: Path) -> None:
         assert (wa[k] - wb[k]).abs().max().item() < 1e-5, k
 
 
+def session_data_params(tokenized_once: Path, root: Path, **training) -> dict:
+    """Tiny params on the session's tokenized data (``tokenized_once``), writing under ``root``."""
+    corpus = tokenized_once / "corpus"
+    raw = tiny_params(tokenized_once, {"train": f"{corpus}/dolma/*.json.gz", "eval": f"{corpus}/paloma/*/val.jsonl.gz"})
+    raw["training"].update(checkpoint_dir=str(root / "checkpoints"), metrics_dir=str(root / "metrics"), **training)
+    return raw
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tokenized_once) -> Path:
     """One process, micro-batch 4 x accumulation 2 (8 rows a step), trained once, in this process
     (its numerics are pico's own: tests/conftest.py): what every multi-process run here must match."""
     root = tmp_path_factory.mktemp("reference")
-    corpus = tokenized_once / "corpus"
-    raw = tiny_params(tokenized_once, {"train": f"{corpus}/dolma/*.json.gz", "eval": f"{corpus}/paloma/*/val.jsonl.gz"})
-    raw["training"].update(
-        nproc=1, micro_batch_size=4, grad_accum_steps=2, checkpoint_dir=str(root / "checkpoints"),
-        metrics_dir=str(root / "metrics"),
-    )  # fmt: skip
+    raw = session_data_params(tokenized_once, root, nproc=1, micro_batch_size=4, grad_accum_steps=2)
     train.run(parse_params(raw), progress=False)
     return root
 
@@ -102,12 +105,7 @@ def fsdp_crashed(tmp_path_factory, tokenized_once) -> tuple[Path, dict]:
     """fully_shard over 2 processes, every rank killed after step 4's checkpoint: once per module,
     each test resuming a copy of it."""
     root = tmp_path_factory.mktemp("fsdp")
-    corpus = tokenized_once / "corpus"
-    raw = tiny_params(tokenized_once, {"train": f"{corpus}/dolma/*.json.gz", "eval": f"{corpus}/paloma/*/val.jsonl.gz"})
-    raw["training"].update(
-        nproc=2, micro_batch_size=4, grad_accum_steps=1, parallelism="fsdp",
-        checkpoint_dir=str(root / "checkpoints"), metrics_dir=str(root / "metrics"),
-    )  # fmt: skip
+    raw = session_data_params(tokenized_once, root, nproc=2, micro_batch_size=4, grad_accum_steps=1, parallelism="fsdp")
     crashed = train_cli(root, raw, PICO_FAULT_KILL_AT_STEP="4")
     assert crashed.returncode != 0 and (root / "checkpoints/step_00000004").is_dir(), crashed.stdout
     return root, raw

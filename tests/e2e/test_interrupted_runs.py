@@ -190,7 +190,7 @@ def _queue_processes(repo: Path) -> list[int]:
 def test_a_queued_experiment_whose_every_process_was_killed_continues_when_requeued(repo):
     queue = ("dvc", "exp", "run", "--queue", "-S", "training.max_steps=70", "-S", "optim.lr=1.0e-3")
     sh(repo, *queue)
-    _start(repo, "dvc", "queue", "start", step_seconds=0.3).wait(timeout=60)  # the worker inherits the slowdown
+    start_queue(repo, PYTHONPATH=str(repo), PICO_FAULT_STEP_SECONDS="0.3")  # the worker inherits the slowdown
     _wait_for_step(repo, None, 20, timeout=300)  # in the repository's store, from the queue's copy of it
     for pid in _queue_processes(repo):  # the worker, the executor, DVC and the trainer: all gone
         try:
