@@ -276,7 +276,9 @@ class LearningDynamicsConfig(_Strict):
     steps: list[int] = []  # further steps to capture (e.g. a window to watch closely: [8000, 8250, 8500])
     # modules whose name contains one of these are hooked (pico-train's defaults)
     layer_suffixes: list[str] = Field(["attention.v_proj", "attention.o_proj", "swiglu.w_2"], min_length=1)
-    val_windows: int | None = Field(64, ge=1)  # evaluation windows of the val split, over all sources; null = all
+    # evaluation windows in the val split, spread over the sources; null = all (pico-train: its whole
+    # val split). pico-analyze's PWCCA needs more rows than n_heads x d_model (the OV circuit)
+    val_windows: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)  # sub-batch rows: gradients are the sum of sub-batch mean-loss gradients
 
 

@@ -82,6 +82,38 @@ def hooked_modules(model: torch.nn.Module, suffixes: Sequence[str]) -> dict[str,
     return found
 
 
+def pwcca_width(model: torch.nn.Module, suffixes: Sequence[str], n_heads: int) -> tuple[int, str]:
+    """The widest activation matrix pico-analyze's PWCCA may be asked to compare, and what it is.
+    CCA needs more rows (datapoints) than columns (neurons): pico-analyze asserts it. A hooked
+    layer's activations are ``out_features`` wide; where ``attention.v_proj`` and
+    ``attention.o_proj`` are both hooked, its OV circuit (the demo config's PWCCA) concatenates
+    every head's ``d_model``-wide output: ``n_heads x d_model`` columns."""
+    modules = hooked_modules(model, suffixes)
+    name, layer = max(modules.items(), key=lambda kv: kv[1].weight.shape[0])
+    widest = (layer.weight.shape[0], f"{name} ({layer.weight.shape[0]} outputs)")
+    for name, m in modules.items():
+        if name.endswith("attention.o_proj") and name.replace("o_proj", "v_proj") in modules:
+            d_model = m.weight.shape[0]
+            ov = (
+                n_heads * d_model,
+                f"the OV circuit of {name.rsplit('.', 2)[0]} (n_heads {n_heads} x d_model {d_model})",
+            )
+            return max(widest, ov)
+    return widest
+
+
+def pwcca_shortfall(rows: int, width: tuple[int, str]) -> str | None:
+    """One line when the val split has too few rows for PWCCA (every other metric runs anyway)."""
+    if rows > width[0]:
+        return None
+    return (
+        f"learning dynamics: the val split has {rows} rows, but pico-analyze's PWCCA needs more rows than "
+        f"the widest activations it compares, {width[1]} = {width[0]}; the other metrics are unaffected. "
+        f"More evaluation windows (learning_dynamics.val_windows: null takes all; more data.eval_paths or a "
+        f"shorter data.seq_len make more) let it run."
+    )
+
+
 @contextlib.contextmanager
 def _hooks(
     modules: dict[str, torch.nn.Module], last: dict[str, torch.Tensor | None], acts: dict[str, list[torch.Tensor]]
@@ -251,6 +283,7 @@ class Capture:
         device: torch.device,
         autocast: Any,
         root: str | Path,
+        model: torch.nn.Module,
     ):
         self.ld, self.root = params.learning_dynamics, root  # the run's folder in the run store (pico.runstore)
         self.every = self.ld.every or params.training.checkpoint_every
@@ -258,6 +291,7 @@ class Capture:
         self.windows, self.rows, self.loader = windows, rows, loader
         self.device, self.autocast = device, autocast
         self.val_ids = val_subset(windows, self.ld.val_windows)
+        self.pwcca_width = pwcca_width(model, self.ld.layer_suffixes, dims.n_heads)
         self.config = training_config(params, dims, params.report.run_name)
         self.seconds = 0.0
 
@@ -273,8 +307,11 @@ class Capture:
             raise ValueError(
                 f"learning_dynamics.enabled needs a one-process run (training.nproc 1); this run has {world} processes"
             )
-        hooked_modules(model, params.learning_dynamics.layer_suffixes)
-        return cls(params, dims, data.windows, data.rows, data.loader, **kw)
+        return cls(params, dims, data.windows, data.rows, data.loader, model=model, **kw)
+
+    def shortfall(self) -> str | None:
+        """Said as the run starts: the val split is too small for PWCCA (pico.dynamics.pwcca_width)."""
+        return pwcca_shortfall(len(self.val_ids), self.pwcca_width)
 
     def due(self, step: int) -> bool:
         return step == 0 or step % self.every == 0 or step == self.max_steps or step in self.ld.steps

@@ -445,6 +445,8 @@ class Trainer:
             + (f"; {dist.world} processes ({'FSDP' if self.fsdp else 'DDP'})" if dist.world > 1 else "")
         )
         print(f"run fingerprint {self.fingerprint} (params, data, tokenizer, training code {self.code})")
+        if self.dynamics and (short := self.dynamics.shortfall()):
+            print(short)
         if dist.is_main and self.state.step < self.cfg.max_steps and self.on_start:
             self.on_start(p, (self.n_params, self.flops_per_token))  # `pico train` prints the plan (pico.plan)
 

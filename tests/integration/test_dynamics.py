@@ -188,6 +188,53 @@ def test_unknown_layer_suffix_fails_before_training(params_dict, prepared):
         train.run(parse_params(p), progress=False)
 
 
+@pytest.mark.parametrize(
+    "suffixes, width, what",
+    [
+        (
+            ["attention.v_proj", "attention.o_proj", "swiglu.w_2"],
+            12 * 96,
+            "OV circuit of layers.0 (n_heads 12 x d_model 96)",
+        ),
+        (["swiglu.w_2"], 96, "layers.0.swiglu.w_2 (96 outputs)"),
+        (["swiglu.w_0"], 384, "layers.0.swiglu.w_0 (384 outputs)"),
+        (["attention.v_proj"], 4 * 8, "layers.0.attention.v_proj (32 outputs)"),
+    ],
+)
+def test_pwcca_width_is_what_pico_analyze_compares(suffixes, width, what):
+    """tiny's shape: the demo config's PWCCA over the OV circuit concatenates 12 heads of d_model 96."""
+    with torch.device("meta"):
+        model = PicoDecoder(ModelDims(vocab_size=320, d_model=96, hidden_dim=384, n_layers=2))
+    got = dynamics.pwcca_width(model, suffixes, n_heads=12)
+    assert got[0] == width and what in got[1]
+    assert dynamics.pwcca_shortfall(width + 1, got) is None
+    line = dynamics.pwcca_shortfall(width, got)
+    assert f"the val split has {width} rows" in line and f"= {width}" in line and "\n" not in line
+
+
+def test_a_run_whose_val_split_is_too_small_for_pwcca_says_so_first(params_dict, prepared, capsys):
+    p = copy.deepcopy(params_dict)
+    p["learning_dynamics"] = {"enabled": True, "val_windows": 10}
+    p["training"]["max_steps"] = p["optim"]["warmup_steps"] = 1
+    train.run(parse_params(p), progress=False)
+    m = parse_params(p).model
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].startswith("learning dynamics: the val split has 10 rows"), out  # before any step
+    assert f"(n_heads {m.n_heads} x d_model {m.d_model}) = {m.n_heads * m.d_model}" in out[2]
+
+
+def test_the_default_val_split_is_every_evaluation_window_and_enough_for_pwcca(params_dict, prepared, capsys):
+    p = copy.deepcopy(params_dict)
+    p["learning_dynamics"] = {"enabled": True}
+    p["training"]["max_steps"] = p["optim"]["warmup_steps"] = 1
+    train.run(parse_params(p), progress=False)
+    assert "PWCCA" not in capsys.readouterr().out
+    rows = yaml.safe_load(
+        (dynamics.step_folder(Path(p["training"]["checkpoint_dir"]), 0) / dynamics.ROWS_FILE).read_text()
+    )
+    assert rows["val"] == list(range(len(EvalWindows(prepared.data.tokens_dir))))
+
+
 def test_captures_move_aside_with_their_run(tmp_path):
     root = tmp_path / "ckpt"
     for step in (4, 8):
