@@ -25,6 +25,7 @@ import torch
 
 from pico import checkpoint
 from pico.config import Params
+from pico.data import tokenizer
 from pico.data.eval_windows import EvalWindows
 from pico.data.tokens_dir import TokensDir
 from pico.fsutil import atomic_open, atomic_write_json
@@ -217,10 +218,20 @@ def pick_checkpoint(params: Params) -> tuple[Path, str, str | None]:
     return latest, kind, status
 
 
-def check_tokenizer(ckpt: Path, state: dict[str, Any], windows: EvalWindows, tokens_dir: str) -> None:
-    """Scores mean something only on data tokenized with the model's own tokenizer."""
+def check_tokenizer(
+    ckpt: Path, state: dict[str, Any], windows: EvalWindows, tokens_dir: str, tokenizer_dir: str
+) -> None:
+    """Scores mean something only on data tokenized with the model's own tokenizer: the same file,
+    or (a pico-train checkpoint's re-saved copy) one that gives the same ids."""
     want, have = state.get("tokenizer_sha256"), windows.manifest.get("tokenizer_sha256")
     if want and have and want != have:
+        theirs = state.get("tokenizer_behaviour")
+        if theirs and theirs == tokenizer.recorded_behaviour(have, tokenizer_dir):
+            print(
+                f"evaluate: {ckpt}'s tokenizer file ({want[:12]}) differs from the data's ({have[:12]}) "
+                "but gives the same ids (vocabulary, merges, a probe text): the same tokenizer"
+            )
+            return
         raise ValueError(
             f"{ckpt} was trained with tokenizer {want[:12]} but {tokens_dir} is tokenized with "
             f"{have[:12]}; tokenize the evaluation data with the model's tokenizer (tokenizer.source)"
@@ -278,7 +289,7 @@ def run(params: Params) -> dict[str, Any]:
     model = PicoDecoder(ModelDims(**state["model_dims"]))  # the checkpoint says what it holds
     checkpoint.load_weights(ckpt, model)
     windows = EvalWindows(params.data.tokens_dir)
-    check_tokenizer(ckpt, state, windows, params.data.tokens_dir)
+    check_tokenizer(ckpt, state, windows, params.data.tokens_dir, params.tokenizer.out_dir)
     print(
         f"evaluate: {kind} checkpoint {ckpt} (step {state['step']}) on {len(windows)} windows from {len(windows.sources)} sources"
     )

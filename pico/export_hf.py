@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pico import checkpoint
+from pico.config import TokenizerConfig
+from pico.data import tokenizer
 from pico.model import ModelDims
 
 MARKER = "pico_checkpoint.json"  # written into every export: the folder is ours to replace
@@ -81,6 +83,35 @@ def hf_config(dims: ModelDims, eos_id: int | None, pad_id: int | None) -> dict:
     }
 
 
+def tokenizer_folder(ckpt: Path, state: dict, given: str | Path | None) -> Path:
+    """The folder named on the command line, else the tokenizer folder of the run's params, else
+    (an import without params) the pico-train folder the checkpoint came from."""
+    if given:
+        return Path(given)
+    recorded = ((state.get("config") or {}).get("tokenizer") or {}).get("out_dir")
+    if recorded:
+        return Path(recorded)
+    if state.get("imported_from") and (Path(state["imported_from"]) / tokenizer.TOKENIZER_FILE).is_file():
+        return Path(state["imported_from"])
+    raise FileNotFoundError(f"{ckpt} names no tokenizer folder; pass --tokenizer-dir (a folder with tokenizer.json)")
+
+
+def check_tokenizer(ckpt: Path, state: dict, dims: ModelDims, tok, info, tok_dir: Path) -> None:
+    """The export's tokenizer is the checkpoint's: the same file, or one that gives the same ids
+    (pico.data.tokenizer.behaviour_hash). A checkpoint that records none (a pico-train import
+    without a tokenizer.json) takes any whose ids fit the model, and the export says so."""
+    top = max(tok.get_vocab(with_added_tokens=True).values())
+    if top >= dims.vocab_size:
+        raise ValueError(
+            f"{tok_dir}: the tokenizer has token id {top}, more than {ckpt}'s vocabulary of {dims.vocab_size} holds"
+        )
+    recorded = state.get("tokenizer_sha256")
+    if recorded is None:
+        print(f"export-hf: {ckpt} records no tokenizer; {tok_dir / tokenizer.TOKENIZER_FILE} goes with it unchecked")
+    elif info.sha256 != recorded and state.get("tokenizer_behaviour") != tokenizer.behaviour_hash(tok):
+        raise ValueError(f"{tok_dir} is not the tokenizer this checkpoint was trained with (pass --tokenizer-dir)")
+
+
 def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     ckpt, out = Path(ckpt), Path(out_dir)
     if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
@@ -89,24 +120,29 @@ def export(ckpt: str | Path, out_dir: str | Path, tokenizer_dir: str | Path | No
     state = checkpoint.verify(ckpt)
     dims = ModelDims(**state["model_dims"])
     sd = load_file(str(ckpt / checkpoint.WEIGHTS))
-    tok_dir = Path(tokenizer_dir or state["config"]["tokenizer"]["out_dir"])
-    meta = json.loads((tok_dir / "tokenizer_meta.json").read_text())
-    if meta["sha256"] != state.get("tokenizer_sha256"):
-        raise ValueError(f"{tok_dir} is not the tokenizer this checkpoint was trained with")
+    names = TokenizerConfig(
+        **{
+            k: v
+            for k, v in ((state.get("config") or {}).get("tokenizer") or {}).items()
+            if k in ("eos_token", "pad_token")
+        }
+    )
+    tok_dir = tokenizer_folder(ckpt, state, tokenizer_dir)
+    tok, info = tokenizer.from_folder(tok_dir, names.eos_token, names.pad_token)
+    check_tokenizer(ckpt, state, dims, tok, info, tok_dir)
 
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file(convert_state_dict(sd, dims), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config(dims, meta["eos_id"], meta["pad_id"])
+    config = hf_config(dims, info.eos_id, info.pad_id)
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (tmp / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": meta["eos_id"], "pad_token_id": meta["pad_id"]}, indent=2) + "\n"
+        json.dumps({"eos_token_id": info.eos_id, "pad_token_id": info.pad_id}, indent=2) + "\n"
     )
-    shutil.copy(tok_dir / "tokenizer.json", tmp / "tokenizer.json")
-    eos = state["config"]["tokenizer"]["eos_token"]
-    pad = state["config"]["tokenizer"]["pad_token"] if meta["pad_id"] is not None else None
+    shutil.copy(tok_dir / tokenizer.TOKENIZER_FILE, tmp / tokenizer.TOKENIZER_FILE)
+    eos, pad = names.eos_token, names.pad_token if info.pad_id is not None else None
     (tmp / "tokenizer_config.json").write_text(
         json.dumps(
             {

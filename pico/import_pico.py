@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from pico import checkpoint, runfolder
 from pico.config import Params
-from pico.data.tokenizer import read_tokenizer, tokenizer_hash
+from pico.data.tokenizer import behaviour_hash, read_tokenizer, tokenizer_hash
 from pico.model import ModelDims, PicoDecoder
 
 PREFIXES = ("pico_decoder.", "_forward_module.", "module.")  # HF wrapper, Lightning Fabric, DDP
@@ -120,9 +120,9 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
     m = PICO_STEP.match(src.name)
     step = int(m.group(1)) if m else 0
     tok = src / "tokenizer.json"
-    tok_sha = None
-    if tok.is_file():
-        tok_sha = tokenizer_hash(read_tokenizer(tok))
+    tok_sha = tok_behaviour = None
+    if tok.is_file():  # pico-train's copy, re-saved through transformers: compared by what it does
+        tok_sha, tok_behaviour = tokenizer_hash(read_tokenizer(tok)), behaviour_hash(read_tokenizer(tok))
     digest = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         digest.update(k.encode() + v.float().numpy().tobytes())
@@ -143,6 +143,7 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
         "imported_from": str(src),
         "pico_train_config": config,
         "tokenizer_sha256": tok_sha,
+        "tokenizer_behaviour": tok_behaviour,
         "config": params.model_dump(mode="json") if params else None,
     }
     final = checkpoint.save(root, step, model, None, None, state, keep=None)  # weights only, nothing pruned

@@ -8,6 +8,11 @@
 
 The result is always ``<out_dir>/tokenizer.json`` plus ``tokenizer_meta.json`` (EOS/pad ids,
 vocabulary size and a content hash that the token manifests and checkpoints record).
+
+Two tokenizers are the same tokenizer when they turn text into the same ids (``same_behaviour``),
+whatever their files say: transformers re-saves a ``tokenizer.json`` with another post-processor
+(pico-train's checkpoints hold such a copy), which changes the content hash but not one id this
+pipeline writes (it encodes without special-token templates).
 """
 
 from __future__ import annotations
@@ -54,7 +59,52 @@ def read_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:
+    """The file's content: what the manifests, the checkpoints and the run fingerprint record."""
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+# What the vocabulary alone does not show: the normalizer (Unicode forms, case, accents,
+# compatibility characters, invisible ones) and the pre-tokenizer (spaces, tabs, newlines, digits,
+# punctuation, contractions), in scripts and byte ranges a byte-level BPE splits differently, with
+# special tokens written inline as documents hold them.
+PROBE = (
+    "The quick brown fox's 2 jumps -- over 1,234,567.89 lazy dogs!? It'll be done; we've said 'yes'.\n"
+    "  Leading spaces,\ttabs,\r\nCRLF and   runs of   spaces.\n\n"
+    "Caf\u00e9 vs Cafe\u0301 (NFC/NFD), \ufb01ne \uff21\uff22\uff23 \u2460 \u00bd (NFKC), STRASSE stra\u00dfe "
+    "\u0130stanbul \u03a3\u03bf\u03c6\u03af\u03b1, \u00a0nbsp\u200bzwsp\ufeffbom\u00ad.\n"
+    "\u4e2d\u6587\u5b57\u7b26 \u65e5\u672c\u8a9e\u306e\u6587 \ud55c\uad6d\uc5b4 "
+    "\u0627\u0644\u0639\u0631\u0628\u064a\u0629 \u05e2\u05d1\u05e8\u05d9\u05ea "
+    "\u0939\u093f\u0928\u094d\u0926\u0940 \U0001f600\U0001f469\u200d\U0001f4bb \u00e9\u0301\u0301\n"
+    "def f(x):\n    return x**2 + 0x1F  # code\n<|endoftext|>next document<|padding|> <unk> [CLS] </s>\x00\x7f"
+)
+
+
+def behaviour_hash(tok: Tokenizer) -> str:
+    """What the tokenizer does, not how its file is written: its vocabulary (token to id, added and
+    special tokens included), its merges in rank order, and the ids it gives ``PROBE`` without a
+    special-token template (as this pipeline encodes; a post-processor changes nothing here)."""
+    spec = json.loads(tok.to_str())
+    model = spec.get("model") or {}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]  # both spellings
+    added = sorted((t["id"], t["content"], bool(t.get("special"))) for t in spec.get("added_tokens") or [])
+    what = {
+        "model": model.get("type"),
+        "vocab": sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: (kv[1], kv[0])),
+        "merges": merges,
+        "added": added,
+        "probe": tok.encode(PROBE, add_special_tokens=False).ids,
+    }
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()
+
+
+def recorded_behaviour(sha256: str | None, folder: str | Path) -> str | None:
+    """The behaviour of the tokenizer a checkpoint or manifest records by content hash, when
+    ``folder`` holds that very file (else None: nothing to compare with)."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not sha256 or not path.is_file():
+        return None
+    tok = read_tokenizer(path)
+    return behaviour_hash(tok) if tokenizer_hash(tok) == sha256 else None
 
 
 def train_bpe(texts, vocab_size: int, min_frequency: int, special_tokens: list[str]) -> Tokenizer:
@@ -93,15 +143,19 @@ def obtain_tokenizer(params: Params) -> Tokenizer:
 
 def describe(tok: Tokenizer, params: Params) -> TokenizerInfo:
     cfg = params.tokenizer
-    eos = tok.token_to_id(cfg.eos_token)
+    return info_of(tok, cfg.eos_token, cfg.pad_token, cfg.source)
+
+
+def info_of(tok: Tokenizer, eos_token: str, pad_token: str, source: str) -> TokenizerInfo:
+    eos = tok.token_to_id(eos_token)
     if eos is None:
-        raise ValueError(f"tokenizer.eos_token={cfg.eos_token!r} is not in the tokenizer's vocabulary")
+        raise ValueError(f"tokenizer.eos_token={eos_token!r} is not in the tokenizer's vocabulary")
     return TokenizerInfo(
         eos_id=eos,
-        pad_id=tok.token_to_id(cfg.pad_token),
+        pad_id=tok.token_to_id(pad_token),
         vocab_size=tok.get_vocab_size(with_added_tokens=True),
         sha256=tokenizer_hash(tok),
-        source=cfg.source,
+        source=source,
     )
 
 
@@ -113,6 +167,18 @@ def run(params: Params) -> TokenizerInfo:
     atomic_write_text(out / META_FILE, json.dumps(info.__dict__, indent=2) + "\n")
     print(f"tokenizer: vocab {info.vocab_size}, eos id {info.eos_id}, sha256 {info.sha256[:12]} -> {out}")
     return info
+
+
+def from_folder(folder: str | Path, eos_token: str, pad_token: str) -> tuple[Tokenizer, TokenizerInfo]:
+    """A folder this stage wrote (its ``tokenizer_meta.json`` is checked), or any folder holding a
+    ``tokenizer.json`` (a pico-train checkpoint, a HF model): then the ids come from the token names."""
+    folder = Path(folder)
+    if (folder / META_FILE).is_file():
+        return load(folder)
+    if not (folder / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: no {TOKENIZER_FILE} here")
+    tok = read_tokenizer(folder / TOKENIZER_FILE)
+    return tok, info_of(tok, eos_token, pad_token, str(folder))
 
 
 def load(out_dir: str | Path) -> tuple[Tokenizer, TokenizerInfo]:

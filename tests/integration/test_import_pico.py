@@ -222,3 +222,61 @@ def test_tokenizer_hash_matches_between_import_and_tokenize(prepared, tmp_path):
     )
     path = import_pico(src, tmp_path / "c", prepared)
     assert checkpoint.read_state(path)["tokenizer_sha256"] == info.sha256
+
+
+def resaved_by_transformers(tok_dir, dest):
+    """The tokenizer.json pico-train's checkpoints hold: ours, re-saved through transformers."""
+    transformers = pytest.importorskip("transformers")
+    transformers.PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json")).save_pretrained(dest)
+    return (dest / "tokenizer.json").read_text()
+
+
+def test_a_pico_train_checkpoints_resaved_tokenizer_is_accepted(prepared, tmp_path, capsys):
+    tok_dir = tmp_path / "data/tokenizer"
+    resaved = resaved_by_transformers(tok_dir, tmp_path / "resaved")
+    assert resaved != (tok_dir / "tokenizer.json").read_text()
+    src = write_pico_train_run(tmp_path / "runs" / "r", perturbed(pico_init_state(7)), step=9, tokenizer_json=resaved)
+    out = tmp_path / "imported"
+    import_pico(src, out, prepared)
+    p = prepared.model_dump(mode="json")
+    p["training"]["checkpoint_dir"] = str(out)
+    p["evaluation"].update(out=str(tmp_path / "e.json"), domains_out=str(tmp_path / "e.csv"))
+    assert evaluate.run(parse_params(p))["step"] == 9
+    assert "gives the same ids" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("with_params", [True, False], ids=["with params", "without params"])
+def test_an_imported_checkpoint_exports_to_hf(prepared, tmp_path, capsys, with_params):
+    transformers = pytest.importorskip("transformers")
+    tok_dir = tmp_path / "data/tokenizer"
+    sd = perturbed(pico_init_state(7))
+    src = write_pico_train_run(
+        tmp_path / "runs" / "r", sd, step=9, tokenizer_json=resaved_by_transformers(tok_dir, tmp_path / "resaved")
+    )
+    ckpt = import_pico(src, tmp_path / "imported", prepared if with_params else None)
+    # the step folder pico-train wrote (tokenizer.json, no tokenizer_meta.json) or our own folder
+    for given in ([], ["--tokenizer-dir", str(src)], ["--tokenizer-dir", str(tok_dir)]):
+        hf_dir = tmp_path / f"hf{len(given)}-{given[-1][-4:] if given else ''}"
+        assert cli_main(["export-hf", str(ckpt), str(hf_dir), *given]) == 0, capsys.readouterr().err
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+        ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            torch.testing.assert_close(hf(ids).logits, pico_logits(sd, ids), rtol=1e-5, atol=2e-5)
+        assert transformers.AutoTokenizer.from_pretrained(hf_dir).eos_token == "<|endoftext|>"
+
+
+def test_an_import_without_a_tokenizer_exports_with_the_one_named(prepared, tmp_path, capsys):
+    src = write_pico_train_run(tmp_path / "runs" / "r", pico_init_state(1), step=3)
+    ckpt = import_pico(src, tmp_path / "imported", None)
+    assert cli_main(["export-hf", str(ckpt), str(tmp_path / "hf")]) == 1
+    assert "pass --tokenizer-dir" in capsys.readouterr().err
+    tok_dir = tmp_path / "data/tokenizer"
+    assert cli_main(["export-hf", str(ckpt), str(tmp_path / "hf"), "--tokenizer-dir", str(tok_dir)]) == 0
+    assert "records no tokenizer" in capsys.readouterr().out and (tmp_path / "hf" / "tokenizer.json").is_file()
+    # a tokenizer whose ids do not fit the model is refused, naming both sizes
+    big = json.loads((tok_dir / "tokenizer.json").read_text())
+    big["model"]["vocab"].update({f"zz{i}": 400 + i for i in range(10)})
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "tokenizer.json").write_text(json.dumps(big))
+    assert cli_main(["export-hf", str(ckpt), str(tmp_path / "hf2"), "--tokenizer-dir", str(tmp_path / "big")]) == 1
+    assert "more than" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
