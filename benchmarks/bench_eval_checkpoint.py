@@ -18,7 +18,7 @@ import torch
 from pico import checkpoint
 from pico.config import ModelConfig, load_params
 from pico.data.eval_windows import EvalWindows
-from pico.evaluate import evaluate_model
+from pico.eval_metrics import evaluate_model
 from pico.model import ModelDims, PicoDecoder
 
 

@@ -299,6 +299,10 @@ class EvaluationConfig(_Strict):
     seen_rows: int = Field(64, ge=0)
     # auto: the best checkpoint when training stopped early, else the newest
     checkpoint: Literal["auto", "latest", "best"] = "auto"
+    # pico-train's Paloma number (pico/pico_number.py): each document truncated to this many tokens,
+    # tokens 2..n scored, the mean of per-document perplexities; null = not computed (it costs a forward
+    # pass over the documents' first tokens)
+    pico_max_length: int | None = Field(2048, ge=2)
     out: str = "metrics/eval.json"  # every figure per source, domain and window (the evaluate stage's output)
     domains_out: str = "metrics/eval_domains.csv"  # every source and Paloma domain, one row each (a stable table)
 

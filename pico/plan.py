@@ -227,7 +227,7 @@ def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: fl
     import torch
 
     from pico import optim
-    from pico.evaluate import evaluate_model
+    from pico.eval_metrics import evaluate_model
 
     t, seq = params.training, params.data.seq_len
     if t.num_threads:

@@ -70,6 +70,17 @@ def status_line(summary: TrainSummary | None, max_steps: int) -> str:
     return line + (f" because {summary.reason}" if summary.reason else "")
 
 
+def pico_number_line(pico: dict) -> str:
+    """pico-train's own Paloma number (pico.pico_number), labelled for what it is."""
+    per_source = ", ".join(f"{k} {fmt(v)}" for k, v in pico.get("sources", {}).items())
+    return (
+        f"pico-train's Paloma number, as pico-train computes it (mean over {pico['documents']} documents of "
+        f"exp(mean NLL of tokens 2..n), each truncated to its first {pico['max_length']} tokens; "
+        f"{pico['truncated']} were truncated): **{fmt(pico['mean_perplexity'])}** ({per_source}). "
+        "Comparable with a pico-train run's logged value on the same texts; not a measure to steer by."
+    )
+
+
 def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
     train, evals, s, fe = run.train, run.evals, run.summary, run.final_eval
     lines = ["## The result", ""]
@@ -117,6 +128,8 @@ def result_section(run: RunRecord, d: Diagnosis) -> list[str]:
                 else ""
             ),
         ]
+        if fe.get("pico_train_paloma"):
+            lines += ["", pico_number_line(fe["pico_train_paloma"])]
     if train:
         cfg = run.params.report.diagnosis
         lines.append(
@@ -273,9 +286,12 @@ def render_imported(run: RunRecord) -> str:
         )
     lines += [
         "",
-        "pico-train reported the per-sequence mean as its Paloma perplexity; read the token-level "
+        "The per-sequence mean is pico-train's statistic over these windows; read the token-level "
         "figure beside it (the ratio shows how far a few windows pull the mean).",
     ]
+    pico = fe.get("pico_train_paloma")
+    if pico:
+        lines += ["", pico_number_line(pico)]
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +354,7 @@ def render(
             f"- dropout {fmt(m.dropout)}, attention dropout {fmt(m.attention_dropout)}, seed {t.seed}",
             "",
             "Token perplexity is exp(Σ NLL / Σ tokens); bits per byte divides the same NLL by ln 2 × the UTF-8 "
-            "bytes of the text. The pico per-sequence mean is pico-train's 'Paloma perplexity' (mean over windows of "
+            "bytes of the text. The pico per-sequence mean is pico-train's statistic (mean over windows of "
             "exp(window loss)); a few bad windows can inflate it by orders of magnitude — read it beside, never instead.",
         ]
     )

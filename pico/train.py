@@ -35,7 +35,7 @@ from pico.config import Params
 from pico.data.loader import open_train_data
 from pico.distributed import Dist
 from pico.errors import TrainingDiverged, TrainingInterrupted
-from pico.evaluate import evaluate_model, rows_loss
+from pico.eval_metrics import evaluate_model, rows_loss
 from pico.faults import Faults
 from pico.lineage import continue_code, continue_plan, run_fingerprint, run_plan
 from pico.loss import resolve_kernel

@@ -195,7 +195,7 @@ def parse_summary(text: str, where: str) -> TrainSummary:
 
 
 def eval_row(step: int, tokens: int, epochs: float, metrics: dict, seen_loss: float | None) -> dict:
-    """One eval_history.csv row from ``pico.evaluate.evaluate_model``'s result: the step, the
+    """One eval_history.csv row from ``pico.eval_metrics.evaluate_model``'s result: the step, the
     training tokens and epochs seen by then (runs with different batches compare per token), the
     figures, and ``seen_loss``: the eval-mode loss of a fixed sample of already-seen training rows
     (empty until all of them were trained on). (Wall-clock time is perf.csv's ``elapsed_s`` by

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pico.data.eval_windows import WINDOW_DTYPE
-from pico.evaluate import DOMAIN_COLUMNS, aggregate, evaluate_model, json_safe, summarize, write_domain_table
+from pico.eval_metrics import aggregate, evaluate_model, summarize
+from pico.evaluate import DOMAIN_COLUMNS, json_safe, write_domain_table
 
 
 def table(lengths, sources, bytes_, subdomains=None):
