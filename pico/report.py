@@ -249,7 +249,8 @@ def cost_table(runs: list[RunRecord]) -> list[str]:
 
 def headline(run: RunRecord) -> dict[str, Any]:
     """The final ``metrics/headline.json``: evaluate's figures and the run's whole wall time."""
-    return train_metrics.headline(run.summary, run.final_eval.get("macro", {}), cost(run)["actual_wall_s"])
+    pico = (run.final_eval.get("pico_train_paloma") or {}).get("mean_perplexity")
+    return train_metrics.headline(run.summary, run.final_eval.get("macro", {}), cost(run)["actual_wall_s"], pico)
 
 
 def render_imported(run: RunRecord) -> str:

@@ -224,9 +224,13 @@ def parse_csv(text: str | None) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(io.StringIO(text))]
 
 
-def headline(summary: TrainSummary | None, macro: dict[str, Any], wall_s: float | None) -> dict[str, Any]:
+def headline(
+    summary: TrainSummary | None, macro: dict[str, Any], wall_s: float | None, pico_train: float | None = None
+) -> dict[str, Any]:
     """headline.json: a few short, rounded columns (the full figures stay in eval.json,
-    eval_history.csv and train_summary.json)."""
+    eval_history.csv and train_summary.json). ``window_mean_ppl`` is pico-train's statistic over our
+    windows; ``pico_train_ppl`` its number exactly (pico.pico_number: the evaluate stage's, so the
+    trainer's interim headline leaves it empty)."""
 
     def r(x: Any, digits: int = 5) -> Any:
         return float(f"{float(x):.{digits}g}") if isinstance(x, (int, float)) and math.isfinite(float(x)) else x
@@ -237,7 +241,8 @@ def headline(summary: TrainSummary | None, macro: dict[str, Any], wall_s: float 
         "loss": r(summary.final_loss_mean) if summary else None,
         "ppl": r(macro.get("token_perplexity")),
         "bpb": r(macro.get("bits_per_byte"), 4),
-        "pico_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
+        "window_mean_ppl": r(macro.get("pico_mean_seq_perplexity"), 4),
+        "pico_train_ppl": r(pico_train, 4) if pico_train is not None else None,
         "tokens": summary.tokens if summary else None,
         "wall_h": r(wall_s / 3600, 3) if wall_s is not None else None,
     }

@@ -4,6 +4,7 @@ tokenize without special tokens, truncate to max_length, pad, score tokens 2..n,
 per text, the mean over texts. (compat/pico_train_number.py runs the metric's own code and
 pico-train's own model.)"""
 
+import json
 import math
 
 import numpy as np
@@ -86,6 +87,14 @@ def test_pico_number_is_the_metrics_on_the_hf_export(trained, tmp_path, capsys):
         picked = [p for p, d in zip(want, docs) if d.source == name]
         assert pico["sources"][name] == pytest.approx(float(np.mean(picked)), rel=1e-6)
     assert "pico-train's Paloma number" in capsys.readouterr().out
+    # the report labels it and the headline (dvc exp show) carries it beside our statistic
+    from pico import report
+
+    md = report.run(params).read_text()
+    assert "pico-train's Paloma number, as pico-train computes it" in md
+    head = json.loads((root / "metrics" / "headline.json").read_text())
+    assert head["pico_train_ppl"] == pytest.approx(pico["mean_perplexity"], rel=1e-3)
+    assert head["window_mean_ppl"] == pytest.approx(result["macro"]["pico_mean_seq_perplexity"], rel=1e-3)
 
 
 def test_per_document_values_and_short_documents(trained):
