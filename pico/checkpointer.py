@@ -15,6 +15,7 @@ import torch
 from pico import checkpoint, runfolder, runstore
 from pico.config import Params
 from pico.distributed import Dist
+from pico.mirror import Mirror
 from pico.runlock import RunLock
 
 
@@ -24,8 +25,13 @@ class Checkpointer:
         self.run_dir = runstore.run_dir(params, fingerprint)  # the run's own folder, outside every DVC output
         self.published = Path(params.training.checkpoint_dir)  # the DVC output that shows it
         self.saved_step: int | None = None  # the newest step on disk
+        self.mirror: Mirror | None = None  # training.mirror: copies off the machine (pico.mirror)
         if dist.is_main:  # one trainer per run, whichever workspace (or DVC experiment copy) it starts in
-            (resources or contextlib.ExitStack()).enter_context(RunLock(self.run_dir))
+            resources = resources or contextlib.ExitStack()
+            resources.enter_context(RunLock(self.run_dir))
+            if params.training.mirror:
+                self.mirror = Mirror(params.training.mirror, fingerprint)
+                resources.callback(self.mirror.close)  # the last upload finishes before the process exits
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> runfolder.Restored | None:
         """Adopt what ``checkpoint_dir`` holds that the store lacks, honour a fresh start the flow
@@ -37,8 +43,11 @@ class Checkpointer:
             for line in runstore.adopt(self.published, runstore.store_root(params)):
                 print(line)
             token = os.environ.get(runstore.FRESH_ENV)
-            if token and (line := runstore.start_fresh(self.run_dir, token)):
+            fresh = bool(token and (line := runstore.start_fresh(self.run_dir, token)))
+            if fresh:
                 print(line)
+            elif self.mirror and params.training.restart_from is None:
+                self.mirror.fetch_newest(self.run_dir)  # another machine's newer steps, if any
         dist.barrier()
         restored = runfolder.restore(
             self.run_dir,
@@ -78,10 +87,13 @@ class Checkpointer:
         """Rank 0 writes into the run store and publishes; every rank records the step saved."""
         if self.dist.is_main:
             keep = self.params.training.keep_checkpoints
-            checkpoint.save(
+            folder = checkpoint.save(
                 self.run_dir, step, model, optimizer, scheduler, state, keep, name=name, interim=interim, **gathered
             )
             self.publish()
+            if self.mirror:  # uploaded while the next steps train
+                kept = [p.name for p in checkpoint.list_checkpoints(self.run_dir)]
+                self.mirror.submit(self.run_dir, folder, kept, Path(self.params.training.metrics_dir))
         if name is None:
             self.saved_step = step
 

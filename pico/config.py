@@ -200,6 +200,9 @@ class TrainingConfig(_Strict):
     checkpoint_dir: str = "checkpoints"  # the DVC output: the run's checkpoints, published from the run store
     # where runs train (pico.runstore); null = <repository>/.pico/runs, shared by DVC's experiment copies
     run_store: str | None = None
+    # copies of each checkpoint (and captures, metric files) uploaded in the background to any fsspec URL
+    # or folder (s3://bucket/prefix, gs://..., a mount); a fresh machine resumes from there (pico/mirror.py)
+    mirror: str | None = None
     # a changed training code (pico.codedeps, comments and docstrings aside): continue the run and record
     # the change as a segment of its code lineage, or start a new run (the old one stays in the store)
     on_code_change: Literal["continue", "new_run"] = "continue"
