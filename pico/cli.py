@@ -122,6 +122,13 @@ def _export_hf(args: argparse.Namespace, params: Params | None) -> None:
     print(f"exported {args.checkpoint} -> {out} (LlamaForCausalLM)")
 
 
+def _publish(args: argparse.Namespace, params: Params) -> None:
+    from pico.publish import publish
+
+    commits = publish(params, args.repo_id, args.branch, args.private, args.dry_run)
+    print(f"{'planned' if args.dry_run else 'published'}: {len(commits)} commits for {args.repo_id}")
+
+
 def _export_analysis(args: argparse.Namespace, params: Params) -> None:
     from pico.export_analysis import export_analysis
 
@@ -186,6 +193,13 @@ def _args_export_hf(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer-dir", help="default: the tokenizer folder recorded in the checkpoint")
 
 
+def _args_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo_id", help="the hub repository, e.g. my-org/pico-decoder-tiny")
+    p.add_argument("--branch", help="default: report.run_name (pico-train's branch is the run name)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--dry-run", action="store_true", help="print the commits, push nothing")
+
+
 def _args_export_analysis(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="a new folder (or an earlier export), used as pico-analyze's --run_path")
     p.add_argument(
@@ -248,6 +262,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "export-hf": Command(
         _export_hf, "write a checkpoint as a Hugging Face LlamaForCausalLM folder", _args_export_hf, False
+    ),
+    "publish": Command(
+        _publish, "push the run's checkpoints to the hub as pico-train does (one commit each)", _args_publish
     ),
     "export-analysis": Command(
         _export_analysis,
