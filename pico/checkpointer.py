@@ -16,6 +16,7 @@ from pico import checkpoint, runfolder, runstore
 from pico.config import Params
 from pico.distributed import Dist
 from pico.mirror import Mirror
+from pico.publish import HubPusher
 from pico.runlock import RunLock
 
 
@@ -26,12 +27,16 @@ class Checkpointer:
         self.published = Path(params.training.checkpoint_dir)  # the DVC output that shows it
         self.saved_step: int | None = None  # the newest step on disk
         self.mirror: Mirror | None = None  # training.mirror: copies off the machine (pico.mirror)
+        self.hub: HubPusher | None = None  # training.hub: pico-train's hub commits (pico.publish)
         if dist.is_main:  # one trainer per run, whichever workspace (or DVC experiment copy) it starts in
             resources = resources or contextlib.ExitStack()
             resources.enter_context(RunLock(self.run_dir))
             if params.training.mirror:
                 self.mirror = Mirror(params.training.mirror, fingerprint)
                 resources.callback(self.mirror.close)  # the last upload finishes before the process exits
+            if params.training.hub.repo_id:
+                self.hub = HubPusher(params, self.run_dir)
+                resources.callback(self.hub.close)
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> runfolder.Restored | None:
         """Adopt what ``checkpoint_dir`` holds that the store lacks, honour a fresh start the flow
@@ -71,6 +76,8 @@ class Checkpointer:
             self.publish()
         if restored is not None and not restored.rebase:
             self.saved_step = restored.state["step"]
+        if self.hub and checkpoint.list_checkpoints(self.run_dir):
+            self.hub.submit()  # commits a crash left missing
         return restored
 
     def save(
@@ -94,6 +101,8 @@ class Checkpointer:
             if self.mirror:  # uploaded while the next steps train
                 kept = [p.name for p in checkpoint.list_checkpoints(self.run_dir)]
                 self.mirror.submit(self.run_dir, folder, kept, Path(self.params.training.metrics_dir))
+            if self.hub:
+                self.hub.submit()
         if name is None:
             self.saved_step = step
 

@@ -184,6 +184,14 @@ class OptimConfig(_Strict):
         return v
 
 
+class HubConfig(_Strict):
+    """Pushing the run to the Hugging Face hub while it trains, as pico-train does (pico/publish.py)."""
+
+    repo_id: str | None = None  # e.g. my-org/pico-decoder-tiny; null = no pushing while training
+    branch: str | None = None  # null = report.run_name made a git ref (pico-train: the run name)
+    private: bool = True  # a repository created by the push is private
+
+
 class TrainingConfig(_Strict):
     max_steps: int = Field(200, ge=1)  # optimizer steps of the run (raise it later to continue the same run)
     micro_batch_size: int = Field(16, ge=1)  # rows per forward/backward
@@ -203,6 +211,7 @@ class TrainingConfig(_Strict):
     # copies of each checkpoint (and captures, metric files) uploaded in the background to any fsspec URL
     # or folder (s3://bucket/prefix, gs://..., a mount); a fresh machine resumes from there (pico/mirror.py)
     mirror: str | None = None
+    hub: HubConfig = HubConfig()  # each checkpoint pushed to the hub in the background (`pico publish` after a run)
     # a changed training code (pico.codedeps, comments and docstrings aside): continue the run and record
     # the change as a segment of its code lineage, or start a new run (the old one stays in the store)
     on_code_change: Literal["continue", "new_run"] = "continue"

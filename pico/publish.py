@@ -26,6 +26,8 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,17 @@ DYNAMICS_TITLE = "Saving Learning Dynamics Data ({split}) -- Step {step}"
 
 @dataclass
 class Commit:
+    """One hub commit; its files are prepared (a checkpoint exported) only when it is pushed or shown."""
+
     title: str
-    operations: list[CommitOperationAdd]
+    make: Callable[[], list[CommitOperationAdd]]
+    _operations: list[CommitOperationAdd] | None = None
+
+    @property
+    def operations(self) -> list[CommitOperationAdd]:
+        if self._operations is None:
+            self._operations = self.make()
+        return self._operations
 
     def paths(self) -> list[str]:
         return sorted(op.path_in_repo for op in self.operations)
@@ -65,26 +76,31 @@ def run_folder(params: Params, fingerprint: str | None = None) -> Path:
 
 def commit_plan(params: Params, folder: Path, staging: Path, eval_result: dict | None = None) -> list[Commit]:
     """Every commit of the run, oldest step first (a step's model, then its captures; step 0 has
-    captures and no checkpoint); model files are exported into ``staging``."""
+    captures and no checkpoint); a model commit's files are exported into ``staging`` when needed."""
     ckpts = {checkpoint.read_state(p)["step"]: p for p in checkpoint.list_checkpoints(folder)}
     last = max(ckpts)
     commits: list[Commit] = []
     for step in sorted(set(ckpts) | set(dynamics.captured_steps(folder))):
         if step in ckpts:
-            commits.append(
-                model_commit(params, ckpts[step], staging, eval_result if step == last else None, step == last)
-            )
+            result = eval_result if step == last else None
+
+            def make(path=ckpts[step], result=result, card=step == last) -> list[CommitOperationAdd]:
+                return model_operations(params, path, staging, result, card)
+
+            commits.append(Commit(MODEL_TITLE.format(step=step), make))
         captured = dynamics.step_folder(folder, step)
         for split in dynamics.SPLITS:
             pts = sorted(captured.glob(f"{split}_*.pt")) if captured.is_dir() else []
             if pts:
-                dyn = [CommitOperationAdd(f"learning_dynamics/{p.name}", str(p)) for p in pts]
-                commits.append(Commit(DYNAMICS_TITLE.format(split=split, step=step), dyn))
+                ops = [CommitOperationAdd(f"learning_dynamics/{p.name}", str(p)) for p in pts]
+                commits.append(Commit(DYNAMICS_TITLE.format(split=split, step=step), lambda ops=ops: ops))
     return commits
 
 
-def model_commit(params: Params, step_path: Path, staging: Path, result: dict | None, card: bool) -> Commit:
-    """``Saving HF Model -- Step N``: the export, training_config.yaml and (the newest) the card."""
+def model_operations(
+    params: Params, step_path: Path, staging: Path, result: dict | None, card: bool
+) -> list[CommitOperationAdd]:
+    """``Saving HF Model -- Step N``'s files: the export, training_config.yaml and (the newest) the card."""
     state = checkpoint.read_state(step_path)
     out = export_hf.export(step_path, staging / step_path.name, params.tokenizer.out_dir)
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != export_hf.MARKER)
@@ -93,7 +109,7 @@ def model_commit(params: Params, step_path: Path, staging: Path, result: dict | 
     ops.append(CommitOperationAdd("training_config.yaml", yaml.safe_dump(config, sort_keys=False).encode()))
     if card:  # the card describes the run as published
         ops.append(CommitOperationAdd("README.md", model_card(params, state, result).encode()))
-    return Commit(MODEL_TITLE.format(step=state["step"]), ops)
+    return ops
 
 
 def branch_name(run_name: str) -> str:
@@ -159,7 +175,9 @@ def model_card(params: Params, state: dict[str, Any], result: dict | None) -> st
     return "\n".join(lines)
 
 
-def push(api: Any, repo_id: str, branch: str, commits: list[Commit], private: bool, retries: int = 3) -> list[str]:
+def push(
+    api: Any, repo_id: str, branch: str, commits: list[Commit], private: bool, retries: int = 3, prefix: str = "publish"
+) -> list[str]:
     """Push the commits the branch lacks (by title), oldest first; returns the titles pushed."""
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.create_branch(repo_id, branch=branch, exist_ok=True)
@@ -179,8 +197,61 @@ def push(api: Any, repo_id: str, branch: str, commits: list[Commit], private: bo
                     ) from None
                 time.sleep(2.0**attempt)
         pushed.append(commit.title)
-        print(f"publish: {repo_id}@{branch}: {commit.title}", flush=True)
+        print(f"{prefix}: {repo_id}@{branch}: {commit.title}", flush=True)
     return pushed
+
+
+def hub_api() -> Any:
+    """huggingface_hub's client; the token from HF_TOKEN or `hf auth login`."""
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+class HubPusher:
+    """``training.hub``: after each checkpoint (and at start, for commits a crash left missing), the
+    run's missing commits are pushed on one background thread. Training never waits for it: a
+    checkpoint saved while a push runs is picked up when that push ends. A failure is one line and
+    is retried with the next checkpoint; at exit the running push finishes first."""
+
+    def __init__(self, params: Params, run_dir: Path):
+        hub = params.training.hub
+        self.params, self.run_dir = params, run_dir
+        self.repo_id, self.private = hub.repo_id, hub.private
+        self.branch = hub.branch or branch_name(params.report.run_name)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pico-hub")
+        self._pending: Future | None = None
+        self._again = False
+
+    def submit(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            self._again = True
+            return
+        self._pending = self._pool.submit(self._push_missing)
+
+    def _push_missing(self) -> None:
+        while True:
+            self._again = False
+            try:
+                with tempfile.TemporaryDirectory(prefix="pico-hub-") as staging:
+                    commits = commit_plan(self.params, self.run_dir, Path(staging))
+                    push(hub_api(), self.repo_id, self.branch, commits, self.private, prefix="hub")
+            except Exception as err:  # the hub's and the filesystem's errors alike: said, retried later
+                why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                print(
+                    f"hub: pushing to {self.repo_id}@{self.branch} failed ({why}); training goes on, "
+                    "the next checkpoint (or the next start) retries",
+                    flush=True,
+                )
+            if not self._again:
+                return
+
+    def close(self) -> None:
+        if self._pending is not None and not self._pending.done():
+            print(f"hub: waiting for the push to {self.repo_id}@{self.branch} before the run exits", flush=True)
+        if self._pending is not None:
+            self._pending.result()
+        self._pool.shutdown(wait=True)
 
 
 def publish(
@@ -196,9 +267,5 @@ def publish(
             for c in commits:
                 print(f"{repo_id}@{branch}: {c.title}: {', '.join(c.paths())}")
             return commits
-        if api is None:
-            from huggingface_hub import HfApi
-
-            api = HfApi()  # the token from HF_TOKEN or `hf auth login`
-        push(api, repo_id, branch, commits, private)
+        push(api or hub_api(), repo_id, branch, commits, private)
     return commits

@@ -139,3 +139,37 @@ def test_the_command_prints_the_plan(published_run, tmp_path, capsys):
 def test_branch_names_are_git_refs():
     assert publish.branch_name("pico-decoder-tiny (embedded default)") == "pico-decoder-tiny-embedded-default"
     assert publish.branch_name("my run") == "my-run"
+
+
+def hub_params(params_dict, **hub):
+    p = copy.deepcopy(params_dict)
+    p["training"]["hub"] = {"repo_id": "me/live", **hub}
+    return parse_params(p)
+
+
+def test_training_hub_pushes_each_checkpoint_beside_training(params_dict, prepared, monkeypatch, capsys):
+    hub = RecordingHub()
+    monkeypatch.setattr(publish, "hub_api", lambda: hub)
+    summary = train.run(hub_params(params_dict), progress=False)  # 12 steps, a checkpoint every 4, keep 2
+    assert summary.status == "completed"
+    titles = [title for _, title, _ in hub.pushed]
+    assert len(titles) == len(set(titles))  # nothing pushed twice
+    # step 4 is pushed unless pruned first (keep 2); 8 and 12 always are, oldest first
+    assert titles[-1] == "Saving HF Model -- Step 12" and "Saving HF Model -- Step 8" in titles
+    assert {b for b, _, _ in hub.pushed} == {"test-run"} and ("create_repo", "me/live", True) in hub.calls
+    assert "hub: me/live@test-run: Saving HF Model -- Step 12" in capsys.readouterr().out
+
+
+def test_a_failing_hub_never_stops_training_and_the_next_start_pushes_what_is_missing(
+    params_dict, prepared, monkeypatch, capsys
+):
+    monkeypatch.setattr(publish.time, "sleep", lambda s: None)
+    down = RecordingHub(fail=10_000)
+    monkeypatch.setattr(publish, "hub_api", lambda: down)
+    assert train.run(hub_params(params_dict), progress=False).status == "completed"
+    out = capsys.readouterr().out
+    assert down.pushed == [] and "hub: pushing to me/live@test-run failed" in out and "training goes on" in out
+    up = RecordingHub()
+    monkeypatch.setattr(publish, "hub_api", lambda: up)
+    train.run(hub_params(params_dict), progress=False)  # the run has ended: nothing to train, the push catches up
+    assert [title for _, title, _ in up.pushed] == ["Saving HF Model -- Step 8", "Saving HF Model -- Step 12"]
