@@ -4,9 +4,9 @@
     python benchmarks/bench_dynamics.py [--max-steps 200] [--rounds 2]
 
 Runs the embedded default (params.yaml: tiny model, 16 x 128-token rows per step, evaluation and a
-checkpoint every 50 steps) in scratch folders, alternating plain and captured runs so machine noise
-hits both alike, and prints each wall time and the ratio. Capture writes pico-analyze's
-train/val activations, weights and gradients at step 0, every checkpoint and the last step; the
+checkpoint every 50 steps) in scratch folders, each run in a fresh process, alternating plain and
+captured runs and which goes first (machine drift hits both alike), and prints each wall time and
+the ratio. Capture writes pico-analyze's train/val activations, weights and gradients at step 0, every checkpoint and the last step; the
 peer is the identical run with ``learning_dynamics.enabled: false`` (which trains the same bits).
 """
 
@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from pico import dynamics, numerics, train
+from pico import numerics
 from pico.config import parse_params
 
 
@@ -36,11 +39,14 @@ def one_run(raw: dict, scratch: Path, capture: bool, max_steps: int) -> tuple[fl
             "max_steps": max_steps,
             "checkpoint_dir": str(scratch / "ckpt"),
             "metrics_dir": str(scratch / "metrics"),
+            "run_store": str(scratch / "runs"),  # not the repository's store, which may hold this run ended
         },
         "learning_dynamics": {**raw["learning_dynamics"], "enabled": capture},
     }
     params = parse_params(raw)
-    numerics.apply(params.training.numerics)
+    numerics.apply(params.training.numerics)  # a fresh process: before torch loads
+    from pico import dynamics, train
+
     t0 = time.perf_counter()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -54,20 +60,40 @@ def one_run(raw: dict, scratch: Path, capture: bool, max_steps: int) -> tuple[fl
     return wall, float(spent.group(1)) if spent else 0.0
 
 
+def in_fresh_process(scratch: str, capture: bool, max_steps: int) -> tuple[float, float]:
+    """One run in its own interpreter: a process's second run is ~10 % slower here (bench_mirror.py)."""
+    cmd = [sys.executable, __file__, "--one", scratch, "--max-steps", str(max_steps)] + (
+        ["--capture"] if capture else []
+    )
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    lines = done.stdout.strip().splitlines()
+    print("\n".join(lines[:-1]), flush=True)
+    return tuple(json.loads(lines[-1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # one run in this process: its scratch folder
+    ap.add_argument("--capture", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     raw = yaml.safe_load(Path("params.yaml").read_text())
+    if args.one:
+        print(json.dumps(one_run(raw, Path(args.one), args.capture, args.max_steps)))
+        return
     plain, captured, spent = [], [], []
-    for r in range(args.rounds):
+    for r in range(args.rounds):  # the order alternates, so drift hits both alike
         with (
             tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as a,
             tempfile.TemporaryDirectory(prefix="bench-ld-", dir=".") as b,
         ):
-            plain.append(one_run(raw, Path(a), False, args.max_steps)[0])
-            wall, s = one_run(raw, Path(b), True, args.max_steps)
+            if r % 2:
+                wall, s = in_fresh_process(b, True, args.max_steps)
+                plain.append(in_fresh_process(a, False, args.max_steps)[0])
+            else:
+                plain.append(in_fresh_process(a, False, args.max_steps)[0])
+                wall, s = in_fresh_process(b, True, args.max_steps)
             captured.append(wall)
             spent.append(s)
         print(
