@@ -122,7 +122,8 @@ def import_pico(source: str | Path, out_dir: str | Path, params: Params | None =
     tok = src / "tokenizer.json"
     tok_sha = tok_behaviour = None
     if tok.is_file():  # pico-train's copy, re-saved through transformers: compared by what it does
-        tok_sha, tok_behaviour = tokenizer_hash(read_tokenizer(tok)), behaviour_hash(read_tokenizer(tok))
+        loaded = read_tokenizer(tok)
+        tok_sha, tok_behaviour = tokenizer_hash(loaded), behaviour_hash(loaded)
     digest = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         digest.update(k.encode() + v.float().numpy().tobytes())

@@ -24,7 +24,6 @@ for self-hosted S3 endpoints); the URL is shown without any user:password part.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -39,7 +38,7 @@ import fsspec
 
 from pico import checkpoint
 from pico.data.documents import storage_options
-from pico.fsutil import replace_dir
+from pico.fsutil import link_or_copy, replace_dir
 
 MANIFEST = "MIRROR.json"
 METRICS = "metrics"
@@ -51,14 +50,6 @@ def shown(url: str) -> str:
     if parts.password or parts.username:
         return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     return url
-
-
-def _digest(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 class Mirror:
@@ -85,13 +76,13 @@ class Mirror:
         for leftover in run_dir.glob(".mirror-*"):  # staged by an upload a killed process did not finish
             shutil.rmtree(leftover, ignore_errors=True)
         checkpoint.verify(folder)  # never upload a damaged checkpoint
-        files = {p.name: _digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+        files = {p.name: checkpoint.file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
         staged = folder.with_name(f".mirror-{folder.name}")  # hard links: a stable copy while training goes on
         if staged.exists():
             shutil.rmtree(staged)
         staged.mkdir()
         for name in files:
-            _link(folder / name, staged / name)
+            link_or_copy(folder / name, staged / name)
         self._pending_name = folder.name
         self._pending = self._pool.submit(self._upload, run_dir, staged, folder.name, files, keep_steps, metrics_dir)
 
@@ -243,7 +234,7 @@ class Mirror:
                 if "/" in f or f.startswith("."):
                     raise ValueError(f"{MANIFEST} names {f!r}, not a file of a checkpoint folder")
                 self.fs.get_file(f"{self.root}/{name}/{f}", str(tmp / f))
-                if _digest(tmp / f) != want:
+                if checkpoint.file_digest(tmp / f) != want:
                     raise ValueError(f"{f} differs from its manifest (size or sha256)")
             checkpoint.verify(tmp)
         except BaseException:
@@ -265,10 +256,3 @@ class Mirror:
             if not dest.exists():
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self.fs.get_file(path, str(dest))
-
-
-def _link(src: Path, dest: Path) -> None:
-    try:
-        dest.hardlink_to(src)
-    except OSError:
-        shutil.copy2(src, dest)

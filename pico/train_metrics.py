@@ -263,7 +263,20 @@ def write(
     atomic_write_text(d / PERF_CSV, _csv(history["perf"], PERF_COLUMNS))
     if summary is not None:
         atomic_write_json(d / SUMMARY_JSON, json.loads(summary.model_dump_json()))
-        atomic_write_json(d / HEADLINE_JSON, headline(summary, history["eval"][-1] if history["eval"] else {}, wall_s))
+        # the evaluate stage's exact pico-train number stays while it is of this very step
+        previous = _headline(d)
+        kept = previous.get("pico_train_ppl") if previous.get("step") == summary.step else None
+        atomic_write_json(
+            d / HEADLINE_JSON, headline(summary, history["eval"][-1] if history["eval"] else {}, wall_s, kept)
+        )
+
+
+def _headline(metrics_dir: Path) -> dict[str, Any]:
+    try:
+        found = json.loads((metrics_dir / HEADLINE_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def read_perf(metrics_dir: str | Path, upto_step: int) -> list[dict[str, Any]]:

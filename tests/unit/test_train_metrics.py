@@ -1,5 +1,7 @@
 """The train stage's metric files: one typed summary, CSVs that read back as written."""
 
+import json
+
 import pytest
 
 from pico import train_metrics
@@ -102,3 +104,18 @@ def test_perf_rows_carry_the_gpu_memory_peaks_and_a_resumed_run_keeps_older_rows
     rows = (tmp_path / train_metrics.PERF_CSV).read_text().splitlines()
     assert rows[0].split(",") == list(train_metrics.PERF_COLUMNS)
     assert rows[1] == "2,900.0,1.0,90000,,," and rows[2] == "4,1000.0,1.5,100000,,812.3,1024.0"
+
+
+def test_the_trainers_headline_keeps_the_evaluate_stages_number_of_the_same_step(tmp_path):
+    """A rerun of an ended run rewrites headline.json; the evaluate stage's exact pico-train number
+    (pico_train_ppl) is kept while it is of that step, and dropped once the run has moved on."""
+    history = {"train": [], "eval": [], "perf": [], "events": []}
+    path = tmp_path / train_metrics.HEADLINE_JSON
+    path.write_text(json.dumps({"step": 10, "pico_train_ppl": 324.0}))
+    train_metrics.write(tmp_path, history, summary(step=10))
+    assert json.loads(path.read_text())["pico_train_ppl"] == 324.0
+    train_metrics.write(tmp_path, history, summary(step=12, max_steps=12))
+    assert json.loads(path.read_text())["pico_train_ppl"] is None
+    path.write_text("{damaged")
+    train_metrics.write(tmp_path, history, summary(step=12, max_steps=12))
+    assert json.loads(path.read_text())["step"] == 12
