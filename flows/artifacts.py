@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from pico.config import Params, load_params
-from pico.train_metrics import TrainSummary, parse_eval, parse_progress
+from pico.train_metrics import TrainSummary, parse_eval, parse_progress, read_summary
 
 
 class LiveView:
@@ -35,6 +35,7 @@ class LiveView:
         self.repo, self.logger = repo, logger
         self.progress_id = None
         self.log_published = False
+        self.diminishing_said = False  # the event is emitted once per run
 
     def __call__(self, line: str) -> None:
         self.logger.info(line)
@@ -84,6 +85,31 @@ class LiveView:
         )
         md = training_log(params)
         create_markdown_artifact(md, key="pico-training-log", description="training log, refreshed at each evaluation")
+        self._diminishing_returns(params)
+
+    def _diminishing_returns(self, params: Params) -> None:
+        """``pico.training.diminishing-returns``, once per run, when the forecast says finishing
+        gains less than ``forecast.min_gain`` (pico.forecast)."""
+        from pico import forecast
+
+        made = forecast.read(params.training.metrics_dir)
+        latest = (made or {}).get("latest") or {}
+        if self.diminishing_said or not latest.get("diminishing_returns"):
+            return
+        self.diminishing_said = True
+        summary = read_summary(params.training.metrics_dir)
+        final = latest["targets"][0]
+        emit(
+            "pico.training.diminishing-returns",
+            summary,
+            params,
+            at_step=latest["step"],
+            predicted_final_loss=final["loss"],
+            gain_of_finishing=latest["gain_of_finishing"],
+            min_gain=params.forecast.min_gain,
+            cost_left=latest.get("cost_left", {}).get("max_steps"),
+        )
+        self.logger.warning("diminishing returns: %s", forecast.line(latest))
 
 
 @task(name="publish", cache_policy=NO_CACHE)

@@ -96,6 +96,18 @@ def _preset(args: argparse.Namespace, params: Params) -> int:
     return presets.run(args.name, Path(args.params), args.queue, args.dry_run, args.exp_name)
 
 
+def _fork(args: argparse.Namespace, params: Params) -> int:
+    from pico import fork
+
+    return fork.run(args, Path(args.params))
+
+
+def _ablate(args: argparse.Namespace, params: Params) -> None:
+    from pico.ablate import ablate
+
+    ablate(args.a, args.b, args.seeds, args.leave_one_out, args.at_step, args.budget, not args.no_run)
+
+
 def _reproduce(args: argparse.Namespace, params: Params | None) -> int:
     from pico.reproduce import reproduce
 
@@ -166,6 +178,25 @@ def _args_preset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", action="store_true", help="queue the experiment (run later with `dvc queue start`)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc command only")
     p.add_argument("-n", "--exp-name", help="experiment name (default: the preset's name)")
+
+
+def _args_fork(p: argparse.ArgumentParser) -> None:
+    p.add_argument("parent", help="the DVC experiment (or git revision) whose run to fork")
+    p.add_argument("--step", type=int, required=True, help="a step the parent kept a checkpoint of")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="a changed param (repeatable)")
+    p.add_argument("-n", "--exp-name", help="experiment name (default: <parent>-fork<step>)")
+    p.add_argument("--queue", action="store_true", help="queue the experiment (run later with `dvc queue start`)")
+    p.add_argument("--dry-run", action="store_true", help="print the dvc command only")
+
+
+def _args_ablate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", help="a preset, params file, git revision or DVC experiment")
+    p.add_argument("b", help="the same kinds: the configuration the changes lead to")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per rung (default 2)")
+    p.add_argument("--leave-one-out", action="store_true", help="also B minus each change (reveals interactions)")
+    p.add_argument("--at-step", type=int, help="also judge the eval loss at this step")
+    p.add_argument("--budget", type=float, help="refuse a ladder over this many device-hours")
+    p.add_argument("--no-run", action="store_true", help="price and queue the ladder, run nothing")
 
 
 def _args_reproduce(p: argparse.ArgumentParser) -> None:
@@ -250,6 +281,15 @@ COMMANDS: dict[str, Command] = {
         False,
     ),
     "preset": Command(_preset, "run a named preset (presets/*.yaml) as a DVC experiment", _args_preset),
+    "fork": Command(
+        _fork, "a new DVC experiment from another's checkpoint at a step, under changed params", _args_fork
+    ),
+    "ablate": Command(
+        _ablate,
+        "the one-change-at-a-time ladder from A to B over seeds, as DVC experiments; "
+        "a verdict per change against seed noise",
+        _args_ablate,
+    ),
     "reproduce": Command(
         _reproduce,
         "rerun a past run (git revision or DVC experiment) in a scratch clone "

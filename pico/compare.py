@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from pico import noise
 from pico.diagnose import diagnose
 from pico.fsutil import atomic_write_text
 from pico.plots import compare_plots
@@ -67,6 +68,8 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
         f"| | {a} | {b} |",
         "|---|---|---|",
     ] + [f"| {k} | {x} | {y} |" for k, x, y in rows]
+    lines += ["", "## Differences, judged against seed noise", ""]
+    lines += noise.judgement_lines(noise.judge_runs([runs[0]], [runs[1]]), a, b)
     lines += ["", "## Time and cost", "", *cost_table(runs), "", "## Curves, by tokens seen", ""]
     lines += [f"![{p}](plots/{p})" for p in plots]
     lines += ["", f"## What changed from {a} to {b}", ""]

@@ -294,6 +294,17 @@ class LearningDynamicsConfig(_Strict):
     batch_size: int = Field(8, ge=1)  # sub-batch rows: gradients are the sum of sub-batch mean-loss gradients
 
 
+class ForecastConfig(_Strict):
+    """Where a running run is heading (pico/forecast.py): at every evaluation, a saturating power law
+    fitted to its eval loss against tokens seen, extrapolated to max_steps and 2x / 4x that budget."""
+
+    enabled: bool = True  # forecast at each evaluation (metrics/forecast.json and a line in the log)
+    min_points: int = Field(4, ge=4)  # evaluations after warmup (step 0 never counts) before the first fit
+    min_gain: float = Field(
+        0.01, ge=0.0
+    )  # predicted eval-loss gain of finishing (nats/token) under which: diminishing returns
+
+
 class RecoveryConfig(_Strict):
     """What the Prefect flow does with a diverged run: restart from the last good checkpoint
     with the learning rate scaled by lr_factor, at most max_attempts times."""
@@ -352,6 +363,7 @@ class Params(_Strict):
     training: TrainingConfig = TrainingConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
     learning_dynamics: LearningDynamicsConfig = LearningDynamicsConfig()
+    forecast: ForecastConfig = ForecastConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     report: ReportConfig = ReportConfig()

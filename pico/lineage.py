@@ -113,3 +113,25 @@ def continue_code(state: dict[str, Any], code: str) -> str | None:
         f"segment {len(segments)} of the run's code lineage (training.on_code_change: new_run starts a "
         "new run instead)"
     )
+
+
+def param_changes(config: dict[str, Any], params: Params) -> list[str]:
+    """What a run started from another run's checkpoint changed: its params against the config the
+    checkpoint recorded, flat (``optim.lr 0.003 -> 0.001``); paths and the report are not changes."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(config), flat(params.model_dump(mode="json"))
+    return [
+        f"{k} {json.dumps(old.get(k))} -> {json.dumps(v)}"
+        for k, v in new.items()
+        if old.get(k) != v and k in old and not k.startswith(NOT_CHANGES)
+    ]
+
+
+# where a run's files go and where it came from are not changes to what it computes
+NOT_CHANGES = ("training.restart_from", "training.checkpoint_dir", "training.metrics_dir", "evaluation.out", "report.")

@@ -6,6 +6,7 @@ flow process renders it.
 
 from __future__ import annotations
 
+from pico import forecast
 from pico.config import Params
 from pico.diagnose import diagnose
 from pico.report import fmt, status_line
@@ -51,6 +52,9 @@ def training_log(params: Params) -> str:
                 f"{fmt(e['token_perplexity'])} | {fmt(e['bits_per_byte'])} | "
                 f"{fmt(e['pico_mean_seq_perplexity'], 3)} |"
             )
+    ahead = forecast.read(params.training.metrics_dir)
+    if ahead and ahead.get("latest"):
+        lines += ["", f"- {forecast.line(ahead['latest'])}"]
     for event in s.events if s else []:
         lines.append(f"\n- step {event['step']}: {event['event']}")
     return "\n".join(lines) + "\n"

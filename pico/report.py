@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pico import train_metrics
+from pico import forecast, noise, train_metrics
 from pico.config import Params
 from pico.diagnose import Diagnosis, diagnose
 from pico.fsutil import atomic_write_json, atomic_write_text
@@ -303,6 +303,7 @@ def render(
     when: str | None,
     plots: list[str],
     plots_rel: str = "plots",
+    against: list[str] = (),
 ) -> str:
     if run.final_eval.get("imported_from"):
         return render_imported(run)
@@ -337,11 +338,13 @@ def render(
     else:
         lines.append(f"Compared with {baseline_name}:")
         lines += [f"- {c}" for c in changes]
+        lines += ["", *against] if against else []
     for event in s.events if s else []:
         lines.append(f"- at step {event['step']}: {event['event']}")
     lines += (
         [""]
         + result_section(run, d)
+        + forecast_section(run)
         + [""]
         + diagnosis_sections(d)
         + [
@@ -373,6 +376,49 @@ def baseline_changes(params: Params) -> tuple[list[str] | None, str | None]:
         return None, None
 
 
+def forecast_section(run: RunRecord) -> list[str]:
+    """The forecast made halfway through the run (pico.forecast, from its own eval history) against
+    where it ended: how far a forecast of this run could be trusted."""
+    s = run.summary
+    if not run.evals or s is None or not run.params.forecast.enabled:
+        return []
+    made = forecast.history(run.evals, run.params, s.effective_batch_tokens)
+    final = made[-1]
+    lines = ["", "## Forecast", ""]
+    if s.status == "running":
+        latest = final
+        if latest.get("fit") is not None:
+            lines.append(f"- {forecast.line(latest)} (a power law fitted to the eval loss by tokens seen)")
+        else:
+            lines.append(f"- {forecast.line(latest)}")
+        return lines
+    check = forecast.backtest(made, float(run.evals[-1]["loss"]))
+    if check is None:
+        return lines + [
+            f"- no forecast by mid-run: {forecast.MIN_POINTS_TEXT} (forecast.min_points) by then; evaluate more often "
+            "(training.eval_every) to forecast earlier"
+        ]
+    inside = "inside" if check["inside"] else "outside"
+    interval = f" [{fmt(check['lo'])}, {fmt(check['hi'])}]" if check["lo"] is not None else ""
+    return lines + [
+        f"- made at step {check['made_at_step']} (half-way): final eval loss {fmt(check['predicted'])}{interval}; "
+        f"it ended at {fmt(check['final'])} ({check['error']:+.3g}, {inside} the interval)"
+    ]
+
+
+def judged_against(record: RunRecord, base: str | None) -> list[str]:
+    """The headline figures against the baseline run's, each judged against seed noise (pico.noise:
+    one run each, so the noise is the recorded estimate of ``pico reproduce --noise-seeds``, if any)."""
+    try:
+        baseline = load_run(base)
+    except Exception as err:  # the baseline has no metrics (yet): the params comparison stands alone
+        print(f"report: no baseline metrics ({base}): {str(err).splitlines()[0][:200]}")
+        return []
+    if not baseline.final_eval:
+        return []
+    return noise.judgement_lines(noise.judge_runs([baseline], [record]), base, "this run")
+
+
 def run(params: Params, date: str | None = None) -> Path:
     out = Path(params.report.out_dir)
     record = load_run(params=params, name=params.report.run_name)
@@ -381,11 +427,12 @@ def run(params: Params, date: str | None = None) -> Path:
         record.train, record.evals, out / "plots", params.report.run_name, per_step, params.optim.max_grad_norm
     )
     changes, base = baseline_changes(params)
+    against = judged_against(record, base) if changes else []
     when = (
         f"[{RUN_INFO_MD}]({RUN_INFO_MD}) (date, machine, speed: wall-clock facts, kept out of DVC's "
         "hashes so a rerun anywhere hashes the same)"
     )
-    text = render(record, changes, base, when, plots)
+    text = render(record, changes, base, when, plots, against=against)
     atomic_write_text(out / "report.md", text)
     info = train_metrics.read_run_info(params.training.metrics_dir)
     atomic_write_text(out / RUN_INFO_MD, run_info_markdown(record, info, date or dt.date.today().isoformat()))

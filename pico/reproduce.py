@@ -8,7 +8,8 @@ taking the earlier stages' outputs from this repository's DVC cache by their rec
 
 Then, per headline metric: the committed value, the rerun's, the difference and a verdict —
 *identical* (the same bits), *within noise* (no further than the rerun moves when only the seed
-changes: ``--noise-seeds N`` trains and evaluates N more times with seeds +1…+N to measure that), or
+changes: ``--noise-seeds N`` trains and evaluates N more times with seeds +1…+N to measure that, and
+records the spread in ``reproductions/noise.json`` for comparisons of single runs, pico.noise), or
 *not reproduced* — and the first output that differs, in pipeline order: a stage output's hash
 (the tokens? the tokenizer?), then the first logged training loss that differs (which step). The
 machines of both runs (``metrics/run_info.json``) are set side by side, since CPU numerics differ
@@ -35,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from pico import runs, train_metrics
+from pico import noise, runs, train_metrics
 from pico.config import parse_params
 from pico.errors import PipelineError
 from pico.fsutil import atomic_write_text
@@ -282,6 +283,12 @@ def reproduce(
         ]
         verdicts.append(Verdict(label, _value(committed, kind, keys), base, max(spread) if spread else None))
     verdicts.append(curve_verdict(committed.train, rerun.train, [n.train for n in noise_runs]))
+    if noise_runs:  # the seed noise of this configuration, for comparisons of single runs (pico.noise)
+        values = {
+            keys[-1]: [v for v in (_value(f, kind, keys) for f in (rerun, *noise_runs)) if v is not None]
+            for _, kind, keys in HEADLINE
+        }
+        noise.record(repo / noise.NOISE_JSON, ref, time.strftime("%Y-%m-%d"), noise_seeds, values)
     first, stages = first_difference(committed, rerun)
     result = Reproduction(
         ref,

@@ -89,6 +89,10 @@ def find_restart_point(source: Path, search: list[Path] = ()) -> Path:
     it, ``<checkpoint_dir>.superseded/`` (newest first)."""
     if (source / STATE).is_file():
         return source
+    for base in search:  # a run store's own folder, named by its relative path (``pico fork``'s)
+        named = base / source.parent.name / source.name
+        if not source.is_absolute() and (named / STATE).is_file():
+            return named
     aside = superseded_root(source.parent)
     found = sorted(
         (p for base in (*search, aside) if base.is_dir() for p in base.glob(f"*/{source.name}/{STATE}")),

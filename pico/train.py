@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from pico import checkpoint, codedeps, distributed, dynamics, optim, train_metrics
+from pico import checkpoint, codedeps, distributed, dynamics, forecast, optim, train_metrics
 from pico.checkpointer import Checkpointer
 from pico.config import Params
 from pico.data.loader import open_train_data
@@ -37,7 +37,7 @@ from pico.distributed import Dist
 from pico.errors import TrainingDiverged, TrainingInterrupted
 from pico.eval_metrics import evaluate_model, rows_loss
 from pico.faults import Faults
-from pico.lineage import continue_code, continue_plan, run_fingerprint, run_plan
+from pico.lineage import continue_code, continue_plan, param_changes, run_fingerprint, run_plan
 from pico.loss import resolve_kernel
 from pico.model import PicoDecoder, check_attention_kernel
 from pico.monitor import LossWatch, eval_verdict
@@ -145,8 +145,17 @@ class Trainer:
         events = r.state["history"].setdefault("events", [])
         if r.rebase:  # another run's checkpoint: its weights and moments, this run's lr, plan and code
             self.scheduler = optim.rebased_scheduler(self.optimizer, params, r.state["step"])
-            r.state.update(plan=self.state.plan, lineage=self.state.lineage, code_lineage=self.state.code_lineage)
-            events.append({"step": r.state["step"], "event": f"restarted from {r.path} with lr {params.optim.lr:g}"})
+            changes = param_changes(r.state["config"], params)
+            forked = {"fingerprint": r.state["fingerprint"], "step": r.state["step"], "changes": changes}
+            r.state.update(
+                plan=self.state.plan,
+                lineage=self.state.lineage,
+                code_lineage=self.state.code_lineage,
+                forked_from=forked,
+            )
+            what = ", ".join(changes) or "no change"
+            events.append({"step": r.state["step"], "event": f"restarted from {r.path} (run {forked['fingerprint']} "
+                           f"at step {forked['step']}; changed: {what}) with lr {params.optim.lr:g}"})  # fmt: skip
             print(f"restarting from {r.path} (step {r.state['step']}) with lr {params.optim.lr:g}")
         else:  # this run: its schedule under the plan segments it ran, plus any change of plan or code
             changes = [continue_plan(params, r.state)]
@@ -313,15 +322,28 @@ class Trainer:
             s.history["eval"].append(
                 train_metrics.eval_row(s.step, s.step * self.data.tokens_per_step, epochs, metrics, seen)
             )
+            ahead = None
             if self.dist.is_main:  # on disk before the line announcing it: the Prefect flow reads the files then
                 self.metrics.submit(s.history, self.summary(), self.invocation.wall_s())
                 self.metrics.wait()
+                ahead = self.forecast()
             tqdm.write(train_metrics.eval_line(s.step, metrics["macro"]))
+            if ahead and ahead.get("fit"):  # (before the first fit, the live view says why there is none)
+                tqdm.write(forecast.line(ahead))
             verdict = eval_verdict(s.history["eval"], p.early_stop)
         is_best, stop = self.dist.broadcast((verdict.is_best, verdict.stop_reason) if verdict else None)
         if p.early_stop.enabled and is_best:
             self.save(checkpoint.BEST)
         return stop
+
+    def forecast(self) -> dict | None:
+        """metrics/forecast.json from the evaluations so far (pico.forecast); the newest forecast."""
+        left = self.cfg.max_steps - self.state.step
+        per_step = self.eta_s / left if self.eta_s and left > 0 else None
+        return forecast.write(
+            self.cfg.metrics_dir, self.state.history["eval"], self.params, self.data.tokens_per_step, per_step,
+            self.dist.world,
+        )  # fmt: skip
 
     def capture_dynamics(self) -> None:
         """pico-analyze's activations, weights and gradients at this step (pico.dynamics)."""
@@ -431,6 +453,7 @@ class Trainer:
             self.metrics.close()
             self.invocation.record(self.state, ended=True)
             train_metrics.write(self.cfg.metrics_dir, self.state.history, summary, self.invocation.wall_s())
+            self.forecast()  # a run that ended (or had already) has its forecasts too
         return summary
 
     def summary(self, identical: bool | None = None) -> TrainSummary:

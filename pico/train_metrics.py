@@ -85,6 +85,8 @@ class TrainSummary(BaseModel):
     code_version: str
     # the training-code versions the run trained under, from step N on (pico.lineage.continue_code)
     code_lineage: list[dict[str, Any]] = []
+    # started from another run's checkpoint (pico fork, training.restart_from): its run, step and the changes
+    forked_from: dict[str, Any] | None = None
     events: list[dict[str, Any]] = []
     eta_s: float | None = None  # while running: seconds to max_steps at the last interval's rate
     # per training source: epochs over its unique documents (rows are shuffled uniformly, so a source

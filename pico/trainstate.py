@@ -49,6 +49,8 @@ class TrainState:
     plan: dict[str, Any] = field(default_factory=dict)  # run_plan of the params now in effect
     lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.optim.continued_segment)
     code_lineage: list[dict[str, Any]] = field(default_factory=list)  # training-code versions (pico.lineage)
+    # a run started from another run's checkpoint (training.restart_from, `pico fork`): which, where, what changed
+    forked_from: dict[str, Any] | None = None
 
     @property
     def code_version(self) -> str | None:
@@ -69,6 +71,7 @@ class TrainState:
             "plan": self.plan,
             "lineage": self.lineage,
             "code_lineage": self.code_lineage,
+            "forked_from": self.forked_from,
         }
 
     def summary(
@@ -106,6 +109,7 @@ class TrainState:
             fingerprint=facts.fingerprint,
             code_version=self.code_version,
             code_lineage=self.code_lineage,
+            forked_from=self.forked_from,
             events=self.history.get("events", []),
             eta_s=eta_s if self.status == "running" else None,
             source_epochs=source_epochs(facts.manifest, epochs),
@@ -118,6 +122,7 @@ class TrainState:
         self.watch.mean = state.get("loss_running_mean")
         self.unlogged = state.get("unlogged", {"losses": [], "norms": []})
         self.plan, self.lineage = state["plan"], state["lineage"]  # set by continue_plan
+        self.forked_from = state.get("forked_from")
         # set by continue_code; a checkpoint from before code lineages: the version it recorded
         self.code_lineage = state.get("code_lineage") or [{"step": 0, "code_version": state.get("code_version")}]
 

@@ -1,19 +1,23 @@
-"""Experiments and reproducibility on a real DVC repo: presets v1/v2 as named experiments, queued
-sweeps, bad overrides, `dvc exp apply` + repro, and an S3 remote (SeaweedFS) round trip."""
+"""Experiments and reproducibility on a real DVC repo: presets v1/v2 as named experiments, an
+ablation ladder of queued experiments (killed and resumed), a fork at a step, bad overrides, `dvc exp apply` + repro, and an S3 remote (SeaweedFS) round trip."""
 
+import csv
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
-from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, start_queue, wait_for_queue
+from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, sh_env
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
@@ -26,6 +30,10 @@ def repo(tmp_path_factory, dvc_template) -> Path:
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "baseline run")
     return root
+
+
+def _commit(repo: Path, ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", ref], cwd=repo, capture_output=True, text=True).stdout.strip()
 
 
 def exps(repo: Path) -> dict[str, dict]:
@@ -66,15 +74,56 @@ def test_presets_v1_and_v2_side_by_side(repo):
     assert "changed" not in sh(repo, "dvc", "status").stdout
 
 
-def test_queued_sweep(repo):
+def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finished_rungs(repo):
+    """`pico ablate` over a change with a large effect (lr x10) and one with none (the logging
+    interval): queued DVC experiments, two seeds; the waiting command killed after two runs and
+    started again; the verdicts and their spread in the report and the CSV."""
     sh(repo, "git", "checkout", "--", "params.yaml")
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "A.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    raw["optim"]["lr"] *= 10
+    raw["training"]["log_every"] *= 2
+    (repo / "B.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     before = exp_refs(repo)
-    sh(repo, "dvc", "exp", "run", "--queue", "-S", "optim.lr=1.0e-4,3.0e-4")
-    start_queue(repo)
-    status = wait_for_queue(repo, before, done=2)
-    assert status.count("Success") >= 2, status
-    lrs = sorted(e["params"]["optim"]["lr"] for e in exps(repo).values() if e["params"]["training"]["max_steps"] == 8)
-    assert 1.0e-4 in lrs and 3.0e-4 in lrs
+    first = subprocess.Popen(
+        ["pico", "ablate", "A.yaml", "B.yaml"], cwd=repo, env=sh_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while len(exp_refs(repo) - before) < 2:
+        assert first.poll() is None and time.time() < deadline, "the ladder ended or stalled before two runs"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished = {ref: _commit(repo, ref) for ref in exp_refs(repo) - before}
+    out = sh(repo, "pico", "ablate", "A.yaml", "B.yaml").stdout
+    assert "the run HEAD holds" in out  # A's first seed is the committed baseline run
+    assert all(_commit(repo, ref) == sha for ref, sha in finished.items())  # not rerun
+    assert not any(f"queueing {ref.rsplit('/', 1)[-1]}" in out for ref in finished), out
+    table = list(csv.DictReader((repo / "reports/ablation-A-B.csv").open()))
+    verdict = {(r["change"], r["metric"]): r for r in table}
+    lr = verdict[("lr", "token perplexity (macro)")]
+    assert lr["verdict"] in ("helps", "hurts") and float(lr["noise_margin"]) > 0, lr
+    quiet = verdict[("log_every", "token perplexity (macro)")]
+    assert quiet["verdict"] == "inside seed noise", quiet
+    md = (repo / "reports/ablation-A-B.md").read_text()
+    assert "| lr | token perplexity (macro) |" in md and "seed spread of these runs" in md
+
+
+def test_a_fork_with_no_change_ends_with_its_parents_weights(repo):
+    sh(repo, "git", "checkout", "--", "params.yaml")
+    parent = json.loads((repo / "metrics/train_summary.json").read_text())
+    sh(repo, "pico", "fork", "HEAD", "--step", "4")
+    child = json.loads((repo / "metrics/train_summary.json").read_text())
+    assert child["forked_from"] == {"fingerprint": parent["fingerprint"], "step": 4, "changes": []}
+    store = repo / ".pico/runs"
+    want = load_file(store / parent["fingerprint"] / "step_00000008/model.safetensors")
+    got = load_file(store / child["fingerprint"] / "step_00000008/model.safetensors")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert "restarted from .pico/runs/" in (repo / "reports/report.md").read_text()
+    sh(repo, "git", "checkout", "--", "params.yaml")
+    missing = sh(repo, "pico", "fork", "HEAD", "--step", "3", check=False)
+    assert missing.returncode == 1 and "no checkpoint at step 3" in missing.stderr and "kept: 4, 8" in missing.stderr
 
 
 @pytest.mark.parametrize(

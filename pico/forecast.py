@@ -1,0 +1,229 @@
+"""Where a running run is heading: at every evaluation, a saturating power law fitted to the run's
+own eval loss against tokens seen,
+
+    L(D) = E + A * (D / D_now) ** -alpha      (E: the loss it saturates at; D: tokens seen)
+
+extrapolated to ``max_steps`` and to 2x and 4x that budget, with a 95 % interval from the fit
+(the parameters' covariance carried to the prediction by the delta method, plus the scatter of the
+points about the curve), and what finishing costs (device-hours and their price) beside what it is
+predicted to gain. Fitted with ``scipy.optimize.curve_fit`` on the evaluations after warmup (step 0
+is the untrained model's loss, warmup's steps are not on the curve yet).
+
+``metrics/forecast.json`` (this module owns it) holds the forecast made at each evaluation, each
+from the evaluations up to it — so a resumed or finished run's file is the same as a live one's
+and a back-test reads the forecast made at 50 % straight from it — and, for the newest, the cost
+left and whether the predicted gain of finishing fell under ``forecast.min_gain`` (the Prefect flow
+turns that into the event ``pico.training.diminishing-returns``). The cost is a wall-clock fact, so
+the file is not a DVC output (like perf.csv).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pico.config import Params
+from pico.fsutil import atomic_write_json
+from pico.noise import t975
+
+FORECAST_JSON = "forecast.json"
+BUDGETS = ((1, "max_steps"), (2, "2x budget"), (4, "4x budget"))
+MIN_POINTS_TEXT = "too few evaluations after warmup"
+
+
+@dataclass(frozen=True)
+class Fit:
+    E: float
+    A: float
+    alpha: float
+    scale: float  # tokens the curve is normalised by (the newest point's)
+    cov: list[list[float]] | None  # of (E, A, alpha); None when the fit could not estimate it
+    residual_sd: float
+    points: int
+
+    def predict(self, tokens: float) -> tuple[float, float | None, float | None]:
+        """The loss at ``tokens`` and its 95 % interval (None when the covariance is unknown)."""
+        x = tokens / self.scale
+        mean = self.E + self.A * x**-self.alpha
+        if self.cov is None:
+            return mean, None, None
+        grad = (1.0, x**-self.alpha, -self.A * x**-self.alpha * math.log(x))
+        var = sum(grad[i] * self.cov[i][j] * grad[j] for i in range(3) for j in range(3)) + self.residual_sd**2
+        if not math.isfinite(var) or var < 0:
+            return mean, None, None
+        half = t975(max(self.points - 3, 1)) * math.sqrt(var)
+        return mean, mean - half, mean + half
+
+
+def fit(tokens: list[float], losses: list[float]) -> Fit | None:
+    """The power law through (tokens, loss); None when it does not converge."""
+    import numpy as np
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    x = np.asarray(tokens, dtype=float) / tokens[-1]
+    y = np.asarray(losses, dtype=float)
+    low = float(y.min())
+    start = (0.5 * low, max(float(y[-1] - 0.5 * low), 1e-3), 0.5)
+
+    def law(x: Any, e: float, a: float, alpha: float) -> Any:
+        return e + a * x**-alpha
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, pcov = curve_fit(law, x, y, p0=start, bounds=([0.0, 0.0, 1e-3], [low, np.inf, 5.0]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    residual = y - law(x, *popt)
+    dof = max(len(y) - 3, 1)
+    cov = pcov.tolist() if np.all(np.isfinite(pcov)) else None
+    return Fit(*(float(v) for v in popt), float(tokens[-1]), cov, float(math.sqrt((residual**2).sum() / dof)), len(y))
+
+
+def fit_points(evals: list[dict], warmup_steps: int, min_points: int) -> list[dict]:
+    """The evaluations the curve is fitted to: after step 0, and after warmup when enough remain."""
+    trained = [e for e in evals if int(e["step"]) > 0 and math.isfinite(float(e["loss"]))]
+    after = [e for e in trained if int(e["step"]) >= warmup_steps]
+    return after if len(after) >= min_points else trained
+
+
+def forecast_at(evals: list[dict], params: Params, tokens_per_step: float) -> dict[str, Any]:
+    """The forecast made with ``evals`` (the evaluations so far, as eval_history.csv's rows)."""
+    cfg, max_steps = params.forecast, params.training.max_steps
+    last = evals[-1]
+    out: dict[str, Any] = {"step": int(last["step"]), "tokens": int(last["tokens"]), "loss": float(last["loss"])}
+    points = fit_points(evals, params.optim.warmup_steps, cfg.min_points)
+    out["points"] = len(points)
+    if len(points) < cfg.min_points:
+        out["fit"] = None
+        out["why"] = f"{len(points)} evaluations to fit, {cfg.min_points} needed"
+        return out
+    found = fit([float(e["tokens"]) for e in points], [float(e["loss"]) for e in points])
+    if found is None:
+        out["fit"], out["why"] = None, "the power law did not converge"
+        return out
+    out["fit"] = {"E": found.E, "A": found.A, "alpha": found.alpha, "residual_sd": found.residual_sd}
+    out["targets"] = []
+    for factor, label in BUDGETS:
+        steps = max_steps * factor
+        loss, lo, hi = found.predict(steps * tokens_per_step)
+        out["targets"].append(
+            {"label": label, "step": steps, "tokens": int(steps * tokens_per_step), "loss": loss, "lo": lo, "hi": hi}
+            | {"perplexity": _exp(loss), "perplexity_lo": _exp(lo), "perplexity_hi": _exp(hi)}
+        )
+    # what finishing gains: the fitted loss now (less noisy than the newest point) minus at max_steps
+    now = found.predict(float(last["tokens"]))[0]
+    out["gain_of_finishing"] = now - out["targets"][0]["loss"] if out["step"] < max_steps else 0.0
+    return out
+
+
+def history(evals: list[dict], params: Params, tokens_per_step: float) -> list[dict[str, Any]]:
+    """The forecast made at each evaluation, each from the evaluations up to it."""
+    return [forecast_at(evals[: i + 1], params, tokens_per_step) for i in range(len(evals))]
+
+
+def cost_left(params: Params, step: int, seconds_per_step: float | None, processes: int) -> dict[str, Any]:
+    """Device-hours (and their price, ``report.device_hour_price``) to reach each budget from ``step``."""
+    price = params.report.device_hour_price
+    out = {"seconds_per_step": seconds_per_step, "price_per_device_hour": price}
+    for factor, label in BUDGETS:
+        steps_left = max(params.training.max_steps * factor - step, 0)
+        hours = steps_left * seconds_per_step * processes / 3600 if seconds_per_step else None
+        out[label] = {"device_hours": hours, "cost": hours * price if hours is not None and price else None}
+    return out
+
+
+def write(
+    metrics_dir: str | Path,
+    evals: list[dict],
+    params: Params,
+    tokens_per_step: float,
+    seconds_per_step: float | None,
+    processes: int,
+) -> dict[str, Any] | None:
+    """metrics/forecast.json from the evaluations so far; returns the newest forecast (None: none)."""
+    if not params.forecast.enabled or not evals:
+        return None
+    made = history(evals, params, tokens_per_step)
+    latest = dict(made[-1])
+    latest["cost_left"] = cost_left(params, latest["step"], seconds_per_step, processes)
+    gain = latest.get("gain_of_finishing")
+    latest["diminishing_returns"] = bool(
+        gain is not None and latest["step"] < params.training.max_steps and gain < params.forecast.min_gain
+    )
+    data = {
+        "metric": "macro eval loss (nats/token) against tokens seen",
+        "law": "E + A * (tokens / tokens_now) ** -alpha",
+        "max_steps": params.training.max_steps,
+        "tokens_per_step": tokens_per_step,
+        "min_gain": params.forecast.min_gain,
+        "latest": latest,
+        "at_each_evaluation": made,
+    }
+    atomic_write_json(Path(metrics_dir) / FORECAST_JSON, data)
+    return latest
+
+
+def read(metrics_dir: str | Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((Path(metrics_dir) / FORECAST_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def line(latest: dict[str, Any]) -> str:
+    """The training log's line: e.g. ``forecast: eval loss 4.31 [4.22, 4.40] at step 200 …``."""
+    if latest.get("fit") is None:
+        return f"forecast: not yet ({latest['why']})"
+    final, *more = latest["targets"]
+    parts = [f"forecast: eval loss {_interval(final)} at step {final['step']:,} (ppl {final['perplexity']:.4g})"]
+    parts += [f"{t['label']} {_interval(t)}" for t in more]
+    text = "; ".join(parts) + f"; finishing gains {latest['gain_of_finishing']:.3g} nats"
+    cost = latest.get("cost_left", {}).get("max_steps", {})
+    if cost.get("device_hours") is not None:
+        text += f" for {cost['device_hours']:.3g} device-hours" + (
+            f" (${cost['cost']:,.2f})" if cost.get("cost") else ""
+        )
+    if latest.get("diminishing_returns"):
+        text += " — diminishing returns"
+    return text
+
+
+def backtest(made: list[dict[str, Any]], final_loss: float, at: float = 0.5) -> dict[str, Any] | None:
+    """The newest forecast made by fraction ``at`` of the run (from the evaluations up to it), against
+    the final evaluation's loss: its error and whether the final value fell inside its interval;
+    None when no forecast could be made that early."""
+    if not made:
+        return None
+    end = made[-1]["step"]
+    chosen = next((f for f in reversed(made) if f["step"] <= at * end and f.get("fit")), None)
+    if chosen is None:
+        return None
+    target = chosen["targets"][0]
+    inside = target["lo"] is not None and target["lo"] <= final_loss <= target["hi"]
+    return {
+        "made_at_step": chosen["step"],
+        "predicted": target["loss"],
+        "lo": target["lo"],
+        "hi": target["hi"],
+        "final": final_loss,
+        "error": target["loss"] - final_loss,
+        "inside": inside,
+    }
+
+
+def _interval(t: dict[str, Any]) -> str:
+    if t["lo"] is None:
+        return f"{t['loss']:.4g} (no interval)"
+    return f"{t['loss']:.4g} [{t['lo']:.4g}, {t['hi']:.4g}]"
+
+
+def _exp(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return math.exp(x) if x < 700 else math.inf
