@@ -93,6 +93,8 @@ def fit_points(evals: list[dict], warmup_steps: int, min_points: int) -> list[di
 def forecast_at(evals: list[dict], params: Params, tokens_per_step: float) -> dict[str, Any]:
     """The forecast made with ``evals`` (the evaluations so far, as eval_history.csv's rows)."""
     cfg, max_steps = params.forecast, params.training.max_steps
+    # rows from before eval_history.csv had a tokens column: tokens from the step
+    evals = [{**e, "tokens": e.get("tokens") or int(e["step"]) * tokens_per_step} for e in evals]
     last = evals[-1]
     out: dict[str, Any] = {"step": int(last["step"]), "tokens": int(last["tokens"]), "loss": float(last["loss"])}
     points = fit_points(evals, params.optim.warmup_steps, cfg.min_points)

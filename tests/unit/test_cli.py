@@ -108,7 +108,9 @@ def test_params_files_dvc_would_refuse_are_one_line_exit_2(tmp_path, capsys):
 def _positionals(name: str) -> list[str]:
     """Placeholder values for a command's positional arguments (the params check comes first)."""
     sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return [f"placeholder-{i}" for i, a in enumerate(sub.choices[name]._actions) if not a.option_strings]
+    actions = sub.choices[name]._actions
+    required = [arg for a in actions if a.option_strings and a.required for arg in (a.option_strings[0], "1")]
+    return [f"placeholder-{i}" for i, a in enumerate(actions) if not a.option_strings] + required
 
 
 def test_every_command_refuses_an_unknown_key_with_exit_2_and_one_line(tmp_path, params_dict, capsys, monkeypatch):
