@@ -27,26 +27,25 @@ import hashlib
 import io
 import json
 import math
-import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pico import noise, presets, runs
-from pico.config import Params, parse_params, with_overrides
+from pico import lineage, noise, presets, runs
+from pico.config import Params, flatten, parse_params, with_overrides
 from pico.errors import ConfigError, PipelineError
 from pico.fsutil import atomic_write_text
 from pico.paramsfile import read_params_file
+from pico.queue import dvc_command
 
 # keys that move together: one change
 GROUPS = {
     "effective batch": ("training.micro_batch_size", "training.grad_accum_steps"),
     "dropout": ("model.dropout", "model.attention_dropout"),
 }
-NOT_CHANGES = ("report.", "training.checkpoint_dir", "training.metrics_dir", "training.seed", "evaluation.out")
+NOT_CHANGES = (*lineage.NOT_CHANGES, "training.seed")  # a rung's seeds are the ladder's own axis
 PREFIX = "abl-"
 EVALUATE = "evaluate"  # the last stage a rung needs
 
@@ -81,7 +80,7 @@ def resolve(source: str, workspace_raw: dict, where: Path = Path(".")) -> Params
 
 
 def changes_between(a: Params, b: Params) -> list[Change]:
-    fa, fb = presets.flat(a.model_dump(mode="json")), presets.flat(b.model_dump(mode="json"))
+    fa, fb = flatten(a.model_dump(mode="json")), flatten(b.model_dump(mode="json"))
     keys = [k for k in fb if fa.get(k) != fb[k] and not k.startswith(NOT_CHANGES)]
     out = []
     for name, members in GROUPS.items():
@@ -176,7 +175,7 @@ def finished(repo: Path = Path(".")) -> set[str]:
 
 def queued(repo: Path = Path(".")) -> dict[str, str]:
     """Names in the DVC queue -> their status (Queued, Running, Failed, ...)."""
-    out = _dvc(repo, "queue", "status").stdout
+    out = dvc_command(repo, "queue", "status").stdout
     rows = {}
     for line in out.splitlines()[1:]:
         parts = line.split()
@@ -193,7 +192,7 @@ def run_ladder(lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: fl
     done = finished(repo) | set(lad.reused)
     stale = {t.name for t in stale_tasks(repo)}
     if stale:
-        _dvc(repo, "queue", "remove", *sorted(stale))  # their runs continue from the store when queued again
+        dvc_command(repo, "queue", "remove", *sorted(stale))  # their runs continue from the store when queued again
     waiting = {n for n, s in queued(repo).items() if s in ("Queued", "Running")} - stale
     names = sorted(lad.params, key=lambda n: list(lad.params).index(n))
     todo = [n for n in names if n not in done and n not in waiting]
@@ -201,7 +200,7 @@ def run_ladder(lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: fl
         print(f"queueing {name} ({i}/{len(todo)}): {_describe(lad.overrides[name])}", flush=True)
         # up to the evaluate stage: the ladder reads train and evaluate's metrics, not the report
         cmd = ["exp", "run", "--queue", "-n", name, *presets.set_args(lad.overrides[name]), EVALUATE]
-        proc = _dvc(repo, *cmd)
+        proc = dvc_command(repo, *cmd)
         if proc.returncode != 0:
             raise PipelineError(f"pico ablate: queueing {name} failed: {_last_line(proc)}")
     left = [n for n in names if n not in done]
@@ -416,12 +415,6 @@ def _run_name(lad: Ladder, name: str) -> str:
 def _describe(overrides: dict[str, Any]) -> str:
     shown = {k: v for k, v in overrides.items() if not k.startswith(("report.", "training.restart_from"))}
     return ", ".join(f"{k}={v}" for k, v in shown.items()) or "the workspace's params"
-
-
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    bindir = str(Path(sys.executable).parent)  # `pico` stages: installed beside this Python
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

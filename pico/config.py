@@ -420,6 +420,14 @@ class Params(_Strict):
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A params mapping as dotted keys (``optim.lr``); lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of param groups, got {type(raw).__name__}")

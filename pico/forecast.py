@@ -122,9 +122,20 @@ def forecast_at(evals: list[dict], params: Params, tokens_per_step: float) -> di
     return out
 
 
-def history(evals: list[dict], params: Params, tokens_per_step: float) -> list[dict[str, Any]]:
-    """The forecast made at each evaluation, each from the evaluations up to it."""
-    return [forecast_at(evals[: i + 1], params, tokens_per_step) for i in range(len(evals))]
+def history(
+    evals: list[dict], params: Params, tokens_per_step: float, earlier: list[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The forecast made at each evaluation, each from the evaluations up to it. ``earlier``: the
+    forecasts already made (forecast.json's), kept while they match the evaluations — only the new
+    ones are fitted, not every one again at each evaluation of a long run."""
+    made = []
+    for i, e in enumerate(evals):
+        old = earlier[i] if i < len(earlier) else None
+        same = old is not None and old["step"] == int(e["step"]) and old["loss"] == float(e["loss"])
+        if not same:
+            break
+        made.append(old)
+    return made + [forecast_at(evals[: i + 1], params, tokens_per_step) for i in range(len(made), len(evals))]
 
 
 def cost_left(params: Params, step: int, seconds_per_step: float | None, processes: int) -> dict[str, Any]:
@@ -149,7 +160,15 @@ def write(
     """metrics/forecast.json from the evaluations so far; returns the newest forecast (None: none)."""
     if not params.forecast.enabled or not evals:
         return None
-    made = history(evals, params, tokens_per_step)
+    before = read(metrics_dir) or {}
+    settings = {
+        "max_steps": params.training.max_steps,
+        "tokens_per_step": tokens_per_step,
+        "warmup_steps": params.optim.warmup_steps,
+        "min_points": params.forecast.min_points,
+    }
+    same = before.get("fitted_with") == settings  # the earlier forecasts were made the same way
+    made = history(evals, params, tokens_per_step, before.get("at_each_evaluation", []) if same else [])
     latest = dict(made[-1])
     latest["cost_left"] = cost_left(params, latest["step"], seconds_per_step, processes)
     gain = latest.get("gain_of_finishing")
@@ -162,6 +181,7 @@ def write(
         "max_steps": params.training.max_steps,
         "tokens_per_step": tokens_per_step,
         "min_gain": params.forecast.min_gain,
+        "fitted_with": settings,
         "latest": latest,
         "at_each_evaluation": made,
     }

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from pico import optim
-from pico.config import Params
+from pico.config import Params, flatten
 
 # Params that define the trajectory so far: changing one starts a new run (the old one stays in the
 # run store, and continues if they come back). Micro-batch and accumulation enter only through the effective
@@ -118,14 +118,7 @@ def continue_code(state: dict[str, Any], code: str) -> str | None:
 def param_changes(config: dict[str, Any], params: Params) -> list[str]:
     """What a run started from another run's checkpoint changed: its params against the config the
     checkpoint recorded, flat (``optim.lr 0.003 -> 0.001``); paths and the report are not changes."""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    old, new = flat(config), flat(params.model_dump(mode="json"))
+    old, new = flatten(config), flatten(params.model_dump(mode="json"))
     return [
         f"{k} {json.dumps(old.get(k))} -> {json.dumps(v)}"
         for k, v in new.items()

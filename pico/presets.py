@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pico.config import Params, with_overrides
+from pico.config import Params, flatten, with_overrides
 from pico.errors import ConfigError
 from pico.paramsfile import read_params_file
 
@@ -82,17 +82,9 @@ def run(name: str, params_path: Path, queue: bool, dry_run: bool, exp_name: str 
     return subprocess.run(cmd).returncode
 
 
-def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A params mapping as dotted keys (``optim.lr``), lists as values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def overrides_between(base: Params, target: Params) -> dict[str, Any]:
     """The ``-S`` overrides that turn ``base`` (the workspace's params.yaml) into ``target``."""
-    a, b = flat(base.model_dump(mode="json")), flat(target.model_dump(mode="json"))
+    a, b = flatten(base.model_dump(mode="json")), flatten(target.model_dump(mode="json"))
     return {k: v for k, v in b.items() if a.get(k) != v}
 
 

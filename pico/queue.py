@@ -44,7 +44,7 @@ def _alive(pid: int | None) -> bool:
 
 def listed_tasks(repo: Path) -> set[str]:
     """Short task ids ``dvc queue status`` lists (a task it removed keeps its run folder)."""
-    out = _dvc(repo, "queue", "status").stdout
+    out = dvc_command(repo, "queue", "status").stdout
     return {line.split()[0] for line in out.splitlines()[1:] if line.strip() and not line.startswith("Worker")}
 
 
@@ -80,7 +80,7 @@ def stale_tasks(repo: Path) -> list[QueueTask]:
     return found
 
 
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+def dvc_command(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "DVC_NO_ANALYTICS": "1",
@@ -109,8 +109,8 @@ def run(repo: Path, clean: bool) -> int:
         return 1
     for t in tasks:
         if t.status.startswith("running"):
-            _dvc(repo, "queue", "kill", t.name)  # DVC notices the dead process and marks the task failed
-        proc = _dvc(repo, "queue", "remove", t.name)
+            dvc_command(repo, "queue", "kill", t.name)  # DVC notices the dead process and marks the task failed
+        proc = dvc_command(repo, "queue", "remove", t.name)
         if proc.returncode != 0:
             print(f"could not remove {t.name}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
             return 1

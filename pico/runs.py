@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pico import train_metrics
-from pico.config import Params, parse_params
+from pico.config import Params, flatten, parse_params
 from pico.paramsfile import read_params_file, read_yaml
 from pico.train_metrics import TrainSummary, parse_csv
 
@@ -142,16 +142,6 @@ IGNORED = (
 )
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _fmt(v: Any) -> str:
     if v is None:
         return "off"
@@ -176,7 +166,7 @@ def _change(before: Any, after: Any) -> str:
 def describe_changes(current: Params, baseline: dict) -> list[str]:
     """One sentence per param that differs from the baseline, with before → after and the change."""
     base = parse_params(baseline, "baseline params")
-    now, then = _flatten(current.model_dump(mode="json")), _flatten(base.model_dump(mode="json"))
+    now, then = flatten(current.model_dump(mode="json")), flatten(base.model_dump(mode="json"))
     lines = []
     for key in sorted(now):
         if key.startswith(IGNORED) or now[key] == then.get(key):

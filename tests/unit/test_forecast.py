@@ -54,3 +54,17 @@ def test_diminishing_returns_when_finishing_gains_too_little(tmp_path):
     assert latest["diminishing_returns"] and "diminishing returns" in forecast.line(latest)
     assert latest["cost_left"]["max_steps"]["device_hours"] is None  # no rate measured yet: not guessed
     assert not math.isnan(latest["gain_of_finishing"])
+
+
+def test_each_evaluation_fits_only_the_new_forecast_and_the_file_equals_a_fresh_one(tmp_path, monkeypatch):
+    law = lambda d: 2.0 + 10.0 * d**-0.4  # noqa: E731
+    evals = _evals(law, range(10, 121, 10), 100, noise_sd=0.002)
+    params, fits = _params(), []
+    real = forecast.fit
+    monkeypatch.setattr(forecast, "fit", lambda *a: fits.append(1) or real(*a))
+    for i in range(1, len(evals) + 1):
+        forecast.write(tmp_path / "live", evals[:i], params, 100, None, 1)
+    assert len(fits) == len(evals) - 3  # one fit per evaluation once four points exist, none repeated
+    forecast.write(tmp_path / "fresh", evals, params, 100, None, 1)
+    live, fresh = (json.loads((tmp_path / d / forecast.FORECAST_JSON).read_text()) for d in ("live", "fresh"))
+    assert live == fresh
