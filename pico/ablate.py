@@ -190,7 +190,8 @@ def run_ladder(lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: fl
     from pico.queue import stale_tasks
 
     done = finished(repo) | set(lad.reused)
-    stale = {t.name for t in stale_tasks(repo)}
+    # only this ladder's own dead or failed tasks: other queue rows are left to their owners (`pico queue`)
+    stale = {t.name for t in stale_tasks(repo) if t.name in lad.params}
     if stale:
         dvc_command(repo, "queue", "remove", *sorted(stale))  # their runs continue from the store when queued again
     waiting = {n for n, s in queued(repo).items() if s in ("Queued", "Running")} - stale
