@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pico import lineage, noise, presets, runs
+from pico import forecast, lineage, noise, presets, runs
 from pico.config import Params, flatten, parse_params, with_overrides
 from pico.errors import ConfigError, PipelineError
 from pico.fsutil import atomic_write_text
@@ -238,8 +238,7 @@ def _wait(lad: Ladder, repo: Path, names: list[str], poll_s: float) -> None:
 
 
 # ---- results ----
-def figures(revision: str, at_step: int | None) -> dict[str, float | None]:
-    record = runs.load_run(revision)
+def figures(record: runs.RunRecord, at_step: int | None) -> dict[str, float | None]:
     values = noise.headline_values(record)
     if at_step is not None:
         row = next((e for e in record.evals if int(e["step"]) == at_step), None)
@@ -298,7 +297,9 @@ def _interaction(groups: list[list[float | None]], log: bool, pooled: noise.Seed
     return "additive (inside seed noise)" if abs(dd) <= margin else f"interacts ({dd:+.3g} beyond ±{margin:.3g})"
 
 
-def render(lad: Ladder, effects: list[Effect], values: dict, price: dict | None, date: str) -> tuple[str, str]:
+def render(
+    lad: Ladder, effects: list[Effect], values: dict, price: dict | None, date: str, checks: dict | None = None
+) -> tuple[str, str]:
     lines = [
         f"# Ablation: {lad.a} -> {lad.b}",
         "",
@@ -335,6 +336,15 @@ def render(lad: Ladder, effects: list[Effect], values: dict, price: dict | None,
         "|---|---|",
         *[f"| {r.label} | {', '.join(_run_name(lad, n) for n in r.names)} |" for r in lad.rungs],
     ]
+    if checks:
+        lines += [
+            "",
+            "## The forecast, back-tested on every run of the ladder",
+            "",
+            "Each run's forecast (pico.forecast, from its own evaluations) made half-way, against where it ended.",
+            "",
+            *forecast.backtest_table({_run_name(lad, n): c for n, c in checks.items()}),
+        ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["change", "metric", "a_mean", "b_mean", "delta", "relative", "noise_margin", "verdict", "noise_basis",
@@ -399,14 +409,22 @@ def ablate(
     if not run and set(lad.params) - finished() - set(lad.reused):
         print("queued; `dvc queue start` runs them, then `pico ablate` again with the same arguments writes the report")
         return None
-    values = {name: figures(lad.reused.get(name, name), at_step) for name in lad.params}
+    records = {name: runs.load_run(lad.reused.get(name, name)) for name in lad.params}
+    values = {name: figures(r, at_step) for name, r in records.items()}
     effects = analyse(lad, values, at_step)
-    md, table = render(lad, effects, values, price, date or time.strftime("%Y-%m-%d"))
+    checks = {name: _backtest(r) for name, r in records.items()}
+    md, table = render(lad, effects, values, price, date or time.strftime("%Y-%m-%d"), checks)
     path = out_dir / f"ablation-{lad.slug}.md"
     atomic_write_text(path, md)
     atomic_write_text(path.with_suffix(".csv"), table)
     print(f"wrote {path} and {path.with_suffix('.csv')}")
     return path
+
+
+def _backtest(record: runs.RunRecord) -> dict[str, Any] | None:
+    if record.summary is None or not record.params.forecast.enabled:
+        return None
+    return forecast.backtest_run(record.evals, record.params, record.summary.effective_batch_tokens)
 
 
 def _run_name(lad: Ladder, name: str) -> str:

@@ -58,6 +58,7 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
         ("bits per byte (macro)", *(final(r, "bits_per_byte") for r in runs)),
         ("pico per-seq mean (macro)", *(final(r, "pico_mean_seq_perplexity") for r in runs)),
         ("tokens seen", *(fmt(r.summary.tokens if r.summary else None) for r in runs)),
+        ("run (lineage)", *(lineage_cell(r) for r in runs)),
         ("diagnosis", *(d.verdict + (" + metric pathology" if d.pathology else "") for d in diag)),
     ]
     lines = [
@@ -79,6 +80,20 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
         lines += ["", "---", "", f"## {name}", body]
     atomic_write_text(out_path, "\n".join(lines) + "\n")
     return out_path
+
+
+def lineage_cell(r: RunRecord) -> str:
+    """The run's fingerprint and, for a fork (``pico fork``), the run and step it started from and
+    what it changed there."""
+    s = r.summary
+    if s is None:
+        return "—"
+    cell = f"`{s.fingerprint}`"
+    if s.forked_from:
+        f = s.forked_from
+        changed = "; ".join(f.get("changes") or []) or "no change"
+        cell += f", forked from `{f['fingerprint']}` at step {f['step']:,} ({changed})"
+    return cell
 
 
 def _slug(name: str) -> str:

@@ -239,6 +239,59 @@ def backtest(made: list[dict[str, Any]], final_loss: float, at: float = 0.5) -> 
     }
 
 
+def backtest_run(evals: list[dict], params: Params, tokens_per_step: float, at: float = 0.5) -> dict[str, Any] | None:
+    """``backtest`` of a finished run from its eval history (eval_history.csv's rows), with the
+    naive forecast beside it: that the loss stays where it was when the forecast was made."""
+    if not evals:
+        return None
+    check = backtest(history(evals, params, tokens_per_step), float(evals[-1]["loss"]), at)
+    if check is not None:
+        then = next(float(e["loss"]) for e in evals if int(e["step"]) == check["made_at_step"])
+        check["loss_then"] = then
+        check["persistence_error"] = then - check["final"]
+    return check
+
+
+def backtest_table(checks: dict[str, dict[str, Any] | None], at: float = 0.5) -> list[str]:
+    """Markdown: each run's forecast made at ``at`` of training against its final eval loss, and the
+    summary — how many finals fell inside their interval, and how far off the forecast was beside
+    the naive one (no further progress)."""
+    lines = [
+        "| run | made at step | predicted final eval loss [95 % interval] | final | error | "
+        "inside | naive error (loss then) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in checks.items():
+        if c is None:
+            lines.append(f"| {name} | — | no forecast by {at:.0%}: {MIN_POINTS_TEXT} | | | | |")
+            continue
+        interval = f" [{c['lo']:.4g}, {c['hi']:.4g}]" if c["lo"] is not None else " (no interval)"
+        lines.append(
+            f"| {name} | {c['made_at_step']} | {c['predicted']:.4g}{interval} | {c['final']:.4g} | "
+            f"{c['error']:+.3g} | {'yes' if c['inside'] else '**no**'} | {c['persistence_error']:+.3g} |"
+        )
+    return lines + ["", backtest_summary(checks, at)]
+
+
+def backtest_summary(checks: dict[str, dict[str, Any] | None], at: float = 0.5) -> str:
+    import statistics
+
+    made = [c for c in checks.values() if c is not None]
+    if not made:
+        return f"No run had a forecast by {at:.0%} of training ({len(checks)} runs)."
+    inside = sum(c["inside"] for c in made)
+    err = statistics.median(abs(c["error"]) for c in made)
+    naive = statistics.median(abs(c["persistence_error"]) for c in made)
+    widths = [c["hi"] - c["lo"] for c in made if c["lo"] is not None]
+    width = f"; median interval width {statistics.median(widths):.3g} nats" if widths else ""
+    none = len(checks) - len(made)
+    return (
+        f"Made at {at:.0%} of training: the final eval loss fell inside the 95 % interval in {inside} of "
+        f"{len(made)} runs{f' ({none} had no forecast by then)' if none else ''}; median |error| "
+        f"{err:.3g} nats against {naive:.3g} for the naive forecast (no further progress){width}."
+    )
+
+
 def _interval(t: dict[str, Any]) -> str:
     if t["lo"] is None:
         return f"{t['loss']:.4g} (no interval)"

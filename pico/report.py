@@ -382,17 +382,15 @@ def forecast_section(run: RunRecord) -> list[str]:
     s = run.summary
     if not run.evals or s is None or not run.params.forecast.enabled:
         return []
-    made = forecast.history(run.evals, run.params, s.effective_batch_tokens)
-    final = made[-1]
     lines = ["", "## Forecast", ""]
     if s.status == "running":
-        latest = final
+        latest = forecast.forecast_at(run.evals, run.params, s.effective_batch_tokens)
         if latest.get("fit") is not None:
             lines.append(f"- {forecast.line(latest)} (a power law fitted to the eval loss by tokens seen)")
         else:
             lines.append(f"- {forecast.line(latest)}")
         return lines
-    check = forecast.backtest(made, float(run.evals[-1]["loss"]))
+    check = forecast.backtest_run(run.evals, run.params, s.effective_batch_tokens)
     if check is None:
         return lines + [
             f"- no forecast by mid-run: {forecast.MIN_POINTS_TEXT} (forecast.min_points) by then; evaluate more often "
@@ -402,7 +400,8 @@ def forecast_section(run: RunRecord) -> list[str]:
     interval = f" [{fmt(check['lo'])}, {fmt(check['hi'])}]" if check["lo"] is not None else ""
     return lines + [
         f"- made at step {check['made_at_step']} (half-way): final eval loss {fmt(check['predicted'])}{interval}; "
-        f"it ended at {fmt(check['final'])} ({check['error']:+.3g}, {inside} the interval)"
+        f"it ended at {fmt(check['final'])} ({check['error']:+.3g}, {inside} the interval; the naive forecast, "
+        f"no further progress from {fmt(check['loss_then'])}, was off by {check['persistence_error']:+.3g})"
     ]
 
 

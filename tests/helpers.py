@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -311,3 +312,22 @@ def wait_for_queue(repo: Path, before: set[str], done: int, timeout: float = 400
             assert "Failed" not in status, status
         time.sleep(0.5)
     return sh(repo, "dvc", "queue", "status").stdout
+
+
+def prefect_events(name: str, since: datetime, timeout: float = 30.0) -> list[dict]:
+    """Events of one name that occurred since ``since``, from the server's events API (they arrive
+    asynchronously; the session's server also holds earlier tests' events)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.time() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            response = client.request(
+                "POST",
+                "/events/filter",
+                json={"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}},
+            )
+        found = response.json()["events"]
+        if found or time.time() > deadline:
+            return found
+        time.sleep(1)

@@ -108,9 +108,10 @@ def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finishe
     assert quiet["verdict"] == "inside seed noise", quiet
     md = (repo / "reports/ablation-A-B.md").read_text()
     assert "| lr | token perplexity (macro) |" in md and "seed spread of these runs" in md
+    assert "## The forecast, back-tested on every run of the ladder" in md and "final eval loss" in md
 
 
-def test_a_fork_with_no_change_ends_with_its_parents_weights(repo):
+def test_a_fork_with_no_change_ends_with_its_parents_weights(repo, tmp_path):
     sh(repo, "git", "checkout", "--", "params.yaml")
     parent = json.loads(sh(repo, "git", "show", "HEAD:metrics/train_summary.json").stdout)
     sh(repo, "pico", "fork", "HEAD", "--step", "4")
@@ -121,6 +122,10 @@ def test_a_fork_with_no_change_ends_with_its_parents_weights(repo):
     got = load_file(store / child["fingerprint"] / "step_00000008/model.safetensors")
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert "restarted from .pico/runs/" in (repo / "reports/report.md").read_text()
+    sh(repo, "pico", "compare", "HEAD", "HEAD-fork4", "--out", str(tmp_path / "compare.md"))
+    lineage = next(r for r in (tmp_path / "compare.md").read_text().splitlines() if r.startswith("| run (lineage)"))
+    want = f"`{child['fingerprint']}`, forked from `{parent['fingerprint']}` at step 4 (no change) |"
+    assert lineage.endswith(want), lineage
     sh(repo, "git", "checkout", "--", "params.yaml")
     missing = sh(repo, "pico", "fork", "HEAD", "--step", "3", check=False)
     assert missing.returncode == 1 and "no checkpoint at step 3" in missing.stderr and "kept: 4, 8" in missing.stderr

@@ -1,12 +1,11 @@
 """The Prefect flow's branches against a real server: a killed training retried and resumed, early stop evaluating the best checkpoint, a diverged run failing with its reason (not retried) or recovering with a lower lr as its own experiment."""
 
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.helpers import latest_flow_task_runs, sh
+from tests.helpers import latest_flow_task_runs, prefect_events, sh
 
 
 def test_killed_training_is_retried_and_resumes(prefect_server, new_repo, tmp_path, monkeypatch):
@@ -56,28 +55,11 @@ def test_diverged_run_fails_with_reason(prefect_server, new_repo, tmp_path, monk
     with pytest.raises(PipelineFailed, match=r"training loss is nan at step 6.*recovery is off"):
         pipeline(repo=str(repo), retries=2, retry_delay_seconds=0.0)
     assert latest_flow_task_runs()["train"].run_count == 1  # a diverged run is not retried blindly
-    [event] = _events("pico.training.diverged", started)  # for automations (flows.automations pauses its deployment)
+    [event] = prefect_events(
+        "pico.training.diverged", started
+    )  # for automations (flows.automations pauses its deployment)
     assert event["payload"]["step"] == 5 and "nan at step 6" in event["payload"]["reason"]  # 5: the last applied
     assert any(r["prefect.resource.role"] == "flow-run" for r in event["related"])
-
-
-def _events(name: str, since: datetime, timeout: float = 30.0) -> list[dict]:
-    """Events of one name that occurred since ``since``, from the server's events API (they arrive
-    asynchronously; the session's server also holds earlier tests' events)."""
-    from prefect.client.orchestration import get_client
-
-    deadline = time.time() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            response = client.request(
-                "POST",
-                "/events/filter",
-                json={"filter": {"event": {"name": [name]}, "occurred": {"since": since.isoformat()}}},
-            )
-        found = response.json()["events"]
-        if found or time.time() > deadline:
-            return found
-        time.sleep(1)
 
 
 def test_diverged_run_recovers_with_lower_lr(prefect_server, new_repo, tmp_path, monkeypatch):

@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, latest_flow_task_runs
+from tests.helpers import REPO, latest_flow_task_runs, prefect_events
 
 
 def _session_processes(sid: int) -> list[str]:
@@ -115,7 +116,9 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, new_repo, tmp_p
     """While the train task runs: its progress artifact moves (step / max_steps, tokens/s, ETA), a
     training-log artifact says "in progress", and the trainer's own lines are in the task's log.
     Only this flow run's artifacts and logs count: the session's server holds earlier tests' runs,
-    whose last training log may well say "in progress" (a killed run)."""
+    whose last training log may well say "in progress" (a killed run). Once the forecast says
+    finishing gains less than ``forecast.min_gain`` (set high here), the flow emits
+    ``pico.training.diminishing-returns``, once."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -127,7 +130,11 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, new_repo, tmp_p
     )
     from prefect.client.schemas.sorting import LogSort
 
-    repo = new_repo(tmp_path / "repo", {"training": {"max_steps": 16, "log_every": 2, "eval_every": 4}})
+    repo = new_repo(
+        tmp_path / "repo",
+        {"training": {"max_steps": 16, "log_every": 2, "eval_every": 3}, "forecast": {"min_gain": 100.0}},
+    )
+    started = datetime.now(UTC)
     env = {
         **os.environ,
         "PREFECT_API_URL": prefect_server.api_url,
@@ -191,3 +198,9 @@ def test_a_long_run_is_watchable_while_it_trains(prefect_server, new_repo, tmp_p
     assert mid_logs, training_logs
     assert "| step | tokens | eval loss |" in mid_logs[0], mid_logs  # published after an evaluation
     assert any(t < train_end for t in trainer_lines.values()), trainer_lines
+    # evaluations after warmup (3 steps) at 3, 6, 9, 12: the first fit, at step 12, is the event's
+    [event] = prefect_events("pico.training.diminishing-returns", started)
+    assert event["payload"]["at_step"] == 12 and event["payload"]["min_gain"] == 100.0, event["payload"]
+    assert event["payload"]["gain_of_finishing"] < 100.0
+    assert any(r["prefect.resource.role"] == "flow-run" and r["prefect.resource.id"].endswith(str(ours))
+               for r in event["related"]), event["related"]  # fmt: skip

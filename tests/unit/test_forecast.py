@@ -68,3 +68,24 @@ def test_each_evaluation_fits_only_the_new_forecast_and_the_file_equals_a_fresh_
     forecast.write(tmp_path / "fresh", evals, params, 100, None, 1)
     live, fresh = (json.loads((tmp_path / d / forecast.FORECAST_JSON).read_text()) for d in ("live", "fresh"))
     assert live == fresh
+
+
+def test_the_backtest_table_counts_coverage_and_sets_the_forecast_beside_the_naive_one():
+    law = lambda d: 1.5 + 20.0 * d**-0.25  # noqa: E731
+    params = _params()
+    good = [{"step": 0, "tokens": 0, "loss": 9.0}] + _evals(law, range(10, 201, 10), 500, noise_sd=0.005)
+    # a run whose loss drops off the curve after half-way (an lr decay's annealing): outside
+    bent = [dict(e, loss=e["loss"] - (0.5 if e["step"] > 100 else 0.0)) for e in good]
+    few = good[::10]  # steps 0, 100, 200: nothing to fit by half-way
+    checks = {
+        name: forecast.backtest_run(ev, params, 500) for name, ev in [("good", good), ("bent", bent), ("few", few)]
+    }
+    assert checks["good"]["inside"] and not checks["bent"]["inside"] and checks["few"] is None
+    # the naive forecast (no progress after step 100) misses by the whole drop still to come
+    assert checks["good"]["persistence_error"] == good[10]["loss"] - good[-1]["loss"]
+    assert abs(checks["good"]["error"]) < abs(checks["good"]["persistence_error"])
+    lines = forecast.backtest_table(checks)
+    assert "| few | — | no forecast by 50%" in "\n".join(lines)
+    assert lines[-1].startswith(
+        "Made at 50% of training: the final eval loss fell inside the 95 % interval in 1 of 2 runs (1 had no forecast by then)"
+    )
