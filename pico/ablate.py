@@ -29,6 +29,7 @@ import json
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ GROUPS = {
     "effective batch": ("training.micro_batch_size", "training.grad_accum_steps"),
     "dropout": ("model.dropout", "model.attention_dropout"),
 }
+Progress = Callable[[int, int], None]  # (runs finished, runs to finish): the Prefect flow's progress bar
 NOT_CHANGES = (*lineage.NOT_CHANGES, "training.seed")  # a rung's seeds are the ladder's own axis
 PREFIX = "abl-"
 EVALUATE = "evaluate"  # the last stage a rung needs
@@ -184,9 +186,11 @@ def queued(repo: Path = Path(".")) -> dict[str, str]:
     return rows
 
 
-def run_ladder(lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: float = 1.0) -> list[str]:
+def run_ladder(
+    lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: float = 1.0, progress: Progress | None = None
+) -> list[str]:
     """Queue each rung-seed not yet finished (nor queued and alive), start one worker and wait for
-    them all; returns the names queued now."""
+    them all (``progress(done, of)`` at each one finished); returns the names queued now."""
     from pico.queue import stale_tasks
 
     done = finished(repo) | set(lad.reused)
@@ -210,11 +214,11 @@ def run_ladder(lad: Ladder, repo: Path = Path("."), run: bool = True, poll_s: fl
     print(f"running {len(left)} experiments with one queue worker (`dvc queue status` shows them)", flush=True)
     with open(Path(repo) / ".dvc" / "tmp" / "ablate-worker.log", "ab") as log:  # the worker inherits it
         subprocess.run(["dvc", "queue", "start"], cwd=repo, stdout=log, stderr=log, check=False)
-    _wait(lad, repo, left, poll_s)
+    _wait(lad, repo, left, poll_s, progress)
     return todo
 
 
-def _wait(lad: Ladder, repo: Path, names: list[str], poll_s: float) -> None:
+def _wait(lad: Ladder, repo: Path, names: list[str], poll_s: float, progress: Progress | None) -> None:
     asked, said = time.time(), 0
     while True:
         done = finished(repo)
@@ -222,6 +226,8 @@ def _wait(lad: Ladder, repo: Path, names: list[str], poll_s: float) -> None:
         if len(names) - len(missing) > said:
             said = len(names) - len(missing)
             print(f"ablation: {said}/{len(names)} experiments done", flush=True)
+            if progress:
+                progress(said, len(names))
         if not missing:
             return
         if time.time() - asked > 20:  # `dvc queue status` costs ~1.5 s of CPU: asked now and then
@@ -388,7 +394,10 @@ def ablate(
     run: bool = True,
     out_dir: Path = Path("reports"),
     date: str | None = None,
+    progress: Progress | None = None,
 ) -> Path | None:
+    """The ladder from ``a`` to ``b``: priced, queued, run (unless ``run`` is false) and judged;
+    returns the report's path (None: queued only). ``progress(done, of)``: each run finished."""
     if seeds < 1:
         raise ConfigError("pico ablate: --seeds must be at least 1")
     lad = build(a, b, seeds, leave_one_out)
@@ -405,7 +414,7 @@ def ablate(
             f"pico ablate: the ladder needs {price['device_hours']:.3g} device-hours, over --budget {budget:g}; "
             "fewer seeds, fewer changes or a larger budget"
         )
-    run_ladder(lad, run=run)
+    run_ladder(lad, run=run, progress=progress)
     if not run and set(lad.params) - finished() - set(lad.reused):
         print("queued; `dvc queue start` runs them, then `pico ablate` again with the same arguments writes the report")
         return None

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,10 +75,17 @@ def test_presets_v1_and_v2_side_by_side(repo):
     assert "changed" not in sh(repo, "dvc", "status").stdout
 
 
-def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finished_rungs(repo):
+def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finished_rungs(repo, prefect_server, capsys):
     """`pico ablate` over a change with a large effect (lr x10) and one with none (the logging
-    interval): queued DVC experiments, two seeds; the waiting command killed after two runs and
-    started again; the verdicts and their spread in the report and the CSV."""
+    interval): queued DVC experiments, two seeds; the waiting command killed after two runs and the
+    ladder continued by the Prefect flow (the same entry point), which shows its progress and the
+    report; the verdicts and their spread in the report and the CSV."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from flows.ablate import ablate_flow
+
     sh(repo, "git", "checkout", "--", "params.yaml")
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "A.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -96,7 +104,9 @@ def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finishe
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     finished = {ref: _commit(repo, ref) for ref in exp_refs(repo) - before}
-    out = sh(repo, "pico", "ablate", "A.yaml", "B.yaml").stdout
+    capsys.readouterr()
+    ablate_flow("A.yaml", "B.yaml", repo=str(repo))
+    out = capsys.readouterr().out
     assert "the run HEAD holds" in out  # A's first seed is the committed baseline run
     assert all(_commit(repo, ref) == sha for ref, sha in finished.items())  # not rerun
     assert not any(f"queueing {ref.rsplit('/', 1)[-1]}" in out for ref in finished), out
@@ -109,6 +119,17 @@ def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finishe
     md = (repo / "reports/ablation-A-B.md").read_text()
     assert "| lr | token perplexity (macro) |" in md and "seed spread of these runs" in md
     assert "## The forecast, back-tested on every run of the ladder" in md and "final eval loss" in md
+    with get_client(sync_client=True) as client:
+        [report, bar] = [
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )[0]
+            for key in ("pico-ablation", "pico-ablation-progress")
+        ]
+    assert report.data == md and bar.data == 100.0, bar
+    assert re.match(r"(\d+) of \1 experiments of the ladder A.yaml -> B.yaml finished", bar.description), bar
 
 
 def test_a_fork_with_no_change_ends_with_its_parents_weights(repo, tmp_path):
