@@ -43,7 +43,9 @@ def main() -> None:
         if record.summary is None or record.summary.status != "completed" or not record.evals:
             print(f"{name}: skipped (no finished run)", file=sys.stderr)
             continue
-        checks[f"{name} ({record.params.report.run_name}, {len(record.evals)} evals)"] = forecast.backtest_run(
+        o = record.params.optim
+        label = f"{name} (lr {o.lr:g} {o.schedule}, {len(record.evals)} evals)"
+        checks[label] = forecast.backtest_run(
             record.evals, record.params, record.summary.effective_batch_tokens, args.at
         )
     print("\n".join(forecast.backtest_table(checks, args.at)))

@@ -1,13 +1,20 @@
 """Where a running run is heading: at every evaluation, a saturating power law fitted to the run's
-own eval loss against tokens seen,
+own eval loss against the time it has trained, measured in learning-rate units,
 
-    L(D) = E + A * (D / D_now) ** -alpha      (E: the loss it saturates at; D: tokens seen)
+    L(S) = E + A * (S / S_now) ** -alpha      (E: the loss it saturates at)
 
-extrapolated to ``max_steps`` and to 2x and 4x that budget, with a 95 % interval from the fit
-(the parameters' covariance carried to the prediction by the delta method, plus the scatter of the
-points about the curve), and what finishing costs (device-hours and their price) beside what it is
-predicted to gain. Fitted with ``scipy.optimize.curve_fit`` on the evaluations after warmup (step 0
-is the untrained model's loss, warmup's steps are not on the curve yet).
+where S is the lr schedule's area after the steps done (pico.schedule.Area: Σ of the schedule's
+multiplier). For a constant lr S is tokens seen (after warmup); under a decaying schedule a step late
+in the run buys less than one early, and a power law in tokens would overpromise (on the scaled v1
+preset, linear decay to 0, the half-way forecast by tokens missed the final loss by 0.21 nats,
+outside its interval; by S, 0.08, inside). It is extrapolated to ``max_steps`` and to 2x and 4x
+that budget — the run continued as pico continues runs, the lr kept and its decay stretched — with
+a 95 % interval from the fit (the parameters' covariance carried to the prediction by the delta
+method, plus the scatter of the points about the curve), and what finishing costs (device-hours and
+their price) beside what it is predicted to gain. Fitted with ``scipy.optimize.curve_fit`` on the
+evaluations after warmup (step 0 is the untrained model's loss, warmup's steps are not on the
+curve yet). What S leaves out: the extra drop of the final annealing (a schedule that decays to 0
+ends a little lower than predicted).
 
 ``metrics/forecast.json`` (this module owns it) holds the forecast made at each evaluation, each
 from the evaluations up to it — so a resumed or finished run's file is the same as a live one's
@@ -28,6 +35,7 @@ from typing import Any
 from pico.config import Params
 from pico.fsutil import atomic_write_json
 from pico.noise import t975
+from pico.schedule import Area
 
 FORECAST_JSON = "forecast.json"
 BUDGETS = ((1, "max_steps"), (2, "2x budget"), (4, "4x budget"))
@@ -39,14 +47,14 @@ class Fit:
     E: float
     A: float
     alpha: float
-    scale: float  # tokens the curve is normalised by (the newest point's)
+    scale: float  # the x the curve is normalised by (the newest point's)
     cov: list[list[float]] | None  # of (E, A, alpha); None when the fit could not estimate it
     residual_sd: float
     points: int
 
-    def predict(self, tokens: float) -> tuple[float, float | None, float | None]:
-        """The loss at ``tokens`` and its 95 % interval (None when the covariance is unknown)."""
-        x = tokens / self.scale
+    def predict(self, at: float) -> tuple[float, float | None, float | None]:
+        """The loss at ``at`` (the fit's x) and its 95 % interval (None when the covariance is unknown)."""
+        x = at / self.scale
         mean = self.E + self.A * x**-self.alpha
         if self.cov is None:
             return mean, None, None
@@ -58,12 +66,12 @@ class Fit:
         return mean, mean - half, mean + half
 
 
-def fit(tokens: list[float], losses: list[float]) -> Fit | None:
-    """The power law through (tokens, loss); None when it does not converge."""
+def fit(xs: list[float], losses: list[float]) -> Fit | None:
+    """The power law through (x, loss); None when it does not converge."""
     import numpy as np
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    x = np.asarray(tokens, dtype=float) / tokens[-1]
+    x = np.asarray(xs, dtype=float) / xs[-1]
     y = np.asarray(losses, dtype=float)
     low = float(y.min())
     start = (0.5 * low, max(float(y[-1] - 0.5 * low), 1e-3), 0.5)
@@ -80,7 +88,7 @@ def fit(tokens: list[float], losses: list[float]) -> Fit | None:
     residual = y - law(x, *popt)
     dof = max(len(y) - 3, 1)
     cov = pcov.tolist() if np.all(np.isfinite(pcov)) else None
-    return Fit(*(float(v) for v in popt), float(tokens[-1]), cov, float(math.sqrt((residual**2).sum() / dof)), len(y))
+    return Fit(*(float(v) for v in popt), float(xs[-1]), cov, float(math.sqrt((residual**2).sum() / dof)), len(y))
 
 
 def fit_points(evals: list[dict], warmup_steps: int, min_points: int) -> list[dict]:
@@ -90,44 +98,58 @@ def fit_points(evals: list[dict], warmup_steps: int, min_points: int) -> list[di
     return after if len(after) >= min_points else trained
 
 
-def forecast_at(evals: list[dict], params: Params, tokens_per_step: float) -> dict[str, Any]:
-    """The forecast made with ``evals`` (the evaluations so far, as eval_history.csv's rows)."""
+def forecast_at(
+    evals: list[dict], params: Params, tokens_per_step: float, area: Area | None = None, budgets=BUDGETS
+) -> dict[str, Any]:
+    """The forecast made with ``evals`` (the evaluations so far, as eval_history.csv's rows);
+    ``area``: the run's lr-time (its plan segments; default the one plan of its params)."""
     cfg, max_steps = params.forecast, params.training.max_steps
+    area = area or Area(params)
     # rows from before eval_history.csv had a tokens column: tokens from the step
     evals = [{**e, "tokens": e.get("tokens") or int(e["step"]) * tokens_per_step} for e in evals]
     last = evals[-1]
-    out: dict[str, Any] = {"step": int(last["step"]), "tokens": int(last["tokens"]), "loss": float(last["loss"])}
+    now = int(last["step"])
+    out: dict[str, Any] = {"step": now, "tokens": int(last["tokens"]), "loss": float(last["loss"])}
+    out["lr_area"] = area.at(now)
     points = fit_points(evals, params.optim.warmup_steps, cfg.min_points)
     out["points"] = len(points)
     if len(points) < cfg.min_points:
         out["fit"] = None
         out["why"] = f"{len(points)} evaluations to fit, {cfg.min_points} needed"
         return out
-    found = fit([float(e["tokens"]) for e in points], [float(e["loss"]) for e in points])
+    found = fit([area.at(int(e["step"])) for e in points], [float(e["loss"]) for e in points])
     if found is None:
         out["fit"], out["why"] = None, "the power law did not converge"
         return out
     out["fit"] = {"E": found.E, "A": found.A, "alpha": found.alpha, "residual_sd": found.residual_sd}
     out["targets"] = []
-    for factor, label in BUDGETS:
+    for factor, label in budgets:
         steps = max_steps * factor
-        loss, lo, hi = found.predict(steps * tokens_per_step)
+        x = area.extended(now, steps) if steps > now else area.at(steps)
+        loss, lo, hi = found.predict(x)
         out["targets"].append(
-            {"label": label, "step": steps, "tokens": int(steps * tokens_per_step), "loss": loss, "lo": lo, "hi": hi}
+            {"label": label, "step": steps, "tokens": int(steps * tokens_per_step), "lr_area": x}
+            | {"loss": loss, "lo": lo, "hi": hi}
             | {"perplexity": _exp(loss), "perplexity_lo": _exp(lo), "perplexity_hi": _exp(hi)}
         )
     # what finishing gains: the fitted loss now (less noisy than the newest point) minus at max_steps
-    now = found.predict(float(last["tokens"]))[0]
-    out["gain_of_finishing"] = now - out["targets"][0]["loss"] if out["step"] < max_steps else 0.0
+    fitted_now = found.predict(out["lr_area"])[0]
+    out["gain_of_finishing"] = fitted_now - out["targets"][0]["loss"] if now < max_steps else 0.0
     return out
 
 
 def history(
-    evals: list[dict], params: Params, tokens_per_step: float, earlier: list[dict[str, Any]] = ()
+    evals: list[dict],
+    params: Params,
+    tokens_per_step: float,
+    earlier: list[dict[str, Any]] = (),
+    area: Area | None = None,
+    budgets=BUDGETS,
 ) -> list[dict[str, Any]]:
     """The forecast made at each evaluation, each from the evaluations up to it. ``earlier``: the
     forecasts already made (forecast.json's), kept while they match the evaluations — only the new
     ones are fitted, not every one again at each evaluation of a long run."""
+    area = area or Area(params)
     made = []
     for i, e in enumerate(evals):
         old = earlier[i] if i < len(earlier) else None
@@ -135,7 +157,9 @@ def history(
         if not same:
             break
         made.append(old)
-    return made + [forecast_at(evals[: i + 1], params, tokens_per_step) for i in range(len(made), len(evals))]
+    return made + [
+        forecast_at(evals[: i + 1], params, tokens_per_step, area, budgets) for i in range(len(made), len(evals))
+    ]
 
 
 def cost_left(params: Params, step: int, seconds_per_step: float | None, processes: int) -> dict[str, Any]:
@@ -156,8 +180,10 @@ def write(
     tokens_per_step: float,
     seconds_per_step: float | None,
     processes: int,
+    lineage: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """metrics/forecast.json from the evaluations so far; returns the newest forecast (None: none)."""
+    """metrics/forecast.json from the evaluations so far; returns the newest forecast (None: none).
+    ``lineage``: the run's lr plan segments (TrainState.lineage; default its params' one plan)."""
     if not params.forecast.enabled or not evals:
         return None
     before = read(metrics_dir) or {}
@@ -166,9 +192,12 @@ def write(
         "tokens_per_step": tokens_per_step,
         "warmup_steps": params.optim.warmup_steps,
         "min_points": params.forecast.min_points,
+        "schedule": {k: getattr(params.optim, k) for k in ("schedule", "warmup_start", "min_lr_ratio")},
+        "lineage": lineage or None,
     }
     same = before.get("fitted_with") == settings  # the earlier forecasts were made the same way
-    made = history(evals, params, tokens_per_step, before.get("at_each_evaluation", []) if same else [])
+    area = Area(params, lineage)
+    made = history(evals, params, tokens_per_step, before.get("at_each_evaluation", []) if same else [], area)
     latest = dict(made[-1])
     latest["cost_left"] = cost_left(params, latest["step"], seconds_per_step, processes)
     gain = latest.get("gain_of_finishing")
@@ -176,8 +205,8 @@ def write(
         gain is not None and latest["step"] < params.training.max_steps and gain < params.forecast.min_gain
     )
     data = {
-        "metric": "macro eval loss (nats/token) against tokens seen",
-        "law": "E + A * (tokens / tokens_now) ** -alpha",
+        "metric": "macro eval loss (nats/token) against the lr schedule's area S (lr-time)",
+        "law": "E + A * (S / S_now) ** -alpha; S = sum of the schedule's lr multiplier over the steps done",
         "max_steps": params.training.max_steps,
         "tokens_per_step": tokens_per_step,
         "min_gain": params.forecast.min_gain,
@@ -244,7 +273,8 @@ def backtest_run(evals: list[dict], params: Params, tokens_per_step: float, at: 
     naive forecast beside it: that the loss stays where it was when the forecast was made."""
     if not evals:
         return None
-    check = backtest(history(evals, params, tokens_per_step), float(evals[-1]["loss"]), at)
+    made = history(evals, params, tokens_per_step, budgets=BUDGETS[:1])  # max_steps: the one checked
+    check = backtest(made, float(evals[-1]["loss"]), at)
     if check is not None:
         then = next(float(e["loss"]) for e in evals if int(e["step"]) == check["made_at_step"])
         check["loss_then"] = then

@@ -3,7 +3,7 @@ run continues when what does not define it changes — its plan (``continue_plan
 other cadences, early stopping) or the pipeline's training code (``continue_code``).
 
 A checkpoint's ``state.json`` carries both records: ``lineage``, the plan segments the lr schedule
-follows (pico.optim), and ``code_lineage``, one segment per training-code version the run trained
+follows (pico.schedule), and ``code_lineage``, one segment per training-code version the run trained
 under (``{"step", "code_version"}``), which the summary, the report and ``pico reproduce`` show.
 """
 
@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from pico import optim
+from pico import schedule
 from pico.config import Params, flatten
 
 # Params that define the trajectory so far: changing one starts a new run (the old one stays in the
@@ -79,7 +79,7 @@ def continue_plan(params: Params, state: dict[str, Any]) -> str | None:
         return None
     o, max_steps = params.optim, params.training.max_steps
     if "training.max_steps" in changed:
-        seg = optim.continued_segment(params, lineage, step, max_steps)
+        seg = schedule.continued_segment(params, lineage, step, max_steps)
         lineage.append(seg)
         lr_now = o.lr * seg["factor_at_step"]
         if seg["kind"] == "retarget" or o.schedule == "constant":

@@ -1,70 +1,16 @@
-"""AdamW, parameter groups and the learning-rate schedule, built from ``optim.*``.
-
-Warmup is ``(step + 1) / warmup`` (``optim.warmup_start: pico`` gives pico-train's ``step / warmup``,
-whose first step runs at lr 0), then
-``optim.schedule``: linear to ``min_lr_ratio`` (pico decays to 0), cosine, or constant. Weight
-decay applies to matrices and embeddings, not to RMSNorm gains (pico decays everything).
+"""AdamW and its parameter groups, built from ``optim.*``; the lr schedule they run under is
+``pico.schedule`` (plain arithmetic, no torch). Weight decay applies to matrices and embeddings,
+not to RMSNorm gains (pico decays everything).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from pico.config import Params
-
-
-def base_factor(params: Params, total: int, step: int) -> float:
-    """The schedule's multiplier of optim.lr after ``step`` optimizer steps of a ``total``-step plan."""
-    o = params.optim
-    warmup, floor = o.warmup_steps, o.min_lr_ratio
-    if step < warmup:
-        return (step + (o.warmup_start != "pico")) / warmup  # pico-train: step/warmup, first step at lr 0
-    if o.schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return floor + (1.0 - floor) * decay_shape(o.schedule, progress)
-
-
-def decay_shape(schedule: str, progress: float) -> float:
-    """1 at the start of the decay, 0 at its end."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - progress if schedule == "linear" else 1.0
-
-
-def continued_segment(params: Params, lineage: list[dict[str, Any]], step: int, max_steps: int) -> dict[str, Any]:
-    """A new plan segment for a run continued at ``step`` with a new ``max_steps``: the lr stays
-    continuous — the step after the change runs at the lr it would have run at — and the rest of
-    the decay (cosine/linear) is stretched or squeezed to end at ``min_lr_ratio`` at the new
-    ``max_steps``. Inside warmup nothing has depended on max_steps yet, so the plan is simply
-    retargeted. The segment is stored in the checkpoint (``lineage``), so a resumed continuation
-    rebuilds the same schedule."""
-    at = lr_lambda(params, lineage)(step)
-    kind = "retarget" if step < params.optim.warmup_steps else "stretch"
-    return {"step": step, "max_steps": max_steps, "kind": kind, "factor_at_step": at}
-
-
-def lr_lambda(params: Params, lineage: list[dict[str, Any]] | None = None):
-    """Multiplier of optim.lr after ``step`` optimizer steps (step 0 is > 0 unless warmup_start is pico). ``lineage``:
-    the run's plan segments (``continued_segment``), oldest first; none = one plan of max_steps."""
-    segments = lineage or [{"step": 0, "max_steps": params.training.max_steps, "kind": "retarget"}]
-    floor, schedule = params.optim.min_lr_ratio, params.optim.schedule
-
-    def factor(step: int) -> float:
-        seg = next(s for s in reversed(segments) if step >= s["step"] or s is segments[0])
-        if seg["kind"] == "retarget":
-            return base_factor(params, seg["max_steps"], step)
-        if schedule == "constant":
-            return 1.0
-        span = seg["max_steps"] - seg["step"]
-        progress = min(1.0, (step - seg["step"]) / span) if span > 0 else 1.0
-        start = seg["factor_at_step"]
-        return floor + (start - floor) * decay_shape(schedule, progress) if start > floor else start
-
-    return factor
+from pico.schedule import lr_lambda
 
 
 def param_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:

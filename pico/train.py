@@ -342,7 +342,7 @@ class Trainer:
         per_step = self.eta_s / left if self.eta_s and left > 0 else None
         return forecast.write(
             self.cfg.metrics_dir, self.state.history["eval"], self.params, self.data.tokens_per_step, per_step,
-            self.dist.world,
+            self.dist.world, self.state.lineage,
         )  # fmt: skip
 
     def capture_dynamics(self) -> None:

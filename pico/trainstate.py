@@ -47,7 +47,7 @@ class TrainState:
     # the steps of the log interval a checkpoint fell inside, so a resumed run logs the same interval means
     unlogged: dict[str, list[float]] = field(default_factory=lambda: {"losses": [], "norms": []})
     plan: dict[str, Any] = field(default_factory=dict)  # run_plan of the params now in effect
-    lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.optim.continued_segment)
+    lineage: list[dict[str, Any]] = field(default_factory=list)  # plan segments (pico.schedule.continued_segment)
     code_lineage: list[dict[str, Any]] = field(default_factory=list)  # training-code versions (pico.lineage)
     # a run started from another run's checkpoint (training.restart_from, `pico fork`): which, where, what changed
     forked_from: dict[str, Any] | None = None

@@ -365,7 +365,7 @@ def test_raising_max_steps_and_enabling_early_stop_continues_the_run(params_dict
     lr schedule stretched from where it was, recorded in the checkpoint's lineage."""
     import shutil
 
-    from pico.optim import lr_lambda
+    from pico.schedule import lr_lambda
 
     raw = copy.deepcopy(params_dict)
     raw["training"].update(keep_checkpoints=10)  # checkpoints every 4, log lines every 2, eval every 6

@@ -1,4 +1,5 @@
-"""pico.forecast: the power law recovers a curve it was made from, and says how sure it is."""
+"""pico.forecast: the power law in lr-time recovers a curve it was made from (under a decaying
+schedule, where a law in tokens would not), and says how sure it is."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import random
 
 from pico import forecast
 from pico.config import parse_params
+from pico.schedule import Area
 
 
 def _params(max_steps: int = 200, **forecast_cfg) -> object:
     return parse_params({"training": {"max_steps": max_steps}, "optim": {"warmup_steps": 10}, "forecast": forecast_cfg})
 
 
-def _evals(law, steps, tokens_per_step, noise_sd=0.0, seed=0):
-    rng = random.Random(seed)
-    return [
-        {"step": s, "tokens": s * tokens_per_step, "loss": law(s * tokens_per_step) + rng.gauss(0, noise_sd)}
-        for s in steps
-    ]
+def _evals(law, steps, tokens_per_step, noise_sd=0.0, seed=0, params=None):
+    """Evaluations on a curve ``law(S)`` of the lr-time S under ``params``' schedule (default: cosine
+    decay over 200 steps after 10 of warmup), with Gaussian noise."""
+    rng, area = random.Random(seed), Area(params or _params())
+    return [{"step": s, "tokens": s * tokens_per_step, "loss": law(area.at(s)) + rng.gauss(0, noise_sd)} for s in steps]
 
 
 def test_a_power_law_is_recovered_and_its_interval_covers_the_truth():
@@ -27,9 +28,10 @@ def test_a_power_law_is_recovered_and_its_interval_covers_the_truth():
     evals = [{"step": 0, "tokens": 0, "loss": 9.0}] + _evals(law, range(10, 101, 10), 1000, noise_sd=0.01)
     made = forecast.forecast_at(evals, _params(), 1000)
     final = made["targets"][0]
+    truth = law(Area(_params()).at(200))
     assert made["points"] == 10 and final["step"] == 200
-    assert final["lo"] < law(200 * 1000) < final["hi"]
-    assert abs(final["loss"] - law(200 * 1000)) < 0.05
+    assert final["lo"] < truth < final["hi"]
+    assert abs(final["loss"] - truth) < 0.05
     assert made["targets"][1]["loss"] < final["loss"] and made["gain_of_finishing"] > 0
 
 
@@ -89,3 +91,19 @@ def test_the_backtest_table_counts_coverage_and_sets_the_forecast_beside_the_nai
     assert lines[-1].startswith(
         "Made at 50% of training: the final eval loss fell inside the 95 % interval in 1 of 2 runs (1 had no forecast by then)"
     )
+
+
+def test_under_a_decaying_lr_the_clock_is_lr_time_not_tokens():
+    """A curve in lr-time under linear decay to 0: half the run's steps are worth a third of its
+    lr-time, so the loss at the end is far above what the same law in tokens would reach."""
+    linear = parse_params(
+        {"training": {"max_steps": 200}, "optim": {"warmup_steps": 10, "schedule": "linear", "min_lr_ratio": 0.0}}
+    )
+    law = lambda s: 2.0 + 30.0 * s**-0.3  # noqa: E731
+    evals = _evals(law, range(10, 101, 10), 1000, noise_sd=0.005, params=linear)
+    made = forecast.forecast_at(evals, linear, 1000)
+    final, twice = made["targets"][0], made["targets"][1]
+    assert final["lo"] < law(Area(linear).at(200)) < final["hi"]
+    assert final["loss"] > law(2 * Area(linear).at(100)) + 0.1  # twice the tokens is not twice the lr-time
+    # 2x the budget: the run continued at step 100 to 400 steps, its decay stretched
+    assert twice["lr_area"] == Area(linear).extended(100, 400) and twice["loss"] < final["loss"]

@@ -1,28 +1,18 @@
-"""The lr schedule and the optimizer: warmup never starts at 0, decay ends where asked, and a
-schedule continued or rebased on a new lr runs exactly as it should."""
+"""The optimizer and its torch scheduler: a schedule continued or rebased on a new lr runs exactly
+as it should; norm gains get no weight decay."""
 
 import pytest
 import torch
 
 from pico.config import parse_params
-from pico.optim import lr_lambda, make_optimizer, make_scheduler, param_groups, rebased_scheduler
+from pico.optim import make_optimizer, make_scheduler, param_groups, rebased_scheduler
+from pico.schedule import lr_lambda
 from tests.helpers import tiny_params
 
 
 @pytest.fixture
 def params(tmp_path):
     return parse_params(tiny_params(tmp_path))
-
-
-def test_lr_schedule_first_step_not_zero(params):
-    f = lr_lambda(params)
-    assert f(0) == pytest.approx(1 / 3)  # warmup 3: steps run at 1/3, 2/3, 1
-    assert f(2) == pytest.approx(1.0)
-    assert f(params.training.max_steps) == pytest.approx(params.optim.min_lr_ratio)
-    raw = params.model_dump(mode="json")
-    raw["optim"].update(schedule="linear", min_lr_ratio=0.0)  # pico: linear to 0
-    linear = parse_params(raw)
-    assert lr_lambda(linear)(linear.training.max_steps) == pytest.approx(0.0)
 
 
 def test_norm_gains_get_no_weight_decay():
@@ -68,11 +58,3 @@ def test_rebased_schedule_runs_the_new_lr_from_the_restored_step(params):
     assert opt2.param_groups[0]["lr"] == pytest.approx(lower.optim.lr * f(6))
     _steps(opt2, rebased, 2)
     assert rebased.get_last_lr()[0] == pytest.approx(lower.optim.lr * f(8))
-
-
-def test_pico_warmup_start_runs_its_first_step_at_lr_zero(tmp_path):
-    raw = tiny_params(tmp_path)
-    raw["optim"]["warmup_start"] = "pico"
-    f = lr_lambda(parse_params(raw))
-    w = raw["optim"]["warmup_steps"]
-    assert f(0) == 0.0 and f(1) == pytest.approx(1 / w) and f(w) == pytest.approx(1.0)  # pico-train's step/warmup
