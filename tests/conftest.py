@@ -40,18 +40,21 @@ def params_dict(tmp_path: Path, corpus: dict[str, str]) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tokenized_once(tmp_path_factory) -> Path:
-    """The synthetic corpus through the tokenizer and tokenize stages, once per session (per xdist
-    worker). Its manifests name this folder's corpus, which has the same documents as every test's."""
+def tokenized_once(tmp_path_factory, worker_id) -> Path:
+    """The synthetic corpus through the tokenizer and tokenize stages, once per test run (shared by
+    the xdist workers). Its manifests name this folder's corpus, which has the same documents as
+    every test's."""
     from pico.config import parse_params
     from pico.data import tokenize as tokenize_stage
     from pico.data import tokenizer
 
-    root = tmp_path_factory.mktemp("tokenized")
-    params = parse_params(tiny_params(root, make_corpus(root / "corpus")))
-    tokenizer.run(params)
-    tokenize_stage.run(params, progress=False)
-    return root
+    def build(root: Path) -> None:
+        root.mkdir()
+        params = parse_params(tiny_params(root, make_corpus(root / "corpus")))
+        tokenizer.run(params)
+        tokenize_stage.run(params, progress=False)
+
+    return built_once(run_root(tmp_path_factory, worker_id) / "tokenized", build)
 
 
 @pytest.fixture
@@ -112,15 +115,40 @@ def s3_server(tmp_path_factory):
     server.stop()
 
 
+def built_once(folder: Path, build) -> Path:
+    """``build(folder)`` once per test run, shared by the xdist workers: the first to ask builds it
+    under a lock, the others wait and use it (read only: tests copy it)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder.with_name(folder.name + ".built")
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a half-built one, from a worker that died
+            build(folder)
+            done.touch()
+    return folder
+
+
+def run_root(tmp_path_factory, worker_id: str) -> Path:
+    """The folder every xdist worker of this run shares (each worker's own basetemp is inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def dvc_template(tmp_path_factory) -> Path:
+def dvc_template(tmp_path_factory, worker_id) -> Path:
     """This project as a git + DVC repository (tiny params on the embedded corpus) with its data
-    stages run and committed, once per session: end-to-end tests start from copies of it."""
-    repo = make_dvc_repo(tmp_path_factory.mktemp("template") / "repo")
-    sh(repo, "dvc", "repro", "tokenize")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "data stages")
-    return repo
+    stages run and committed, once per test run: end-to-end tests start from copies of it."""
+
+    def build(repo: Path) -> None:
+        make_dvc_repo(repo)
+        sh(repo, "dvc", "repro", "tokenize")
+        sh(repo, "git", "add", "-A")
+        sh(repo, "git", "commit", "-qm", "data stages")
+
+    return built_once(run_root(tmp_path_factory, worker_id) / "dvc-template" / "repo", build)
 
 
 @pytest.fixture
