@@ -37,7 +37,7 @@ from typing import Any
 from pico import forecast, lineage, noise, presets, runs
 from pico.config import Params, flatten, parse_params, with_overrides
 from pico.errors import ConfigError, PipelineError
-from pico.fsutil import atomic_write_text
+from pico.fsutil import atomic_write_json, atomic_write_text
 from pico.paramsfile import read_params_file
 from pico.queue import dvc_command
 
@@ -304,14 +304,14 @@ def _interaction(groups: list[list[float | None]], log: bool, pooled: noise.Seed
 
 
 def render(
-    lad: Ladder, effects: list[Effect], values: dict, price: dict | None, date: str, checks: dict | None = None
+    lad: Ladder, effects: list[Effect], values: dict, price: list[str], date: str, checks: dict | None = None
 ) -> tuple[str, str]:
     lines = [
         f"# Ablation: {lad.a} -> {lad.b}",
         "",
         f"- **Date**: {date}; {lad.seeds} seeds per rung; {len(lad.params)} runs "
         f"({len(lad.rungs)} rungs, rungs with equal params share their runs)",
-        *([f"- **Priced before it ran**: {price['line']}"] if price else []),
+        *price,
         "",
         "## The changes",
         "",
@@ -409,6 +409,7 @@ def ablate(
         print(f"{name}: the run {rev} holds (same params)")
     price = price_ladder(lad, done)
     print(f"ladder: {len(lad.rungs)} rungs x {seeds} seeds; {price['line']}")
+    priced = _first_price(lad, price)
     if budget is not None and price["device_hours"] > budget:
         raise PipelineError(
             f"pico ablate: the ladder needs {price['device_hours']:.3g} device-hours, over --budget {budget:g}; "
@@ -422,7 +423,11 @@ def ablate(
     values = {name: figures(r, at_step) for name, r in records.items()}
     effects = analyse(lad, values, at_step)
     checks = {name: _backtest(r) for name, r in records.items()}
-    md, table = render(lad, effects, values, price, date or time.strftime("%Y-%m-%d"), checks)
+    price_lines = [f"- **Priced before it ran**: {priced['line']} ({priced['date']})"] if priced else []
+    trained = [r for name, r in records.items() if name not in lad.reused]
+    hours = sum(i.get("wall_s") or 0.0 for r in trained for i in r.run_info.get("invocations", [])) / 3600
+    price_lines.append(f"- **Took**: {hours:.3g} device-hours of training wall time over its {len(trained)} runs")
+    md, table = render(lad, effects, values, price_lines, date or time.strftime("%Y-%m-%d"), checks)
     path = out_dir / f"ablation-{lad.slug}.md"
     atomic_write_text(path, md)
     atomic_write_text(path.with_suffix(".csv"), table)
@@ -434,6 +439,23 @@ def _backtest(record: runs.RunRecord) -> dict[str, Any] | None:
     if record.summary is None or not record.params.forecast.enabled:
         return None
     return forecast.backtest_run(record.evals, record.params, record.summary.effective_batch_tokens)
+
+
+def _first_price(lad: Ladder, price: dict[str, Any]) -> dict[str, Any] | None:
+    """The price of the ladder when its runs were first queued (kept in ``.dvc/tmp``, DVC's scratch
+    folder, beside the queue): a rerun prices only what is left, the report shows the first."""
+    path = Path(".dvc") / "tmp" / f"ablation-{lad.slug}-price.json"
+    try:
+        first = json.loads(path.read_text())
+        if first["runs_of"] == sorted(lad.params):
+            return first
+    except (OSError, ValueError, KeyError):
+        pass
+    if price["runs"] < len(set(lad.params) - set(lad.reused)):  # some ran before this price: not the ladder's
+        return None
+    first = {**price, "runs_of": sorted(lad.params), "date": time.strftime("%Y-%m-%d %H:%M")}
+    atomic_write_json(path, first)
+    return first
 
 
 def _run_name(lad: Ladder, name: str) -> str:

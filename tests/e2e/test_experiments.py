@@ -119,6 +119,7 @@ def test_an_ablation_ladder_killed_midway_finishes_without_rerunning_its_finishe
     md = (repo / "reports/ablation-A-B.md").read_text()
     assert "| lr | token perplexity (macro) |" in md and "seed spread of these runs" in md
     assert "## The forecast, back-tested on every run of the ladder" in md and "final eval loss" in md
+    assert "- **Priced before it ran**: 7 runs to train of 8:" in md and "over its 7 runs" in md  # HEAD's reused
     with get_client(sync_client=True) as client:
         [report, bar] = [
             client.read_artifacts(
