@@ -1,5 +1,5 @@
-"""pico.forecast: the power law in lr-time recovers a curve it was made from (under a decaying
-schedule, where a law in tokens would not), and says how sure it is."""
+"""pico.forecast: a power law by each clock (tokens, lr-time) recovers a curve made with it, and the
+forecast (their mean, an interval spanning both) says how sure it is."""
 
 from __future__ import annotations
 
@@ -28,10 +28,16 @@ def test_a_power_law_is_recovered_and_its_interval_covers_the_truth():
     evals = [{"step": 0, "tokens": 0, "loss": 9.0}] + _evals(law, range(10, 101, 10), 1000, noise_sd=0.01)
     made = forecast.forecast_at(evals, _params(), 1000)
     final = made["targets"][0]
-    truth = law(Area(_params()).at(200))
+    area = Area(_params())
+    truth = law(area.at(200))
     assert made["points"] == 10 and final["step"] == 200
-    assert final["lo"] < truth < final["hi"]
-    assert abs(final["loss"] - truth) < 0.05
+    assert final["lo"] < truth < final["hi"]  # the interval spans both clocks' fits
+    # the clock the curve was made with recovers it; the forecast is the two clocks' mean
+    lr_time = forecast.fit([area.at(e["step"]) for e in evals[1:]], [e["loss"] for e in evals[1:]])
+    assert abs(lr_time.predict(area.at(200))[0] - truth) < 0.05
+    tokens = forecast.fit([e["tokens"] for e in evals[1:]], [e["loss"] for e in evals[1:]])
+    both = (lr_time.predict(area.at(200))[0] + tokens.predict(200 * 1000)[0]) / 2
+    assert final["loss"] == both and set(made["fit"]) == {"tokens", "lr_time"}
     assert made["targets"][1]["loss"] < final["loss"] and made["gain_of_finishing"] > 0
 
 
@@ -66,7 +72,7 @@ def test_each_evaluation_fits_only_the_new_forecast_and_the_file_equals_a_fresh_
     monkeypatch.setattr(forecast, "fit", lambda *a: fits.append(1) or real(*a))
     for i in range(1, len(evals) + 1):
         forecast.write(tmp_path / "live", evals[:i], params, 100, None, 1)
-    assert len(fits) == len(evals) - 3  # one fit per evaluation once four points exist, none repeated
+    assert len(fits) == 2 * (len(evals) - 3)  # one per clock and evaluation once four points exist, none repeated
     forecast.write(tmp_path / "fresh", evals, params, 100, None, 1)
     live, fresh = (json.loads((tmp_path / d / forecast.FORECAST_JSON).read_text()) for d in ("live", "fresh"))
     assert live == fresh
@@ -93,9 +99,10 @@ def test_the_backtest_table_counts_coverage_and_sets_the_forecast_beside_the_nai
     )
 
 
-def test_under_a_decaying_lr_the_clock_is_lr_time_not_tokens():
-    """A curve in lr-time under linear decay to 0: half the run's steps are worth a third of its
-    lr-time, so the loss at the end is far above what the same law in tokens would reach."""
+def test_under_a_decaying_lr_the_clocks_part_and_the_interval_spans_both():
+    """A curve in lr-time under linear decay to 0: the second half of the run is worth a third of
+    its lr-time, so its end is far above what the same law would reach in tokens; the forecast's
+    interval still holds the truth, and 2x the budget is the run continued, its decay stretched."""
     linear = parse_params(
         {"training": {"max_steps": 200}, "optim": {"warmup_steps": 10, "schedule": "linear", "min_lr_ratio": 0.0}}
     )
