@@ -82,3 +82,15 @@ def test_code_version_changes_with_what_train_code_computes_not_its_comments(tmp
         assert codedeps.code_version("train") == base  # the report is not training code
     finally:
         codedeps.closure.cache_clear()
+
+
+def test_the_cached_code_version_is_the_computed_one_and_any_byte_changes_the_tree(tmp_path):
+    from pico.codedeps import PACKAGE_DIR, code_version, computed_code_version, source_tree_hash
+
+    assert code_version("train") == computed_code_version("train") == code_version("train")
+    assert (PACKAGE_DIR / "__pycache__" / "code_versions.json").exists()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    before = source_tree_hash(tmp_path / "pkg")
+    (tmp_path / "pkg" / "a.py").write_text("x = 1  # a comment\n")
+    assert source_tree_hash(tmp_path / "pkg") != before  # the cache key is bytes, stricter than the version
