@@ -104,7 +104,11 @@ def fit_points(evals: list[dict], warmup_steps: int, min_points: int) -> list[di
 
 
 def forecast_at(
-    evals: list[dict], params: Params, tokens_per_step: float, area: Area | None = None, budgets=BUDGETS
+    evals: list[dict],
+    params: Params,
+    tokens_per_step: float,
+    area: Area | None = None,
+    budgets: tuple[tuple[int, str], ...] = BUDGETS,
 ) -> dict[str, Any]:
     """The forecast made with ``evals`` (the evaluations so far, as eval_history.csv's rows);
     ``area``: the run's lr-time (its plan segments; default the one plan of its params)."""
@@ -170,7 +174,7 @@ def history(
     tokens_per_step: float,
     earlier: list[dict[str, Any]] = (),
     area: Area | None = None,
-    budgets=BUDGETS,
+    budgets: tuple[tuple[int, str], ...] = BUDGETS,
 ) -> list[dict[str, Any]]:
     """The forecast made at each evaluation, each from the evaluations up to it. ``earlier``: the
     forecasts already made (forecast.json's), kept while they match the evaluations — only the new
