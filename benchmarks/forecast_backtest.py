@@ -12,7 +12,6 @@ is recomputed from the evaluations, so a run made before forecast.json existed b
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,10 +22,7 @@ from pico import forecast, runs  # noqa: E402
 
 
 def experiments(prefix: str) -> list[str]:
-    out = subprocess.run(
-        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=REPO, capture_output=True, text=True
-    ).stdout.split()
-    names = sorted({r.rsplit("/", 1)[-1] for r in out if r.count("/") >= 4})
+    names = sorted({r.rsplit("/", 1)[-1] for r in runs.experiment_refs(REPO) if r.count("/") >= 4})
     return [n for n in names if n.startswith(prefix)]
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from pico import forecast, lineage, noise, presets, runs
 from pico.config import Params, flatten, parse_params, with_overrides
 from pico.errors import ConfigError, PipelineError
-from pico.fsutil import atomic_write_json, atomic_write_text
+from pico.fsutil import atomic_write_json, atomic_write_text, file_name
 from pico.paramsfile import read_params_file
 from pico.queue import dvc_command
 
@@ -129,7 +129,7 @@ class Ladder:
 
     @property
     def slug(self) -> str:
-        return f"{_slug(self.a)}-{_slug(self.b)}"
+        return f"{file_name(Path(self.a).stem)}-{file_name(Path(self.b).stem)}"
 
 
 def build(a: str, b: str, seeds: int, leave_one_out: bool, params_path: Path = Path("params.yaml")) -> Ladder:
@@ -171,8 +171,7 @@ def reuse_head(by_name: dict[str, Params]) -> dict[str, str]:
 # ---- running ----
 def finished(repo: Path = Path(".")) -> set[str]:
     """Experiments DVC has saved (git refs refs/exps/…/<name>): a finished rung-seed."""
-    out = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=repo, capture_output=True)
-    return {r.rsplit("/", 1)[-1] for r in out.stdout.decode().split()}
+    return {r.rsplit("/", 1)[-1] for r in runs.experiment_refs(repo)}
 
 
 def queued(repo: Path = Path(".")) -> dict[str, str]:
@@ -469,7 +468,3 @@ def _describe(overrides: dict[str, Any]) -> str:
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
     return ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)

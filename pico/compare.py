@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pico import noise
 from pico.diagnose import diagnose
-from pico.fsutil import atomic_write_text
+from pico.fsutil import atomic_write_text, file_name
 from pico.plots import compare_plots
 from pico.report import cost_table, fmt, render, status_line
 from pico.runs import RunRecord, describe_changes, load_params_at, load_run
@@ -20,7 +20,7 @@ def compare(a: str, b: str, out_path: str | Path | None = None, date: str | None
     curves drawn together by tokens seen; written to ``comparisons/<a>-vs-<b>/`` (outside every
     stage's outputs) unless ``out_path`` names the markdown file."""
     runs = [load_run(a), load_run(b)]
-    out_path = Path(out_path) if out_path else Path("comparisons") / f"{_slug(a)}-vs-{_slug(b)}" / "compare.md"
+    out_path = Path(out_path) if out_path else Path("comparisons") / f"{file_name(a)}-vs-{file_name(b)}" / "compare.md"
     plots = compare_plots(
         [
             (
@@ -94,7 +94,3 @@ def lineage_cell(r: RunRecord) -> str:
         changed = "; ".join(f.get("changes") or []) or "no change"
         cell += f", forked from `{f['fingerprint']}` at step {f['step']:,} ({changed})"
     return cell
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -285,8 +285,10 @@ def backtest(made: list[dict[str, Any]], final_loss: float, at: float = 0.5) -> 
         return None
     end = made[-1]["step"]
     chosen = next((f for f in reversed(made) if f["step"] <= at * end and f.get("fit")), None)
-    if chosen is None:
-        return None
+    return None if chosen is None else _checked(chosen, final_loss)
+
+
+def _checked(chosen: dict[str, Any], final_loss: float) -> dict[str, Any]:
     target = chosen["targets"][0]
     inside = target["lo"] is not None and target["lo"] <= final_loss <= target["hi"]
     return {
@@ -305,13 +307,16 @@ def backtest_run(evals: list[dict], params: Params, tokens_per_step: float, at: 
     naive forecast beside it: that the loss stays where it was when the forecast was made."""
     if not evals:
         return None
-    made = history(evals, params, tokens_per_step, budgets=BUDGETS[:1])  # max_steps: the one checked
-    check = backtest(made, float(evals[-1]["loss"]), at)
-    if check is not None:
-        then = next(float(e["loss"]) for e in evals if int(e["step"]) == check["made_at_step"])
-        check["loss_then"] = then
-        check["persistence_error"] = then - check["final"]
-    return check
+    # only the forecast the check reads is fitted: the newest by ``at`` with a fit, at max_steps
+    end, area = int(evals[-1]["step"]), Area(params)
+    for i in reversed([i for i, e in enumerate(evals) if int(e["step"]) <= at * end]):
+        made = forecast_at(evals[: i + 1], params, tokens_per_step, area, BUDGETS[:1])
+        if made.get("fit"):
+            check = _checked(made, float(evals[-1]["loss"]))
+            check["loss_then"] = float(evals[i]["loss"])
+            check["persistence_error"] = check["loss_then"] - check["final"]
+            return check
+    return None
 
 
 def backtest_table(checks: dict[str, dict[str, Any] | None], at: float = 0.5) -> list[str]:

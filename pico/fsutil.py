@@ -52,6 +52,12 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
+def file_name(name: str) -> str:
+    """``name`` (a revision, an experiment, a preset) as one safe path component: characters other
+    than letters, digits and ``-_.`` become ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def free_name(dest: Path) -> Path:
     """``dest``, or ``dest-2``, ``dest-3``, … whichever does not exist yet (a move never overwrites)."""
     n, free = 2, dest

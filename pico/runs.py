@@ -34,12 +34,16 @@ def _git(*args: str, repo: str | Path | None = None) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def experiment_refs(repo: str | Path | None = None) -> list[str]:
+    """The git refs DVC saves experiments under (``refs/exps/…/<name>``) in ``repo`` (default: here)."""
+    return (_git("for-each-ref", "--format=%(refname)", "refs/exps", repo=repo) or "").split()
+
+
 def resolve_revision(name: str, repo: str | Path | None = None) -> str:
     """A git revision, or a DVC experiment name (refs/exps/.../<name>), of ``repo`` (default: here)."""
     if _git("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", repo=repo):
         return name
-    refs = _git("for-each-ref", "--format=%(refname)", "refs/exps", repo=repo) or ""
-    matches = [r for r in refs.split() if r.rsplit("/", 1)[-1] == name]
+    matches = [r for r in experiment_refs(repo) if r.rsplit("/", 1)[-1] == name]
     if not matches:
         raise ValueError(f"{name!r} is neither a git revision nor a DVC experiment in this repository")
     return matches[0]
