@@ -386,7 +386,7 @@ def forecast_section(run: RunRecord) -> list[str]:
     if s.status == "running":
         latest = forecast.forecast_at(run.evals, run.params, s.effective_batch_tokens)
         if latest.get("fit") is not None:
-            lines.append(f"- {forecast.line(latest)} (a power law fitted to the eval loss by lr-time)")
+            lines.append(f"- {forecast.line(latest)} (power laws fitted to the eval loss by tokens and by lr-time)")
         else:
             lines.append(f"- {forecast.line(latest)}")
         return lines
