@@ -1,6 +1,11 @@
 """AdamW and its parameter groups, built from ``optim.*``; the lr schedule they run under is
 ``pico.schedule`` (plain arithmetic, no torch). Weight decay applies to matrices and embeddings,
 not to RMSNorm gains (pico decays everything).
+
+A run that is not compiled steps an ``EagerAdamW``: torch's AdamW without the guards that keep
+``torch.compile`` from tracing it. Each guard imports the compiler (``torch._dynamo``, ~1.3 s of
+CPU) on first use, so every trainer process paid for a compiler it never ran: a queued ablation
+ladder or a test suite starts dozens. Same update, same ``state_dict``, same class for checkpoints.
 """
 
 from __future__ import annotations
@@ -20,12 +25,52 @@ def param_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
     return [n for n, p in named if p.ndim >= 2], [n for n, p in named if p.ndim < 2]
 
 
-def make_optimizer(model: torch.nn.Module, params: Params, fused: bool = False) -> torch.optim.AdamW:
+class EagerAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` calling the functions its compiler guards wrap (``__wrapped__``): the
+    guards' only work is to import ``torch._dynamo`` and to keep it from tracing these methods,
+    which nothing does outside ``torch.compile``. ``step`` runs without grad, as the guard did."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        torch.optim.Optimizer.add_param_group.__wrapped__(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        torch.optim.Optimizer.zero_grad.__wrapped__(self, set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return torch.optim.Optimizer.state_dict.__wrapped__(self)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.optim.Optimizer.load_state_dict.__wrapped__(self, state_dict)
+
+    def step(self, closure: Any = None) -> Any:
+        with torch.no_grad():
+            return torch.optim.AdamW.step.__wrapped__(self, closure)
+
+
+# where a torch release drops the wrappers' __wrapped__, the stock class (and its compiler import)
+_EAGER = all(
+    hasattr(f, "__wrapped__")
+    for f in (
+        torch.optim.Optimizer.add_param_group,
+        torch.optim.Optimizer.zero_grad,
+        torch.optim.Optimizer.state_dict,
+        torch.optim.Optimizer.load_state_dict,
+        torch.optim.AdamW.step,
+    )
+)
+
+
+def make_optimizer(
+    model: torch.nn.Module, params: Params, fused: bool = False, compiled: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over ``param_groups``; ``compiled``: the model runs under ``torch.compile``, so the
+    optimizer keeps torch's compiler guards (``EagerAdamW`` otherwise)."""
     by_name = dict(model.named_parameters())
     decay_names, no_decay_names = param_groups(model)
     decay, no_decay = [by_name[n] for n in decay_names], [by_name[n] for n in no_decay_names]
     o = params.optim
-    return torch.optim.AdamW(
+    adamw = torch.optim.AdamW if compiled or not _EAGER else EagerAdamW
+    return adamw(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=o.lr,
         betas=o.betas,

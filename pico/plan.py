@@ -234,7 +234,7 @@ def calibrate(params: Params, model: Any, vocab: int, windows: Any, budget_s: fl
         torch.set_num_threads(t.num_threads)
     device = pick_device(params, type("OneProcess", (), {"world": 1, "local_rank": 0})())
     model = model.to(device).train()
-    opt = optim.make_optimizer(model, params, fused=device.type == "cuda")
+    opt = optim.make_optimizer(model, params, device.type == "cuda", t.compile)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else contextlib.nullcontext()
     batch = torch.randint(0, vocab, (t.micro_batch_size, seq + 1), device=device)
 

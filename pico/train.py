@@ -66,7 +66,10 @@ class Trainer:
         self.stop = stop or StopRequest(cfg.stop_grace_s)  # SIGTERM/SIGINT (pico.preempt)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.compile:
+            torch.use_deterministic_algorithms(True, warn_only=True)  # the flag, and inductor's copy of it
+        else:  # the same flag, without importing the compiler to set its copy (~1.3 s of CPU; pico.optim)
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
         self.device = pick_device(params, dist)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -101,7 +104,7 @@ class Trainer:
         self.flops_per_token = self.model.flops_per_token(params.data.seq_len)
         # fused AdamW can skip a non-finite step on the device, so the host need not read every loss
         self.guard_on_device = self.fused_optimizer(self.device)
-        self.optimizer = optim.make_optimizer(self.model, params, fused=self.guard_on_device)
+        self.optimizer = optim.make_optimizer(self.model, params, self.guard_on_device, cfg.compile)
         self.scheduler = optim.make_scheduler(self.optimizer, params)
         auto_fsdp = cfg.parallelism == "auto" and params.model.preset in FSDP_PRESETS
         self.fsdp = dist.world > 1 and (cfg.parallelism == "fsdp" or auto_fsdp)
@@ -185,7 +188,7 @@ class Trainer:
                 self.model,
                 self.optimizer,
                 names,
-                lambda m: optim.make_optimizer(m, params, fused=self.guard_on_device),
+                lambda m: optim.make_optimizer(m, params, self.guard_on_device, self.cfg.compile),
             )
             self.scheduler = optim.make_scheduler(self.optimizer, params, schedule, self.state.lineage)
         elif self.dist.world > 1:

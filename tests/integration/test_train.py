@@ -2,6 +2,9 @@ import copy
 import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 from pico import checkpoint, evaluate, report, train
 from pico.config import parse_params
 from pico.errors import TrainingDiverged
+from tests.helpers import REPO, write_params
 
 
 def read_csv(path):
@@ -487,3 +491,20 @@ def test_an_ended_run_rerun_under_newer_code_keeps_its_own_code_version(prepared
     out = capsys.readouterr().out
     assert "this run already ended" in out and "changed training code" not in out
     assert again.code_version == first.code_version and again.code_lineage == first.code_lineage
+
+
+def test_a_run_that_is_not_compiled_never_imports_the_compiler(params_dict, prepared, tmp_path):
+    """torch's compiler (torch._dynamo, ~1.3 s of CPU to import) stays out of a trainer's process
+    unless the run compiles (pico.optim.EagerAdamW; the deterministic flag set without it): a fresh
+    interpreter trains a run, then resumes it for more steps."""
+    write_params(tmp_path / "params.yaml", params_dict)
+    code = (
+        "import sys; from pico.cli import main; codes = [main(['train']), main(['--params', 'more.yaml', 'train'])]; "
+        "print(codes, 'torch._dynamo' in sys.modules, 'torch._inductor' in sys.modules)"
+    )
+    params_dict["training"]["max_steps"] += 4
+    write_params(tmp_path / "more.yaml", params_dict)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.stdout.splitlines()[-1:] == ["[0, 0] False False"], proc.stdout + proc.stderr
+    assert "resuming from" in proc.stdout

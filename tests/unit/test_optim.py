@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pico.config import parse_params
-from pico.optim import make_optimizer, make_scheduler, param_groups, rebased_scheduler
+from pico.optim import EagerAdamW, make_optimizer, make_scheduler, param_groups, rebased_scheduler
 from pico.schedule import lr_lambda
 from tests.helpers import tiny_params
 
@@ -58,3 +58,32 @@ def test_rebased_schedule_runs_the_new_lr_from_the_restored_step(params):
     assert opt2.param_groups[0]["lr"] == pytest.approx(lower.optim.lr * f(6))
     _steps(opt2, rebased, 2)
     assert rebased.get_last_lr()[0] == pytest.approx(lower.optim.lr * f(8))
+
+
+def _train_a_little(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    torch.manual_seed(1)
+    for _ in range(4):
+        model(torch.randn(3, 4)).pow(2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def test_the_eager_adamw_is_torchs_adamw_without_the_compiler_guards(params):
+    """Same updates bit for bit, same state_dict (checkpoints), loads torch's; compiled runs keep
+    torch's own class."""
+    models = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+        opt = make_optimizer(model, params, compiled=compiled)
+        assert (type(opt) is EagerAdamW) == (not compiled) and isinstance(opt, torch.optim.AdamW)
+        _train_a_little(model, opt)
+        models.append((model, opt))
+    (eager, eager_opt), (stock, stock_opt) = models
+    assert all(torch.equal(a, b) for a, b in zip(eager.parameters(), stock.parameters()))
+    a, b = eager_opt.state_dict(), stock_opt.state_dict()
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    assert all(torch.equal(a["state"][k][n], b["state"][k][n]) for k in a["state"] for n in a["state"][k])
+    eager_opt.load_state_dict(b)  # a checkpoint written by either loads into the other
+    assert all(p.grad is None for p in eager.parameters())
