@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -331,3 +332,68 @@ def prefect_events(name: str, since: datetime, timeout: float = 30.0) -> list[di
         if found or time.time() > deadline:
             return found
         time.sleep(1)
+
+
+# ---- commands interrupted mid-run (e2e: SIGKILL, SIGTERM, a killed queue) ----
+STARTED: list[subprocess.Popen] = []
+
+
+def start(repo: Path, *cmd: str, step_seconds: float = 0.15) -> subprocess.Popen:
+    """A command in its own process group (as a shell runs a job), its training slowed down; the
+    test module's fixture calls ``kill_started`` after each test."""
+    # the repository's own pico/ runs, not the checkout's (an editable install)
+    env = sh_env(PYTHONPATH=str(repo), PICO_FAULT_STEP_SECONDS=str(step_seconds))
+    proc = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    STARTED.append(proc)
+    return proc
+
+
+def kill_started() -> None:
+    """What ``start`` started and is still running, SIGKILLed: a test that failed half-way leaves no
+    DVC or trainer holding the next test's locks."""
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def store_steps(repo: Path, since: float = 0.0) -> list[int]:
+    """Steps of the checkpoints in the repository's run store (written since ``since``); a folder
+    pruned while this reads it is passed over."""
+    from pico import checkpoint
+
+    found = []
+    for p in (repo / ".pico/runs").glob("*/step_*"):
+        try:
+            if p.stat().st_mtime >= since:
+                found.append(checkpoint.read_state(p)["step"])
+        except (OSError, ValueError):
+            continue
+    return sorted(found)
+
+
+def wait_for_step(repo: Path, proc: subprocess.Popen | None, step: int, timeout: float = 240) -> None:
+    """Until a checkpoint of ``step`` is written into the run store (``proc`` still alive)."""
+    started, deadline = time.time(), time.time() + timeout
+    while step not in store_steps(repo, started):
+        assert proc is None or proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"no new step_{step} in the run store"
+        time.sleep(0.05)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def resumed_at(out: str) -> int:
+    """The step a trainer's output says it resumed from (the last such line)."""
+    found = re.findall(r"resuming from \S+ \(step (\d+),", out)
+    assert found, out
+    return int(found[-1])

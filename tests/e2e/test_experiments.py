@@ -1,5 +1,6 @@
-"""Experiments and reproducibility on a real DVC repo: presets v1/v2 as named experiments, an
-ablation ladder of queued experiments (killed and resumed), a fork at a step, bad overrides, `dvc exp apply` + repro, and an S3 remote (SeaweedFS) round trip."""
+"""Experiments and reproducibility on a real DVC repo: presets v1/v2 as named experiments (one killed
+and continued), an ablation ladder of queued experiments (killed and resumed), a fork at a step,
+bad overrides, `dvc exp apply` + repro, and an S3 remote (SeaweedFS) round trip."""
 
 import csv
 import hashlib
@@ -18,7 +19,18 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.helpers import copy_dvc_repo, copy_presets, exp_refs, sh, sh_env
+from tests.helpers import (
+    copy_dvc_repo,
+    copy_presets,
+    exp_refs,
+    kill_group,
+    kill_started,
+    resumed_at,
+    sh,
+    sh_env,
+    start,
+    wait_for_step,
+)
 
 METRICS = ("metrics/eval.json", "metrics/train_summary.json", "metrics/train.csv", "metrics/eval_history.csv")
 
@@ -31,6 +43,12 @@ def repo(tmp_path_factory, dvc_template) -> Path:
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "baseline run")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    yield
+    kill_started()
 
 
 def _commit(repo: Path, ref: str) -> str:
@@ -52,9 +70,15 @@ def exps(repo: Path) -> dict[str, dict]:
 
 
 def test_presets_v1_and_v2_side_by_side(repo):
+    """Two presets as named experiments, compared; v1 first killed mid-run (its process group
+    SIGKILLed after step 50's checkpoint), and `pico preset v1` again continues from there."""
+    killed = start(repo, "pico", "preset", "v1", step_seconds=0.05)
+    wait_for_step(repo, killed, 50)
+    kill_group(killed)
     for name in ("v1", "v2"):
         out = sh(repo, "pico", "preset", name).stdout
         assert "Running stage 'train'" in out and "Running stage 'tokenize'" not in out
+        assert name == "v2" or resumed_at(out) >= 50, out
     table = exps(repo)
     v1, v2 = table["v1"], table["v2"]
     assert v1["params"]["optim"]["lr"] == 3.0e-4 and v2["params"]["optim"]["lr"] == 1.0e-4
