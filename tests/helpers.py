@@ -388,8 +388,19 @@ def wait_for_step(repo: Path, proc: subprocess.Popen | None, step: int, timeout:
 
 
 def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to the command's process group, back once every process in it is gone: the others
+    (DVC, the trainer) are reaped by init a moment after the leader, and until then DVC's lock,
+    which names them, reports the repository busy to the next command."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 30
+    while True:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.time() < deadline, f"process group {proc.pid} still has processes 30 s after SIGKILL"
+        time.sleep(0.05)
 
 
 def resumed_at(out: str) -> int:
