@@ -13,6 +13,7 @@ import torch
 from pico import checkpoint, evaluate, report, train
 from pico.config import parse_params
 from pico.errors import TrainingDiverged
+from pico.optim import EagerAdamW
 from tests.helpers import REPO, write_params
 
 
@@ -198,9 +199,10 @@ def test_a_nan_read_late_was_never_applied(monkeypatch, params_dict, prepared):
     assert summary["status"] == "diverged" and summary["last_good_checkpoint"] == "step_00000004"
 
 
-def test_nonfinite_guard_skips_a_fused_adamw_step():
+@pytest.mark.parametrize("adamw", [torch.optim.AdamW, EagerAdamW])
+def test_nonfinite_guard_skips_a_fused_adamw_step(adamw):
     p = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.1, fused=True)
+    opt = adamw([p], lr=0.1, weight_decay=0.1, fused=True)
     p.grad = torch.full((3,), math.nan)
     opt.found_inf = train.nonfinite(torch.tensor(math.nan, dtype=torch.float64), torch.tensor(1.0))
     opt.step()

@@ -69,14 +69,15 @@ def _train_a_little(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-def test_the_eager_adamw_is_torchs_adamw_without_the_compiler_guards(params):
-    """Same updates bit for bit, same state_dict (checkpoints), loads torch's; compiled runs keep
-    torch's own class."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_eager_adamw_is_torchs_adamw_without_the_compiler_guards(params, fused):
+    """Same updates bit for bit (the per-parameter loop and the fused kernel a GPU run uses), same
+    state_dict (checkpoints), loads torch's; compiled runs keep torch's own class."""
     models = []
     for compiled in (False, True):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-        opt = make_optimizer(model, params, compiled=compiled)
+        opt = make_optimizer(model, params, fused, compiled)
         assert (type(opt) is EagerAdamW) == (not compiled) and isinstance(opt, torch.optim.AdamW)
         _train_a_little(model, opt)
         models.append((model, opt))
