@@ -17,7 +17,7 @@ from pico import numerics
 # portable AVX2 kernels on any x86-64), so the tests may compare the two bit for bit on any CPU
 numerics.apply("portable")
 
-from tests.helpers import copy_dvc_repo, make_corpus, make_dvc_repo, sh, tiny_params  # noqa: E402
+from tests.helpers import copy_dvc_repo, kill_started, make_corpus, make_dvc_repo, sh, tiny_params  # noqa: E402
 
 LAYERS = ("unit", "integration", "e2e")
 
@@ -82,6 +82,14 @@ def _offline(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """What a test started with ``tests.helpers.start`` and left running (it failed half-way) is
+    killed, so no DVC or trainer holds the next test's locks."""
+    yield
+    kill_started()
 
 
 @pytest.fixture(scope="session")

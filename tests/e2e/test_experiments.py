@@ -24,7 +24,6 @@ from tests.helpers import (
     copy_presets,
     exp_refs,
     kill_group,
-    kill_started,
     resumed_at,
     sh,
     sh_env,
@@ -43,12 +42,6 @@ def repo(tmp_path_factory, dvc_template) -> Path:
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "baseline run")
     return root
-
-
-@pytest.fixture(autouse=True)
-def _no_leftovers():
-    yield
-    kill_started()
 
 
 def _commit(repo: Path, ref: str) -> str:

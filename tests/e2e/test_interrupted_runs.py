@@ -17,7 +17,6 @@ from tests.helpers import (
     copy_dvc_repo,
     exp_refs,
     kill_group,
-    kill_started,
     resumed_at,
     sh,
     start,
@@ -39,13 +38,6 @@ def repo(tmp_path_factory, dvc_template) -> Path:
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "a 20-step run")
     return root
-
-
-@pytest.fixture(autouse=True)
-def _no_leftovers():
-    """A test that fails half-way leaves no DVC or trainer running to hold the next test's locks."""
-    yield
-    kill_started()
 
 
 def test_a_killed_exp_run_with_a_changed_plan_resumes_from_its_newest_checkpoint(repo):
